@@ -1,0 +1,782 @@
+//! The JetStream bus: connect, create the streams, publish batches with pipelined
+//! acks, and consume with explicit acks, redelivery and a dead-letter subject.
+//!
+//! Data flows one way: probes publish on `espan.<host>` (stream `ESPANS`), linkers
+//! consume it and publish on `trace.<linker>` (stream `TRACES`), exporters consume
+//! that. A message that can never be handled goes to `deadletter.<stream>.<consumer>`
+//! (stream `DEADLETTER`) with the reason in its headers, so nothing vanishes.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::time::Duration;
+
+use async_nats::HeaderMap;
+use async_nats::jetstream::{self, consumer, stream};
+use bytes::Bytes;
+use futures::{FutureExt, StreamExt};
+
+use crate::shutdown::Shutdown;
+
+/// Stream of eSpan batches from every probe.
+pub const ESPANS_STREAM: &str = "ESPANS";
+/// Subjects of [`ESPANS_STREAM`].
+pub const ESPANS_SUBJECTS: &str = "espan.>";
+/// Stream of finished traces from every linker.
+pub const TRACES_STREAM: &str = "TRACES";
+/// Subjects of [`TRACES_STREAM`].
+pub const TRACES_SUBJECTS: &str = "trace.>";
+/// Stream of messages no consumer could handle.
+pub const DEADLETTER_STREAM: &str = "DEADLETTER";
+/// Subjects of [`DEADLETTER_STREAM`].
+pub const DEADLETTER_SUBJECTS: &str = "deadletter.>";
+
+/// Header naming why a message was dead-lettered.
+pub const DEAD_REASON_HEADER: &str = "Espan-Dead-Reason";
+/// Header naming the subject the message was first published on.
+pub const DEAD_SUBJECT_HEADER: &str = "Espan-Dead-Subject";
+/// Header with the stream sequence the message had.
+pub const DEAD_SEQ_HEADER: &str = "Espan-Dead-Seq";
+
+/// A NATS URL from config: DataKit's `host:port` becomes `nats://host:port`.
+pub fn nats_url(text: &str) -> String {
+    if text.contains("://") {
+        text.to_owned()
+    } else {
+        format!("nats://{text}")
+    }
+}
+
+/// `espan.<host>`, with characters NATS gives meaning to replaced.
+pub fn espan_subject(host: &str) -> String {
+    format!("espan.{}", subject_token(host))
+}
+
+/// `trace.<linker>`.
+pub fn trace_subject(linker: &str) -> String {
+    format!("trace.{}", subject_token(linker))
+}
+
+/// `deadletter.<stream>.<consumer>`.
+pub fn deadletter_subject(stream: &str, consumer: &str) -> String {
+    format!(
+        "deadletter.{}.{}",
+        subject_token(stream),
+        subject_token(consumer)
+    )
+}
+
+/// A name usable as one subject token (no `.`, `*`, `>` or white space).
+pub fn subject_token(name: &str) -> String {
+    let token: String = name
+        .chars()
+        .map(|c| {
+            if c == '.' || c == '*' || c == '>' || c.is_whitespace() {
+                '_'
+            } else {
+                c
+            }
+        })
+        .collect();
+    if token.is_empty() { "_".into() } else { token }
+}
+
+/// Errors of the bus, each naming what it was doing.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BusError {
+    /// NATS did not answer within the retry period.
+    #[error("cannot connect to NATS at {url} (tried for {waited:?}): {reason}")]
+    Connect {
+        /// The URL tried.
+        url: String,
+        /// How long it kept trying.
+        waited: Duration,
+        /// The last error.
+        reason: String,
+    },
+    /// Creating or updating a stream failed.
+    #[error("cannot create stream {stream}: {reason}")]
+    Stream {
+        /// The stream.
+        stream: String,
+        /// The server's answer.
+        reason: String,
+    },
+    /// Creating a consumer failed.
+    #[error("cannot create consumer {consumer} on {stream}: {reason}")]
+    Consumer {
+        /// The stream.
+        stream: String,
+        /// The durable name.
+        consumer: String,
+        /// The server's answer.
+        reason: String,
+    },
+    /// A publish was not acknowledged by JetStream.
+    #[error("publish to {subject} (msg id {msg_id}) failed: {reason}")]
+    Publish {
+        /// The subject.
+        subject: String,
+        /// The `Nats-Msg-Id`.
+        msg_id: String,
+        /// Why.
+        reason: String,
+    },
+    /// Pulling messages failed.
+    #[error("consuming {stream}/{consumer} failed: {reason}")]
+    Consume {
+        /// The stream.
+        stream: String,
+        /// The durable name.
+        consumer: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// Limits of the streams, from each service's config.
+#[derive(Debug, Clone)]
+pub struct StreamLimits {
+    /// Bytes a stream may hold; 0 = unlimited. When full, new publishes are
+    /// refused (discard new), so the publisher sees back-pressure instead of old
+    /// data disappearing.
+    pub max_bytes: u64,
+    /// How long a message is kept; zero = forever.
+    pub max_age: Duration,
+    /// How long JetStream remembers a `Nats-Msg-Id` for de-duplication.
+    pub duplicate_window: Duration,
+}
+
+impl Default for StreamLimits {
+    fn default() -> Self {
+        Self {
+            max_bytes: 2 << 30,
+            max_age: Duration::from_secs(24 * 3600),
+            duplicate_window: Duration::from_secs(120),
+        }
+    }
+}
+
+/// A connection to NATS with its JetStream context.
+#[derive(Clone)]
+pub struct Bus {
+    client: async_nats::Client,
+    jetstream: jetstream::Context,
+    url: String,
+}
+
+impl Bus {
+    /// Connects to `url`, retrying for up to `retry_for` (the server may still be
+    /// starting), then fails with an error naming the URL.
+    pub async fn connect(
+        url: &str,
+        client_name: &str,
+        retry_for: Duration,
+    ) -> Result<Self, BusError> {
+        let started = tokio::time::Instant::now();
+        let mut delay = Duration::from_millis(100);
+        loop {
+            let options = async_nats::ConnectOptions::new()
+                .name(client_name)
+                .connection_timeout(Duration::from_secs(2))
+                .retry_on_initial_connect()
+                .max_reconnects(None);
+            // retry_on_initial_connect makes connect() return at once and keep
+            // trying in the background; we wait for the first real connection
+            // ourselves so that a wrong URL is reported instead of hanging.
+            let attempt = async_nats::connect_with_options(url, options).await;
+            let reason = match attempt {
+                Ok(client) => {
+                    let left = retry_for.saturating_sub(started.elapsed());
+                    match wait_connected(&client, left.max(Duration::from_millis(200))).await {
+                        Ok(()) => {
+                            let jetstream = jetstream::new(client.clone());
+                            return Ok(Self {
+                                client,
+                                jetstream,
+                                url: url.to_owned(),
+                            });
+                        }
+                        Err(reason) => reason,
+                    }
+                }
+                Err(error) => error.to_string(),
+            };
+            if started.elapsed() >= retry_for {
+                return Err(BusError::Connect {
+                    url: url.to_owned(),
+                    waited: started.elapsed(),
+                    reason,
+                });
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(2));
+        }
+    }
+
+    /// The URL this bus was connected with.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// The NATS client.
+    pub fn client(&self) -> &async_nats::Client {
+        &self.client
+    }
+
+    /// The JetStream context.
+    pub fn jetstream(&self) -> &jetstream::Context {
+        &self.jetstream
+    }
+
+    /// True while the connection is up.
+    pub fn is_connected(&self) -> bool {
+        self.client.connection_state() == async_nats::connection::State::Connected
+    }
+
+    /// Creates `ESPANS`, `TRACES` and `DEADLETTER` if missing, or updates their
+    /// limits; safe to call from every service at every start.
+    pub async fn ensure_streams(&self, limits: &StreamLimits) -> Result<(), BusError> {
+        for (name, subjects) in [
+            (ESPANS_STREAM, ESPANS_SUBJECTS),
+            (TRACES_STREAM, TRACES_SUBJECTS),
+            (DEADLETTER_STREAM, DEADLETTER_SUBJECTS),
+        ] {
+            self.ensure_stream(name, subjects, limits).await?;
+        }
+        Ok(())
+    }
+
+    /// Creates or updates one stream.
+    pub async fn ensure_stream(
+        &self,
+        name: &str,
+        subjects: &str,
+        limits: &StreamLimits,
+    ) -> Result<(), BusError> {
+        let config = stream::Config {
+            name: name.to_owned(),
+            subjects: vec![subjects.to_owned()],
+            storage: stream::StorageType::File,
+            max_bytes: if limits.max_bytes == 0 {
+                -1
+            } else {
+                limits.max_bytes as i64
+            },
+            max_age: limits.max_age,
+            duplicate_window: limits.duplicate_window,
+            discard: stream::DiscardPolicy::New,
+            ..Default::default()
+        };
+        self.jetstream
+            .create_or_update_stream(config)
+            .await
+            .map(|_| ())
+            .map_err(|e| BusError::Stream {
+                stream: name.to_owned(),
+                reason: e.to_string(),
+            })
+    }
+
+    /// A publisher that keeps up to `max_in_flight` publishes waiting for their acks.
+    pub fn publisher(&self, max_in_flight: usize) -> Publisher {
+        Publisher {
+            jetstream: self.jetstream.clone(),
+            in_flight: VecDeque::new(),
+            max_in_flight: max_in_flight.max(1),
+        }
+    }
+}
+
+async fn wait_connected(client: &async_nats::Client, within: Duration) -> Result<(), String> {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if client.connection_state() == async_nats::connection::State::Connected {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err("no answer from the server".into());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A publish that JetStream acknowledged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Acked {
+    /// The caller's tag for this publish.
+    pub tag: u64,
+    /// The stream sequence it was stored at.
+    pub stream_seq: u64,
+    /// True when JetStream had it already (same `Nats-Msg-Id`): stored once.
+    pub duplicate: bool,
+}
+
+struct InFlight {
+    tag: u64,
+    subject: String,
+    msg_id: String,
+    ack: std::pin::Pin<
+        Box<
+            dyn Future<
+                    Output = Result<
+                        jetstream::publish::PublishAck,
+                        jetstream::context::PublishError,
+                    >,
+                > + Send,
+        >,
+    >,
+}
+
+/// Publishes messages with a `Nats-Msg-Id` and many acks outstanding at once
+/// (one awaited ack per message would cap throughput at one round trip each).
+pub struct Publisher {
+    jetstream: jetstream::Context,
+    in_flight: VecDeque<InFlight>,
+    max_in_flight: usize,
+}
+
+impl Publisher {
+    /// Sends one message; when `max_in_flight` publishes are outstanding, first
+    /// waits for the oldest ack. Returns the acks that completed meanwhile, in
+    /// publish order. `tag` is the caller's name for this publish.
+    pub async fn publish(
+        &mut self,
+        tag: u64,
+        subject: String,
+        msg_id: String,
+        payload: Bytes,
+        headers: Option<HeaderMap>,
+    ) -> Result<Vec<Acked>, BusError> {
+        let mut done = Vec::new();
+        while self.in_flight.len() >= self.max_in_flight {
+            done.push(self.await_oldest().await?);
+        }
+        let mut message = jetstream::message::PublishMessage::build()
+            .payload(payload)
+            .message_id(&msg_id);
+        if let Some(headers) = headers {
+            for (name, values) in headers.iter() {
+                for value in values {
+                    message = message.header(name.clone(), value.clone());
+                }
+            }
+        }
+        let ack = self
+            .jetstream
+            .send_publish(subject.clone(), message)
+            .await
+            .map_err(|e| BusError::Publish {
+                subject: subject.clone(),
+                msg_id: msg_id.clone(),
+                reason: e.to_string(),
+            })?;
+        let ack = std::future::IntoFuture::into_future(ack);
+        self.in_flight.push_back(InFlight {
+            tag,
+            subject,
+            msg_id,
+            ack,
+        });
+        // Collect acks that are already there without waiting.
+        while let Some(front) = self.in_flight.front_mut() {
+            match (&mut front.ack).now_or_never() {
+                None => break,
+                Some(result) => {
+                    let front = self.in_flight.pop_front().expect("front exists");
+                    done.push(finish(front.tag, &front.subject, &front.msg_id, result)?);
+                }
+            }
+        }
+        Ok(done)
+    }
+
+    /// Waits for every outstanding ack.
+    pub async fn flush(&mut self) -> Result<Vec<Acked>, BusError> {
+        let mut done = Vec::new();
+        while !self.in_flight.is_empty() {
+            done.push(self.await_oldest().await?);
+        }
+        Ok(done)
+    }
+
+    /// Publishes outstanding.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.len()
+    }
+
+    /// Tags of the publishes still waiting for an ack, oldest first (after an
+    /// error the caller re-sends these; their msg ids make that safe).
+    pub fn pending_tags(&self) -> Vec<u64> {
+        self.in_flight.iter().map(|f| f.tag).collect()
+    }
+
+    /// Forgets the outstanding publishes (after an error, before re-sending).
+    pub fn abandon(&mut self) {
+        self.in_flight.clear();
+    }
+
+    async fn await_oldest(&mut self) -> Result<Acked, BusError> {
+        let oldest = self
+            .in_flight
+            .pop_front()
+            .expect("caller checked non-empty");
+        let result = oldest.ack.await;
+        finish(oldest.tag, &oldest.subject, &oldest.msg_id, result)
+    }
+}
+
+fn finish(
+    tag: u64,
+    subject: &str,
+    msg_id: &str,
+    result: Result<jetstream::publish::PublishAck, jetstream::context::PublishError>,
+) -> Result<Acked, BusError> {
+    match result {
+        Ok(ack) => Ok(Acked {
+            tag,
+            stream_seq: ack.sequence,
+            duplicate: ack.duplicate,
+        }),
+        Err(e) => Err(BusError::Publish {
+            subject: subject.to_owned(),
+            msg_id: msg_id.to_owned(),
+            reason: e.to_string(),
+        }),
+    }
+}
+
+/// How a durable pull consumer is set up.
+#[derive(Debug, Clone)]
+pub struct ConsumerSpec {
+    /// The stream to read.
+    pub stream: String,
+    /// The durable consumer name (shared by replicas of one service).
+    pub durable: String,
+    /// Only these subjects (empty = the whole stream).
+    pub filter_subject: String,
+    /// Deliveries before a failing message is dead-lettered; 0 or below: never
+    /// (retry forever, for handlers whose failures are always transient).
+    pub max_deliver: i64,
+    /// How long JetStream waits for an ack before redelivering.
+    pub ack_wait: Duration,
+    /// Unacked messages JetStream lets this consumer hold (back-pressure).
+    pub max_ack_pending: i64,
+    /// Messages handed to the handler at once, at most.
+    pub batch: usize,
+    /// Delay before a nak'd message comes back.
+    pub retry_delay: Duration,
+}
+
+impl ConsumerSpec {
+    /// True when a message delivered `delivered` times must be dead-lettered.
+    pub fn gives_up_after(&self, delivered: i64) -> bool {
+        self.max_deliver > 0 && delivered >= self.max_deliver
+    }
+
+    /// Defaults for `durable` on `stream`.
+    pub fn new(stream: &str, durable: &str) -> Self {
+        Self {
+            stream: stream.to_owned(),
+            durable: durable.to_owned(),
+            filter_subject: String::new(),
+            max_deliver: 5,
+            ack_wait: Duration::from_secs(30),
+            max_ack_pending: 1000,
+            batch: 64,
+            retry_delay: Duration::from_millis(500),
+        }
+    }
+}
+
+/// One message handed to a handler, decoded.
+#[derive(Debug)]
+pub struct Delivery<T> {
+    /// The decoded payload.
+    pub value: T,
+    /// The subject it was published on.
+    pub subject: String,
+    /// Its sequence in the stream.
+    pub stream_seq: u64,
+    /// 1 on first delivery.
+    pub delivered: i64,
+}
+
+/// Why a handler could not take a group of messages. The messages stay unacked
+/// and come back; after `max_deliver` tries one goes to the dead-letter subject.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct HandlerError(pub String);
+
+/// Handles decoded messages; `Ok` means they are safe (stored or delivered) and
+/// may be acked.
+pub trait Handler<T>: Send {
+    /// Takes a group of deliveries, in stream order.
+    fn handle(
+        &mut self,
+        deliveries: Vec<Delivery<T>>,
+    ) -> impl Future<Output = Result<(), HandlerError>> + Send;
+}
+
+/// Counts what a consumer loop did.
+pub trait ConsumeObserver: Send + Sync {
+    /// A message was acked after its handler succeeded.
+    fn acked(&self, _messages: u64) {}
+    /// A message failed and will come back.
+    fn retried(&self, _messages: u64) {}
+    /// A message went to the dead-letter subject.
+    fn dead_lettered(&self, _reason: &str) {}
+}
+
+/// Observes nothing.
+pub struct NoObserver;
+impl ConsumeObserver for NoObserver {}
+
+/// Why a message could not even be decoded.
+pub type DecodeFn<T> = fn(&[u8]) -> Result<T, String>;
+
+/// Creates (or binds to) the durable pull consumer `spec` describes and opens
+/// its message stream. `max_deliver` 0 means unlimited.
+pub async fn pull_messages(
+    bus: &Bus,
+    spec: &ConsumerSpec,
+) -> Result<consumer::pull::Stream, BusError> {
+    let consume_error = |reason: String| BusError::Consume {
+        stream: spec.stream.clone(),
+        consumer: spec.durable.clone(),
+        reason,
+    };
+    let stream = bus
+        .jetstream
+        .get_stream(&spec.stream)
+        .await
+        .map_err(|e| consume_error(format!("stream {}: {e}", spec.stream)))?;
+    let config = consumer::pull::Config {
+        durable_name: Some(spec.durable.clone()),
+        ack_policy: consumer::AckPolicy::Explicit,
+        ack_wait: spec.ack_wait,
+        max_deliver: if spec.max_deliver > 0 {
+            spec.max_deliver
+        } else {
+            -1
+        },
+        filter_subject: spec.filter_subject.clone(),
+        max_ack_pending: spec.max_ack_pending,
+        ..Default::default()
+    };
+    let pull = stream
+        .create_consumer(config)
+        .await
+        .map_err(|e| BusError::Consumer {
+            stream: spec.stream.clone(),
+            consumer: spec.durable.clone(),
+            reason: e.to_string(),
+        })?;
+    pull.stream()
+        .max_messages_per_batch(spec.batch.max(1))
+        .messages()
+        .await
+        .map_err(|e| consume_error(e.to_string()))
+}
+
+/// Pulls messages from a durable consumer and hands them to `handler` until
+/// `shutdown`. Acks only what the handler accepted. A message that does not
+/// decode can never succeed and goes straight to the dead-letter subject; one
+/// whose handler fails is nak'd and retried, alone, until `max_deliver`, then
+/// dead-lettered. Either way it is acked only after the dead letter was stored.
+pub async fn consume<T: Send, H: Handler<T>>(
+    bus: &Bus,
+    spec: &ConsumerSpec,
+    decode: DecodeFn<T>,
+    handler: &mut H,
+    observer: &dyn ConsumeObserver,
+    shutdown: Shutdown,
+) -> Result<(), BusError> {
+    let consume_error = |reason: String| BusError::Consume {
+        stream: spec.stream.clone(),
+        consumer: spec.durable.clone(),
+        reason,
+    };
+    let mut messages = pull_messages(bus, spec).await?;
+    let dead_subject = deadletter_subject(&spec.stream, &spec.durable);
+    let stop = shutdown.clone().wait();
+    tokio::pin!(stop);
+
+    loop {
+        // Wait for one message, then take whatever else is already here, so a
+        // busy stream is handled in groups and a quiet one without delay.
+        let first = tokio::select! {
+            _ = &mut stop => return Ok(()),
+            next = messages.next() => next,
+        };
+        let mut raw = Vec::with_capacity(spec.batch);
+        match first {
+            None => return Err(consume_error("message stream ended".into())),
+            Some(Err(e)) => {
+                tracing::warn!(stream = %spec.stream, consumer = %spec.durable, error = %e, "pull failed; continuing");
+                continue;
+            }
+            Some(Ok(m)) => raw.push(m),
+        }
+        while raw.len() < spec.batch {
+            match messages.next().now_or_never() {
+                Some(Some(Ok(m))) => raw.push(m),
+                Some(Some(Err(e))) => {
+                    tracing::warn!(error = %e, "pull failed; continuing");
+                    break;
+                }
+                _ => break,
+            }
+        }
+
+        let mut group = Vec::with_capacity(raw.len());
+        let mut group_msgs = Vec::with_capacity(raw.len());
+        for message in raw {
+            let (stream_seq, delivered) = match message.info() {
+                Ok(info) => (info.stream_sequence, info.delivered),
+                Err(_) => (0, 1),
+            };
+            match decode(&message.payload) {
+                Ok(value) => {
+                    group.push(Delivery {
+                        value,
+                        subject: message.subject.to_string(),
+                        stream_seq,
+                        delivered,
+                    });
+                    group_msgs.push(message);
+                }
+                Err(reason) => {
+                    let reason = format!("undecodable: {reason}");
+                    dead_letter(bus, &dead_subject, &message, stream_seq, &reason)
+                        .await
+                        .map_err(consume_error)?;
+                    observer.dead_lettered(&reason);
+                }
+            }
+        }
+        if group.is_empty() {
+            continue;
+        }
+        let count = group.len();
+        match handler.handle(group).await {
+            Ok(()) => {
+                ack_all(&group_msgs).await;
+                observer.acked(count as u64);
+            }
+            Err(error) if count == 1 => {
+                let message = &group_msgs[0];
+                let (stream_seq, delivered) = message
+                    .info()
+                    .map(|i| (i.stream_sequence, i.delivered))
+                    .unwrap_or((0, 1));
+                if spec.gives_up_after(delivered) {
+                    let reason = format!("handler failed {delivered} times: {error}");
+                    dead_letter(bus, &dead_subject, message, stream_seq, &reason)
+                        .await
+                        .map_err(consume_error)?;
+                    observer.dead_lettered(&reason);
+                } else {
+                    tracing::warn!(%error, stream_seq, delivered, "handler failed; message will be redelivered");
+                    let _ = message
+                        .ack_with(jetstream::AckKind::Nak(Some(spec.retry_delay)))
+                        .await;
+                    observer.retried(1);
+                }
+            }
+            Err(error) => {
+                // One bad message must not hold back the good ones: hand them over
+                // one by one, so only the failing one is retried.
+                tracing::warn!(%error, count, "group failed; retrying its messages one by one");
+                for message in group_msgs {
+                    let (stream_seq, delivered) = message
+                        .info()
+                        .map(|i| (i.stream_sequence, i.delivered))
+                        .unwrap_or((0, 1));
+                    let Ok(value) = decode(&message.payload) else {
+                        continue;
+                    };
+                    let one = vec![Delivery {
+                        value,
+                        subject: message.subject.to_string(),
+                        stream_seq,
+                        delivered,
+                    }];
+                    match handler.handle(one).await {
+                        Ok(()) => {
+                            ack_all(std::slice::from_ref(&message)).await;
+                            observer.acked(1);
+                        }
+                        Err(error) if spec.gives_up_after(delivered) => {
+                            let reason = format!("handler failed {delivered} times: {error}");
+                            dead_letter(bus, &dead_subject, &message, stream_seq, &reason)
+                                .await
+                                .map_err(consume_error)?;
+                            observer.dead_lettered(&reason);
+                        }
+                        Err(_) => {
+                            let _ = message
+                                .ack_with(jetstream::AckKind::Nak(Some(spec.retry_delay)))
+                                .await;
+                            observer.retried(1);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+async fn ack_all(messages: &[jetstream::Message]) {
+    // Double ack: wait for the server to confirm, so a lost ack does not cause
+    // a redelivery we would not expect.
+    let acks = messages.iter().map(|m| m.double_ack());
+    for (result, message) in futures::future::join_all(acks)
+        .await
+        .into_iter()
+        .zip(messages)
+    {
+        if let Err(error) = result {
+            tracing::warn!(%error, subject = %message.subject, "ack failed; the message may be redelivered");
+        }
+    }
+}
+
+/// Stores `message` on the dead-letter subject with the reason, then acks it.
+async fn dead_letter(
+    bus: &Bus,
+    dead_subject: &str,
+    message: &jetstream::Message,
+    stream_seq: u64,
+    reason: &str,
+) -> Result<(), String> {
+    let mut headers = HeaderMap::new();
+    headers.insert(DEAD_REASON_HEADER, single_line(reason).as_str());
+    headers.insert(DEAD_SUBJECT_HEADER, message.subject.as_str());
+    headers.insert(DEAD_SEQ_HEADER, stream_seq.to_string().as_str());
+    let msg_id = format!("{}-{stream_seq}", message.subject);
+    let publish = jetstream::message::PublishMessage::build()
+        .payload(message.payload.clone())
+        .headers(headers)
+        .message_id(msg_id);
+    let ack = bus
+        .jetstream
+        .send_publish(dead_subject.to_owned(), publish)
+        .await
+        .map_err(|e| format!("dead-lettering to {dead_subject} failed: {e}"))?;
+    ack.await
+        .map_err(|e| format!("dead-lettering to {dead_subject} failed: {e}"))?;
+    tracing::warn!(stream_seq, reason, dead_subject, "message dead-lettered");
+    // Term: it is stored elsewhere now, never deliver it again.
+    message
+        .ack_with(jetstream::AckKind::Term)
+        .await
+        .map_err(|e| format!("terminating dead-lettered message failed: {e}"))
+}
+
+fn single_line(text: &str) -> String {
+    text.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .take(1000)
+        .collect()
+}

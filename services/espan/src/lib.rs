@@ -1,0 +1,19 @@
+//! What espan's three services share.
+//!
+//! Layout, in the order data flows:
+//! - [`wire`]: the eSpan and finished-trace messages (protobuf, versioned), their
+//!   encoding and the validation that turns nonsense into typed errors.
+//! - [`bus`]: NATS JetStream: streams, pipelined publishing with message ids, a
+//!   pull-consumer loop that acks only what its handler made safe, dead letters.
+//! - [`config`]: flags > environment > DataKit-style TOML, with errors that name
+//!   the key and the value.
+//! - [`telemetry`]: `/metrics` and `/healthz`, logging.
+//! - [`shutdown`]: one stop signal for every task.
+//! - [`testkit`]: a real `nats-server` per test.
+
+pub mod bus;
+pub mod config;
+pub mod shutdown;
+pub mod telemetry;
+pub mod testkit;
+pub mod wire;

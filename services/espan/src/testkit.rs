@@ -1,0 +1,165 @@
+//! Real servers for tests: a `nats-server` with JetStream on a free loopback
+//! port and its own store directory, killed when dropped. Tests of every crate
+//! use it, so each test has a bus of its own and can stop or restart it.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A running `nats-server -js`.
+pub struct TestNats {
+    child: Option<Child>,
+    port: u16,
+    store: tempfile_dir::TempDir,
+    binary: PathBuf,
+}
+
+impl TestNats {
+    /// Starts a server on a free port. Finds the binary in `ESPAN_NATS_SERVER` or on
+    /// `PATH` (`.ci/run` installs it).
+    pub fn start() -> std::io::Result<Self> {
+        let binary = nats_server_binary()?;
+        let store = tempfile_dir::TempDir::new("espan-nats")?;
+        let port = free_port()?;
+        let mut nats = Self {
+            child: None,
+            port,
+            store,
+            binary,
+        };
+        nats.spawn()?;
+        Ok(nats)
+    }
+
+    /// `nats://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// The port it listens on (kept across restarts).
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Kills the server (SIGKILL): what a crash looks like.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts it again on the same port with the same store.
+    pub fn restart(&mut self) -> std::io::Result<()> {
+        self.kill();
+        self.spawn()
+    }
+
+    fn spawn(&mut self) -> std::io::Result<()> {
+        // Streams reserve their max_bytes against max_file_store, which defaults
+        // to 75% of the free disk: many tests at once, each with three 10 GiB
+        // streams, would be refused. Nothing here writes more than a few MB.
+        let config = self.store.path().join("nats.conf");
+        let store_dir = self.store.path().join("js");
+        std::fs::write(
+            &config,
+            format!(
+                "jetstream {{\n  store_dir: {store_dir:?}\n  max_file_store: 1T\n  max_memory_store: 256MB\n}}\n"
+            ),
+        )?;
+        let child = Command::new(&self.binary)
+            .args(["-a", "127.0.0.1", "-p", &self.port.to_string(), "-c"])
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| {
+                std::io::Error::new(
+                    e.kind(),
+                    format!("cannot start {}: {e}", self.binary.display()),
+                )
+            })?;
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Err(std::io::Error::other(format!(
+            "nats-server did not listen on port {} within 10 s",
+            self.port
+        )))
+    }
+}
+
+impl Drop for TestNats {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// The `nats-server` binary to run.
+pub fn nats_server_binary() -> std::io::Result<PathBuf> {
+    if let Some(path) = std::env::var_os("ESPAN_NATS_SERVER") {
+        return Ok(PathBuf::from(path));
+    }
+    find_on_path("nats-server").ok_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            "nats-server not found on PATH (run `bash .ci/run`, or set ESPAN_NATS_SERVER)",
+        )
+    })
+}
+
+/// The first executable called `name` on `PATH`.
+pub fn find_on_path(name: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join(name))
+            .find(|p| is_executable(p))
+    })
+}
+
+fn is_executable(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    path.metadata()
+        .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        .unwrap_or(false)
+}
+
+/// A loopback port nothing listens on right now.
+pub fn free_port() -> std::io::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// A minimal temporary directory (removed on drop), so the library needs no
+/// extra dependency for tests of other crates.
+pub mod tempfile_dir {
+    use std::path::{Path, PathBuf};
+
+    /// A directory removed with its content on drop.
+    pub struct TempDir(PathBuf);
+
+    impl TempDir {
+        /// Creates `<tmp>/<prefix>-<random>`.
+        pub fn new(prefix: &str) -> std::io::Result<Self> {
+            let path =
+                std::env::temp_dir().join(format!("{prefix}-{:016x}", rand::random::<u64>()));
+            std::fs::create_dir_all(&path)?;
+            Ok(Self(path))
+        }
+        /// Its path.
+        pub fn path(&self) -> &Path {
+            &self.0
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
