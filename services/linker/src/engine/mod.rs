@@ -1,0 +1,747 @@
+//! The linking engine: eSpans and the linker's clock in, finished traces out. No
+//! I/O, no clock of its own, no randomness: the same calls give the same traces,
+//! which is how the service rebuilds its window after a crash.
+//!
+//! How spans become traces:
+//! - cross-process ([`calls`]): a CLIENT and a SERVER span with the same
+//!   `(req_seq, resp_seq)` and compatible times (and, on one host, tuples) are one
+//!   call; the server's parent is the client. An edge needs exactly one candidate on
+//!   each side; a second candidate withdraws it and both stay unlinked (counted).
+//! - intra-process: a CLIENT span's `local_parent_id` names a SERVER span of the
+//!   same host and pid.
+//!
+//! Each span has at most one parent (a server's is its client, a client's is its
+//! local parent), so an open trace is a tree. [`groups`] keeps each tree's members,
+//! merges two trees when an edge joins them and splits one when an edge is
+//! withdrawn. A tree nobody joined for `window` is finished ([`finish`]): it gets
+//! its trace id and sampling decision, and its spans stay known for
+//! `late_retention` so a late span joins the same trace id and decision.
+//!
+//! What the engine reads of a span is its [`SpanFacts`]; the span itself is an
+//! opaque payload `P` carried through to the finished trace (an `ESpan` for
+//! [`Engine::ingest`], the bytes as received for the service).
+//!
+//! Memory: per span a [`Node`] in a slab, 8 bytes in each of two hash tables of
+//! node indices ([`index`]) and the payload; member lists of open traces are
+//! reused. Nothing is allocated per span once the engine has warmed up, except
+//! what the caller's payload and the output hold.
+//!
+//! Replay contract: the output depends only on the sequence of calls. A rebuild
+//! reproduces a live run if both call `advance(t)` before ingesting a batch
+//! stamped `t` (stamps non-decreasing, the same stamp as `now_ns` of its spans).
+//! Extra `advance` calls in between, at times up to the next stamp (idle ticks),
+//! change nothing: retention counts from each trace's due time, not from when
+//! `advance` ran.
+
+mod calls;
+pub mod config;
+mod due;
+mod facts;
+mod finish;
+mod groups;
+mod hash;
+mod index;
+pub mod trace_id;
+
+#[cfg(test)]
+mod prop_tests;
+#[cfg(test)]
+mod tests;
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+
+use espan::wire::{ESpan, LinkedSpan, SpanKind, Trace};
+
+pub use config::{ConfigError, EngineConfig, SameHostTuple};
+pub use facts::{AppContext, SpanFacts};
+pub use hash::{endpoint_fingerprint, fingerprint};
+pub use trace_id::TraceId;
+
+use due::DueQueue;
+use groups::Group;
+use hash::Map;
+use index::NodeIndex;
+
+/// A host name as the engine numbers it ([`Engine::host_id`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct HostId(u32);
+
+/// What happened to one ingested span.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ingested {
+    /// In an open trace (alone or joined).
+    Open,
+    /// Joined a trace that was already finished: it will come out in a
+    /// [`Finished`] with `trace.late = true`, under that trace's id and decision.
+    Late,
+    /// The same `(host, span_id)` was seen before: counted once, this copy dropped.
+    Duplicate,
+}
+
+/// A trace (or a late part of one) the engine is done with. `P` is the span as
+/// the caller handed it in.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Finished<P = ESpan> {
+    /// Spans with `parent_id`, trace ids, `app_trace_id` and `late`.
+    pub trace: FinishedTrace<P>,
+    /// Kept by sampling (publish it) or dropped.
+    pub sampled: bool,
+    /// The tags of the batches these spans came from, sorted, without repeats.
+    pub tags: Vec<u64>,
+}
+
+/// A finished trace, field for field the wire's `Trace` but holding each span as
+/// it came in.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FinishedTrace<P = ESpan> {
+    /// High 64 bits of the trace id.
+    pub trace_id_high: u64,
+    /// Low 64 bits of the trace id.
+    pub trace_id_low: u64,
+    /// The root first, then by start time.
+    pub spans: Vec<Linked<P>>,
+    /// The trace id came from the application's own headers.
+    pub app_trace_id: bool,
+    /// Spans that joined after the trace was first finished (only those).
+    pub late: bool,
+}
+
+/// A span and its parent's `span_id` (0 for a root).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Linked<P = ESpan> {
+    /// The span as it came in.
+    pub span: P,
+    /// Its parent's span id, 0 for a root.
+    pub parent_id: u64,
+}
+
+impl FinishedTrace<ESpan> {
+    /// The wire's `Trace`.
+    pub fn into_wire(self) -> Trace {
+        Trace {
+            trace_id_high: self.trace_id_high,
+            trace_id_low: self.trace_id_low,
+            spans: self
+                .spans
+                .into_iter()
+                .map(|l| LinkedSpan {
+                    span: Some(l.span),
+                    parent_id: l.parent_id,
+                })
+                .collect(),
+            app_trace_id: self.app_trace_id,
+            late: self.late,
+        }
+    }
+}
+
+/// Counters since the engine started, and gauges of what it holds now.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EngineStats {
+    /// Spans ingested, duplicates included.
+    pub spans_in: u64,
+    /// Spans dropped as a repeat of a known `(host, span_id)`.
+    pub duplicates: u64,
+    /// Client→server edges in finished traces.
+    pub linked_cross_process: u64,
+    /// Local-parent edges in finished traces.
+    pub linked_local: u64,
+    /// Spans finished alone: no parent, no child.
+    pub unlinked: u64,
+    /// Call edges refused or withdrawn because more than one candidate matched
+    /// (or the edge would have closed a cycle).
+    pub ambiguous: u64,
+    /// `local_parent_id` edges refused: the named span is not a SERVER span of the
+    /// same pid, or the edge would have closed a cycle.
+    pub rejected_local: u64,
+    /// A parent arrived after its child's trace was finished: the child stays a
+    /// root of the trace already sent.
+    pub late_parent_missed: u64,
+    /// Spans with neither req_seq nor resp_seq (no cross-process edge possible).
+    pub no_seq: u64,
+    /// Spans sent in late parts (`trace.late = true`).
+    pub late: u64,
+    /// Late parts finished.
+    pub late_parts: u64,
+    /// Traces finished (late parts not counted).
+    pub traces_finished: u64,
+    /// Finished traces kept by sampling (late parts not counted).
+    pub traces_kept: u64,
+    /// Finished traces dropped by sampling (late parts not counted).
+    pub traces_dropped_by_sampling: u64,
+    /// Spans finished in kept traces and late parts.
+    pub spans_kept: u64,
+    /// Spans finished in dropped traces and late parts.
+    pub spans_dropped_by_sampling: u64,
+    /// Spans in open traces now.
+    pub spans_in_window: u64,
+    /// Open traces now.
+    pub traces_in_window: u64,
+    /// Finished spans still known for late joins and duplicate detection now.
+    pub spans_retained: u64,
+}
+
+const NONE: u32 = u32::MAX;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Client,
+    Server,
+    /// Not valid on the wire; kept and emitted alone, never linked.
+    Other,
+}
+
+/// Where a span is: in an open group, or finished in a record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Home {
+    Open(u32),
+    Finished(u32),
+}
+
+/// What the engine keeps per span. The payload goes out with the trace; the rest
+/// stays until `late_retention` has passed.
+struct Node {
+    span_id: u64,
+    local_parent_id: u64,
+    start_ns: u64,
+    end_ns: u64,
+    local_fp: u64,
+    remote_fp: u64,
+    req_seq: u32,
+    resp_seq: u32,
+    host: u32,
+    pid: u32,
+    /// Its batch's slot in `tags`.
+    tag: u32,
+    /// Index of the payload in `payloads` while open, NONE once sent.
+    payload: u32,
+    /// Index of the app context in `apps` while open, NONE when it had none.
+    app: u32,
+    /// Parent in the same open group (NONE for a root; an edge into a finished
+    /// trace is the group's `attach`, never an index).
+    parent: u32,
+    /// The call partner this span was matched with.
+    peer: u32,
+    /// Next span with the same call key / waiting for the same local parent.
+    next_same_key: u32,
+    next_waiting: u32,
+    home: Home,
+    kind: Kind,
+    /// More than one candidate matched: this span takes no call edge.
+    blocked: bool,
+    in_calls: bool,
+    waiting: bool,
+}
+
+/// A finished trace's order, after its root: by start (span id and host break
+/// ties, so the order is total), then the node.
+type SortKey = (u64, u64, u32, u32);
+
+/// A live tag and how many known spans came with it.
+struct TagRef {
+    tag: u64,
+    spans: u32,
+}
+
+/// A finished trace or late part whose spans are still known.
+struct Record {
+    id: TraceId,
+    app_id: bool,
+    sampled: bool,
+    nodes: Vec<u32>,
+}
+
+/// The linker's pure part. See the module documentation. `P` is the span as the
+/// caller hands it in; the engine only carries it through.
+pub struct Engine<P = ESpan> {
+    config: EngineConfig,
+    window_ns: u64,
+    retention_ns: u64,
+    skew_ns: u64,
+    slack_ns: u64,
+    nodes: Vec<Node>,
+    free_nodes: Vec<u32>,
+    /// Open spans' payloads, in slots reused without allocating.
+    payloads: Vec<Option<P>>,
+    free_payloads: Vec<u32>,
+    /// Open spans' app contexts (most spans have none).
+    apps: Vec<AppContext>,
+    free_apps: Vec<u32>,
+    groups: Vec<Group>,
+    free_groups: Vec<u32>,
+    records: Vec<Record>,
+    free_records: Vec<u32>,
+    /// Emptied member lists, kept for new groups (no allocation per span).
+    spare_lists: Vec<Vec<u32>>,
+    /// Finishing's sort keys, kept for the next trace.
+    sort_scratch: Vec<SortKey>,
+    /// Open groups by due time (lazy: a stale entry is skipped or pushed again).
+    due: DueQueue,
+    /// Records by due time, for `late_retention` (a heap: one entry per trace,
+    /// and expiry must not depend on the order traces were finished in).
+    retained: BinaryHeap<Reverse<(u64, u32)>>,
+    /// Every known span (open or retained) by `(host, span_id)`.
+    by_span: NodeIndex,
+    /// CLIENT spans waiting for a local parent not seen yet: the head of the
+    /// chain per `(host, span_id)` awaited. Small: parents are usually awaited
+    /// only while their own call is still running.
+    awaited: Map<(u32, u64), u32>,
+    /// Heads of the chains of spans per call key.
+    by_call: NodeIndex,
+    hosts: Map<String, u32>,
+    host_hashes: Vec<u64>,
+    last_host: u32,
+    host_names: Vec<String>,
+    /// The live tags (batches that still hold a known span) and their counts of
+    /// such spans, in slots a node names (no hashing per span); `tag_slots`
+    /// finds a tag's slot, once per batch thanks to `last_tag`.
+    tags: Vec<TagRef>,
+    free_tags: Vec<u32>,
+    tag_slots: Map<u64, u32>,
+    last_tag: Option<(u64, u32)>,
+    retired: Vec<u64>,
+    stats: EngineStats,
+}
+
+impl Engine<ESpan> {
+    /// Takes one span. `tag` is the caller's name for where it came from (the
+    /// store's batch id); `now_ns` is the linker's clock. Never panics.
+    pub fn ingest(&mut self, span: ESpan, tag: u64, now_ns: u64) -> Ingested {
+        let facts = SpanFacts::of(&span);
+        let host = self.intern_host(&span.host);
+        self.insert(host, &facts, span, tag, now_ns)
+    }
+}
+
+impl<P> Engine<P> {
+    /// An empty engine.
+    pub fn new(config: EngineConfig) -> Self {
+        let window_ns = config::nanos(config.window).max(1);
+        Self {
+            window_ns,
+            retention_ns: config::nanos(config.late_retention),
+            skew_ns: config::nanos(config.clock_skew),
+            slack_ns: config::nanos(config.same_host_slack),
+            config,
+            nodes: Vec::new(),
+            free_nodes: Vec::new(),
+            payloads: Vec::new(),
+            free_payloads: Vec::new(),
+            apps: Vec::new(),
+            free_apps: Vec::new(),
+            groups: Vec::new(),
+            free_groups: Vec::new(),
+            records: Vec::new(),
+            free_records: Vec::new(),
+            spare_lists: Vec::new(),
+            sort_scratch: Vec::new(),
+            due: DueQueue::default(),
+            retained: BinaryHeap::new(),
+            by_span: NodeIndex::default(),
+            awaited: Map::default(),
+            by_call: NodeIndex::default(),
+            hosts: Map::default(),
+            host_hashes: Vec::new(),
+            last_host: NONE,
+            host_names: Vec::new(),
+            tags: Vec::new(),
+            free_tags: Vec::new(),
+            tag_slots: Map::default(),
+            last_tag: None,
+            retired: Vec::new(),
+            stats: EngineStats::default(),
+        }
+    }
+
+    /// The settings it runs with.
+    pub fn config(&self) -> &EngineConfig {
+        &self.config
+    }
+
+    /// The engine's number for a host name (a span's `host`), for
+    /// [`Engine::ingest_with`]. The same name always gets the same number.
+    pub fn host_id(&mut self, name: &str) -> HostId {
+        HostId(self.intern_host(name))
+    }
+
+    /// Takes one span given as its facts and, apart, the payload to carry
+    /// through (`ingest` for an `ESpan` does both from the span). `host` is
+    /// [`Engine::host_id`] of the span's `host`. Never panics.
+    pub fn ingest_with(
+        &mut self,
+        host: HostId,
+        facts: &SpanFacts,
+        payload: P,
+        tag: u64,
+        now_ns: u64,
+    ) -> Ingested {
+        let host = if (host.0 as usize) < self.host_names.len() {
+            host.0
+        } else {
+            self.intern_host("") // not from this engine: an unknown host
+        };
+        self.insert(host, facts, payload, tag, now_ns)
+    }
+
+    fn insert(
+        &mut self,
+        host: u32,
+        facts: &SpanFacts,
+        payload: P,
+        tag: u64,
+        now_ns: u64,
+    ) -> Ingested {
+        self.stats.spans_in += 1;
+        let span_id = facts.span_id;
+        let hash = hash::span_key(host, span_id);
+        // One probe on the usual path: insert the index the node will take.
+        let slot = self
+            .free_nodes
+            .last()
+            .copied()
+            .unwrap_or(self.nodes.len() as u32);
+        let nodes = &self.nodes;
+        let known = self.by_span.insert(
+            hash,
+            |m| {
+                let m = &nodes[m as usize];
+                m.span_id == span_id && m.host == host
+            },
+            slot,
+        );
+        if known.is_err() {
+            self.stats.duplicates += 1;
+            if !self.tag_slots.contains_key(&tag) {
+                // A batch of duplicates only must still be retired.
+                self.retired.push(tag);
+            }
+            return Ingested::Duplicate;
+        }
+        let waiting = if self.awaited.is_empty() {
+            NONE
+        } else {
+            self.awaited.remove(&(host, span_id)).unwrap_or(NONE)
+        };
+        let n = self.add_node(facts, payload, host, tag);
+        debug_assert_eq!(n, slot);
+        self.new_group(n, now_ns);
+
+        match self.nodes[n as usize].kind {
+            Kind::Client => {
+                self.find_local_parent(n);
+                if let Some(server) = self.match_call(n) {
+                    self.link_call(server, n);
+                }
+            }
+            Kind::Server => {
+                if let Some(client) = self.match_call(n) {
+                    self.link_call(n, client);
+                }
+            }
+            Kind::Other => {}
+        }
+        self.adopt_waiting(n, waiting);
+
+        let Home::Open(g) = self.nodes[n as usize].home else {
+            return Ingested::Open; // not reachable: a new span is open
+        };
+        let group = &mut self.groups[g as usize];
+        group.last_join = group.last_join.max(now_ns);
+        let late = group.attach.is_some();
+        self.schedule(g);
+        if late { Ingested::Late } else { Ingested::Open }
+    }
+
+    /// Finishes every open trace (and late part) nobody joined for `window`,
+    /// kept and dropped alike, and forgets finished spans older than
+    /// `late_retention`.
+    pub fn advance(&mut self, now_ns: u64) -> Vec<Finished<P>> {
+        let mut out = Vec::new();
+        let mut not_yet = Vec::new();
+        while let Some(bucket) = self.due.take_due(now_ns) {
+            for &(g, generation) in &bucket {
+                let group = &self.groups[g as usize];
+                if !group.live || group.generation != generation {
+                    continue; // merged away or finished since
+                }
+                let due = group.last_join.saturating_add(self.window_ns);
+                if due > now_ns {
+                    not_yet.push((due, g, generation)); // joined since, or later in this bucket
+                    continue;
+                }
+                out.push(self.finish(g, due));
+            }
+            self.due.recycle(bucket);
+        }
+        for (due, g, generation) in not_yet {
+            self.due.push(due, g, generation);
+        }
+        self.expire(now_ns);
+        out
+    }
+
+    /// Counters and gauges.
+    pub fn stats(&self) -> EngineStats {
+        self.stats.clone()
+    }
+
+    /// Tags that still hold a span of an open trace or of a finished trace whose
+    /// late-join state is kept. A batch whose tag is not here is not needed to
+    /// rebuild the engine.
+    pub fn live_tags(&self) -> impl Iterator<Item = u64> + '_ {
+        self.tag_slots.keys().copied()
+    }
+
+    /// Whether a tag still holds spans.
+    pub fn is_live(&self, tag: u64) -> bool {
+        self.tag_slots.contains_key(&tag)
+    }
+
+    /// Tags that stopped being live since the last call (or were only ever
+    /// duplicates), each once, sorted: the store may delete their batches.
+    pub fn take_retired_tags(&mut self) -> Vec<u64> {
+        let mut tags = std::mem::take(&mut self.retired);
+        tags.sort_unstable();
+        tags.dedup();
+        tags.retain(|t| !self.tag_slots.contains_key(t));
+        tags
+    }
+
+    fn intern_host(&mut self, name: &str) -> u32 {
+        // Batches come from one host at a time: the last one is the usual answer.
+        if let Some(last) = self.host_names.get(self.last_host as usize)
+            && last == name
+        {
+            return self.last_host;
+        }
+        let id = match self.hosts.get(name) {
+            Some(&id) => id,
+            None => {
+                let id = self.host_names.len() as u32;
+                self.hosts.insert(name.to_owned(), id);
+                self.host_names.push(name.to_owned());
+                self.host_hashes.push(hash::hash_bytes(name.as_bytes()));
+                id
+            }
+        };
+        self.last_host = id;
+        id
+    }
+
+    fn add_node(&mut self, facts: &SpanFacts, payload: P, host: u32, tag: u64) -> u32 {
+        let kind = match SpanKind::try_from(facts.kind) {
+            Ok(SpanKind::Client) => Kind::Client,
+            Ok(SpanKind::Server) => Kind::Server,
+            _ => Kind::Other,
+        };
+        let payload = match self.free_payloads.pop() {
+            Some(p) => {
+                self.payloads[p as usize] = Some(payload);
+                p
+            }
+            None => {
+                self.payloads.push(Some(payload));
+                (self.payloads.len() - 1) as u32
+            }
+        };
+        let app = match facts.app {
+            None => NONE,
+            Some(app) => match self.free_apps.pop() {
+                Some(a) => {
+                    self.apps[a as usize] = app;
+                    a
+                }
+                None => {
+                    self.apps.push(app);
+                    (self.apps.len() - 1) as u32
+                }
+            },
+        };
+        let node = Node {
+            span_id: facts.span_id,
+            local_parent_id: facts.local_parent_id,
+            start_ns: facts.start_ns,
+            end_ns: facts.end_ns,
+            local_fp: facts.local_fp,
+            remote_fp: facts.remote_fp,
+            req_seq: facts.req_seq,
+            resp_seq: facts.resp_seq,
+            host,
+            pid: facts.pid,
+            tag: self.tag_slot(tag),
+            payload,
+            app,
+            parent: NONE,
+            peer: NONE,
+            next_same_key: NONE,
+            next_waiting: NONE,
+            home: Home::Open(NONE),
+            kind,
+            blocked: false,
+            in_calls: false,
+            waiting: false,
+        };
+        self.stats.spans_in_window += 1;
+        match self.free_nodes.pop() {
+            Some(n) => {
+                self.nodes[n as usize] = node;
+                n
+            }
+            None => {
+                self.nodes.push(node);
+                (self.nodes.len() - 1) as u32
+            }
+        }
+    }
+
+    /// The slot of a tag, counting one more span under it.
+    fn tag_slot(&mut self, tag: u64) -> u32 {
+        let slot = match self.last_tag {
+            Some((last, slot)) if last == tag => slot,
+            _ => {
+                let slot = match self.tag_slots.get(&tag) {
+                    Some(&slot) => slot,
+                    None => {
+                        let tag_ref = TagRef { tag, spans: 0 };
+                        let slot = match self.free_tags.pop() {
+                            Some(slot) => {
+                                self.tags[slot as usize] = tag_ref;
+                                slot
+                            }
+                            None => {
+                                self.tags.push(tag_ref);
+                                (self.tags.len() - 1) as u32
+                            }
+                        };
+                        self.tag_slots.insert(tag, slot);
+                        slot
+                    }
+                };
+                self.last_tag = Some((tag, slot));
+                slot
+            }
+        };
+        self.tags[slot as usize].spans += 1;
+        slot
+    }
+
+    /// Counts one span less under a tag slot; the tag retires at zero.
+    fn untag(&mut self, slot: u32) {
+        let tag_ref = &mut self.tags[slot as usize];
+        tag_ref.spans -= 1;
+        if tag_ref.spans == 0 {
+            let tag = tag_ref.tag;
+            self.tag_slots.remove(&tag);
+            self.free_tags.push(slot);
+            self.retired.push(tag);
+            if self.last_tag.is_some_and(|(_, s)| s == slot) {
+                self.last_tag = None;
+            }
+        }
+    }
+
+    /// Forgets a finished span: indexes, chains, partner, tag.
+    fn free_node(&mut self, n: u32) {
+        let node = &self.nodes[n as usize];
+        let (host, span_id, tag, peer) = (node.host, node.span_id, node.tag, node.peer);
+        let call_key = node.in_calls.then_some((node.req_seq, node.resp_seq));
+        let waiting_key = node.waiting.then_some((host, node.local_parent_id));
+        self.by_span.replace(hash::span_key(host, span_id), n, NONE);
+        if let Some(key) = call_key {
+            self.unchain_call(key, n);
+        }
+        if let Some(key) = waiting_key {
+            self.unchain_waiting(key, n);
+        }
+        if peer != NONE && self.nodes[peer as usize].peer == n {
+            // Its partner can no longer be checked against a newcomer: take no other.
+            let p = &mut self.nodes[peer as usize];
+            p.peer = NONE;
+            p.blocked = true;
+        }
+        self.untag(tag);
+        let node = &mut self.nodes[n as usize];
+        node.in_calls = false;
+        node.waiting = false;
+        node.peer = NONE;
+        node.parent = NONE;
+        self.stats.spans_retained = self.stats.spans_retained.saturating_sub(1);
+        self.free_nodes.push(n);
+    }
+
+    /// The node of `(host, span_id)`, if known.
+    fn find_span(&self, host: u32, span_id: u64) -> Option<u32> {
+        self.by_span.get(hash::span_key(host, span_id), |m| {
+            let m = &self.nodes[m as usize];
+            m.span_id == span_id && m.host == host
+        })
+    }
+
+    /// Links a waiting CLIENT span to its local parent, or queues it.
+    fn find_local_parent(&mut self, n: u32) {
+        let node = &self.nodes[n as usize];
+        let (host, parent_id, pid) = (node.host, node.local_parent_id, node.pid);
+        if parent_id == 0 {
+            return;
+        }
+        let Some(p) = self.find_span(host, parent_id) else {
+            let head = self.awaited.entry((host, parent_id)).or_insert(NONE);
+            let node = &mut self.nodes[n as usize];
+            node.next_waiting = *head;
+            node.waiting = true;
+            *head = n;
+            return;
+        };
+        let parent = &self.nodes[p as usize];
+        if parent.kind != Kind::Server || parent.pid != pid || !self.link(n, p) {
+            self.stats.rejected_local += 1;
+        }
+    }
+
+    /// Links the CLIENT spans that were waiting for span `n` (the chain from
+    /// `head`), if it is a SERVER span of their process.
+    fn adopt_waiting(&mut self, n: u32, head: u32) {
+        let (pid, is_server) = {
+            let node = &self.nodes[n as usize];
+            (node.pid, node.kind == Kind::Server)
+        };
+        let mut w = head;
+        while w != NONE {
+            let child = &mut self.nodes[w as usize];
+            let next = child.next_waiting;
+            child.next_waiting = NONE;
+            child.waiting = false;
+            if matches!(child.home, Home::Finished(_)) {
+                self.stats.late_parent_missed += 1;
+            } else if !is_server || child.pid != pid || !self.link(w, n) {
+                self.stats.rejected_local += 1;
+            }
+            w = next;
+        }
+    }
+
+    fn unchain_waiting(&mut self, key: (u32, u64), n: u32) {
+        let Some(head) = self.awaited.get_mut(&key) else {
+            return;
+        };
+        let next = self.nodes[n as usize].next_waiting;
+        if *head == n {
+            if next == NONE {
+                self.awaited.remove(&key);
+            } else {
+                *head = next;
+            }
+            return;
+        }
+        let mut at = *head;
+        while at != NONE {
+            let after = self.nodes[at as usize].next_waiting;
+            if after == n {
+                self.nodes[at as usize].next_waiting = next;
+                return;
+            }
+            at = after;
+        }
+    }
+}

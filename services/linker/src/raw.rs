@@ -1,0 +1,421 @@
+//! ESPANS and TRACES messages as the service reads and writes them: a span stays
+//! the bytes it arrived as, from the ESPANS message to the TRACES message.
+//!
+//! Reading a batch finds each span's bytes, decodes the span once to validate it
+//! and take its [`SpanFacts`], and keeps only the facts and a slice of the message
+//! (no copy). Writing a trace copies those slices into the `LinkedSpan`s of a
+//! `TraceBatch`. The result is exactly what prost writes for the decoded spans
+//! (tested), without an `ESpan` per span held in the window or encoded again.
+//!
+//! prost decodes a message whole and does not say where a repeated field's
+//! elements lie, and its `encoding` module is internal; so the few protobuf
+//! primitives needed to find the spans and write the envelopes are here.
+
+use bytes::{BufMut, Bytes};
+use espan::wire::{self, ESpan, SpanProblem, WireError};
+use prost::Message;
+
+use crate::engine::{FinishedTrace, SpanFacts};
+use crate::store::trace_id_hex;
+
+/// A span as the service carries it through the engine: its id (for the
+/// message id of its trace) and its protobuf bytes as received.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct RawSpan {
+    /// `span_id`.
+    pub span_id: u64,
+    /// The encoded `ESpan`, a slice of the ESPANS message.
+    pub bytes: Bytes,
+}
+
+/// A read span: what the engine needs and what it carries.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReadSpan {
+    /// What linking reads.
+    pub facts: SpanFacts,
+    /// Index of its `host` in [`SpanBatch::hosts`].
+    pub host: u32,
+    /// The span itself.
+    pub raw: RawSpan,
+}
+
+/// A read ESPANS message.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct SpanBatch {
+    /// The valid spans, in order.
+    pub spans: Vec<ReadSpan>,
+    /// The `host` values the spans name (usually one).
+    pub hosts: Vec<String>,
+    /// Spans that failed validation, and why.
+    pub rejected: Vec<(u64, SpanProblem)>,
+}
+
+/// The batch-level fields, decoded by prost (which skips the spans).
+#[derive(Clone, PartialEq, Message)]
+struct BatchHead {
+    #[prost(uint32, tag = "1")]
+    version: u32,
+    #[prost(string, tag = "2")]
+    host: String,
+}
+
+const LEN: u8 = 2;
+const VARINT: u8 = 0;
+const FIXED64: u8 = 1;
+const FIXED32: u8 = 5;
+const SPANS_FIELD: u64 = 5;
+
+fn malformed() -> WireError {
+    WireError::InvalidBatch("malformed protobuf")
+}
+
+/// Reads a varint at `*at`, moving past it.
+fn read_varint(buf: &[u8], at: &mut usize) -> Option<u64> {
+    let mut value = 0u64;
+    for shift in (0..64).step_by(7) {
+        let byte = *buf.get(*at)?;
+        *at += 1;
+        value |= u64::from(byte & 0x7f) << shift;
+        if byte < 0x80 {
+            return Some(value);
+        }
+    }
+    None
+}
+
+/// Reads an ESPANS message: the same checks and the same spans as
+/// [`wire::decode_espan_batch`], but each span kept as a slice of `data`. (A
+/// batch with a field in the long-deprecated group encoding, which prost would
+/// skip, is refused.)
+pub fn read_span_batch(data: &Bytes) -> Result<SpanBatch, WireError> {
+    let head = BatchHead::decode(&data[..])?;
+    if head.version != wire::WIRE_VERSION {
+        return Err(WireError::UnknownVersion {
+            found: head.version,
+        });
+    }
+    if head.host.is_empty() {
+        return Err(WireError::InvalidBatch("host is empty"));
+    }
+    let mut batch = SpanBatch::default();
+    let buf = &data[..];
+    let mut at = 0;
+    while at < buf.len() {
+        let key = read_varint(buf, &mut at).ok_or_else(malformed)?;
+        let (field, wire_type) = (key >> 3, (key & 7) as u8);
+        // The batch's own fields must have their own wire types (as prost checks).
+        let expected = match field {
+            1 | 4 => Some(VARINT),
+            2 | SPANS_FIELD => Some(LEN),
+            3 => Some(FIXED64),
+            _ => None,
+        };
+        if expected.is_some_and(|t| t != wire_type) {
+            return Err(malformed());
+        }
+        match wire_type {
+            VARINT => {
+                read_varint(buf, &mut at).ok_or_else(malformed)?;
+            }
+            FIXED64 => at += 8,
+            FIXED32 => at += 4,
+            LEN => {
+                let len = read_varint(buf, &mut at).ok_or_else(malformed)?;
+                let start = at;
+                let end = usize::try_from(len)
+                    .ok()
+                    .and_then(|len| start.checked_add(len))
+                    .filter(|&end| end <= buf.len())
+                    .ok_or_else(malformed)?;
+                at = end;
+                if field == SPANS_FIELD {
+                    read_span(&mut batch, data.slice(start..end))?;
+                }
+            }
+            _ => return Err(malformed()),
+        }
+    }
+    if at != buf.len() {
+        return Err(malformed());
+    }
+    Ok(batch)
+}
+
+fn read_span(batch: &mut SpanBatch, bytes: Bytes) -> Result<(), WireError> {
+    let span = ESpan::decode(&bytes[..])?;
+    if let Err(problem) = wire::validate_span(&span) {
+        batch.rejected.push((span.span_id, problem));
+        return Ok(());
+    }
+    let host = match batch.hosts.iter().position(|h| *h == span.host) {
+        Some(i) => i as u32,
+        None => {
+            batch.hosts.push(span.host.clone());
+            (batch.hosts.len() - 1) as u32
+        }
+    };
+    batch.spans.push(ReadSpan {
+        facts: SpanFacts::of(&span),
+        host,
+        raw: RawSpan {
+            span_id: span.span_id,
+            bytes,
+        },
+    });
+    Ok(())
+}
+
+fn put_varint(out: &mut Vec<u8>, mut value: u64) {
+    while value >= 0x80 {
+        out.push((value as u8) | 0x80);
+        value >>= 7;
+    }
+    out.push(value as u8);
+}
+
+fn varint_len(value: u64) -> usize {
+    // 1 byte per 7 bits, at least one.
+    (64 - (value | 1).leading_zeros() as usize).div_ceil(7)
+}
+
+fn put_key(out: &mut Vec<u8>, field: u64, wire_type: u8) {
+    put_varint(out, (field << 3) | u64::from(wire_type));
+}
+
+fn put_fixed64(out: &mut Vec<u8>, field: u64, value: u64) {
+    if value != 0 {
+        put_key(out, field, FIXED64);
+        out.put_u64_le(value);
+    }
+}
+
+fn put_bool(out: &mut Vec<u8>, field: u64, value: bool) {
+    if value {
+        put_key(out, field, VARINT);
+        out.push(1);
+    }
+}
+
+/// The encoded `Trace` message of a finished trace (its fields, without a key
+/// and length of its own).
+pub fn encode_trace(trace: &FinishedTrace<RawSpan>, out: &mut Vec<u8>) {
+    put_fixed64(out, 1, trace.trace_id_high);
+    put_fixed64(out, 2, trace.trace_id_low);
+    for linked in &trace.spans {
+        let span = &linked.span.bytes;
+        // LinkedSpan { span = 1 (message), parent_id = 2 (fixed64) }
+        let span_field = 1 + varint_len(span.len() as u64) + span.len();
+        let parent_field = if linked.parent_id != 0 { 9 } else { 0 };
+        put_key(out, 3, LEN);
+        put_varint(out, (span_field + parent_field) as u64);
+        put_key(out, 1, LEN);
+        put_varint(out, span.len() as u64);
+        out.extend_from_slice(span);
+        put_fixed64(out, 2, linked.parent_id);
+    }
+    put_bool(out, 4, trace.app_trace_id);
+    put_bool(out, 5, trace.late);
+}
+
+/// A `TraceBatch` message holding the traces encoded by [`encode_trace`].
+pub fn trace_batch<'a>(
+    linker: &str,
+    boot_id: u64,
+    seq: u64,
+    traces: impl IntoIterator<Item = &'a [u8]> + Clone,
+) -> Bytes {
+    let body: usize = traces
+        .clone()
+        .into_iter()
+        .map(|t| 1 + varint_len(t.len() as u64) + t.len())
+        .sum();
+    let mut out = Vec::with_capacity(body + linker.len() + 32);
+    put_key(&mut out, 1, VARINT);
+    put_varint(&mut out, u64::from(wire::WIRE_VERSION));
+    if !linker.is_empty() {
+        put_key(&mut out, 2, LEN);
+        put_varint(&mut out, linker.len() as u64);
+        out.extend_from_slice(linker.as_bytes());
+    }
+    put_fixed64(&mut out, 3, boot_id);
+    if seq != 0 {
+        put_key(&mut out, 4, VARINT);
+        put_varint(&mut out, seq);
+    }
+    for trace in traces {
+        put_key(&mut out, 5, LEN);
+        put_varint(&mut out, trace.len() as u64);
+        out.extend_from_slice(trace);
+    }
+    Bytes::from(out)
+}
+
+/// The `Nats-Msg-Id` of a trace message: its trace id and the smallest span id
+/// in it (with `-late` for a late part), so a message re-sent after a restart is
+/// recognised, while two parts that share a trace id are not taken for copies of
+/// each other. They do share one when the app's own id is used and espan could
+/// not link every part (e.g. a call whose two sides never matched): keying by
+/// the trace id alone made JetStream drop the second part as a duplicate.
+pub fn trace_msg_id(trace: &FinishedTrace<RawSpan>) -> String {
+    let id = trace_id_hex(trace.trace_id_high, trace.trace_id_low);
+    let first = trace
+        .spans
+        .iter()
+        .map(|s| s.span.span_id)
+        .min()
+        .unwrap_or(0);
+    let late = if trace.late { "-late" } else { "" };
+    format!("{id}{late}-{first:016x}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::{Engine, EngineConfig};
+    use crate::synth::{self, SynthConfig};
+    use espan::wire::{ESpanBatch, LinkedSpan, Trace, TraceBatch};
+
+    fn synth_batches() -> Vec<ESpanBatch> {
+        let synth = synth::generate(&SynthConfig {
+            traces: 40,
+            ..SynthConfig::default()
+        });
+        synth
+            .spans
+            .chunks(37)
+            .enumerate()
+            .map(|(seq, chunk)| ESpanBatch {
+                version: wire::WIRE_VERSION,
+                host: "h".into(),
+                boot_id: 9,
+                seq: seq as u64,
+                spans: chunk.iter().map(|s| s.span.clone()).collect(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn reads_the_spans_prost_reads() {
+        for mut batch in synth_batches() {
+            // One bad span: rejected by both, the same way.
+            batch.spans[3].start_ns = 0;
+            let data = wire::encode_espan_batch(&batch);
+            let prost = wire::decode_espan_batch(&data).unwrap();
+            let read = read_span_batch(&data).unwrap();
+            assert_eq!(read.spans.len(), prost.batch.spans.len());
+            for (r, p) in read.spans.iter().zip(&prost.batch.spans) {
+                assert_eq!(r.facts, SpanFacts::of(p));
+                assert_eq!(read.hosts[r.host as usize], p.host);
+                assert_eq!(ESpan::decode(&r.raw.bytes[..]).unwrap(), *p);
+                assert_eq!(r.raw.span_id, p.span_id);
+            }
+            let rejected: Vec<_> = prost
+                .rejected
+                .iter()
+                .map(|r| (r.span_id, r.problem.clone()))
+                .collect();
+            assert_eq!(read.rejected, rejected);
+        }
+    }
+
+    #[test]
+    fn refuses_what_prost_refuses() {
+        let batch = &synth_batches()[0];
+        let data = wire::encode_espan_batch(batch);
+        for cut in [1, 7, data.len() / 2, data.len() - 1] {
+            let truncated = data.slice(..cut);
+            assert_eq!(
+                read_span_batch(&truncated).is_err(),
+                wire::decode_espan_batch(&truncated).is_err(),
+                "cut at {cut}"
+            );
+        }
+        let mut old = batch.clone();
+        old.version = 0;
+        let mut no_host = batch.clone();
+        no_host.host.clear();
+        for bad in [old, no_host] {
+            let data = Bytes::from(bad.encode_to_vec());
+            assert!(read_span_batch(&data).is_err());
+            assert!(wire::decode_espan_batch(&data).is_err());
+        }
+        assert!(read_span_batch(&Bytes::from_static(&[0xff; 12])).is_err());
+    }
+
+    #[test]
+    fn writes_what_prost_writes() {
+        let config = EngineConfig {
+            sampling_rate: 1.0,
+            ..EngineConfig::default()
+        };
+        let (mut raw, mut decoded) = (Engine::new(config.clone()), Engine::new(config));
+        let (mut out_raw, mut out_decoded) = (Vec::new(), Vec::new());
+        for (tag, batch) in synth_batches().into_iter().enumerate() {
+            let data = wire::encode_espan_batch(&batch);
+            let read = read_span_batch(&data).unwrap();
+            for span in read.spans {
+                let host = raw.host_id(&read.hosts[span.host as usize]);
+                raw.ingest_with(host, &span.facts, span.raw, tag as u64, 1);
+            }
+            for span in wire::decode_espan_batch(&data).unwrap().batch.spans {
+                decoded.ingest(span, tag as u64, 1);
+            }
+        }
+        out_raw.extend(raw.advance(u64::MAX / 2));
+        out_decoded.extend(decoded.advance(u64::MAX / 2));
+        assert_eq!(out_raw.len(), out_decoded.len());
+        assert!(out_raw.iter().any(|f| f.trace.app_trace_id));
+        let mut bodies = Vec::new();
+        let mut traces = Vec::new();
+        for (r, d) in out_raw.iter().zip(out_decoded) {
+            let mut body = Vec::new();
+            encode_trace(&r.trace, &mut body);
+            let expected: Trace = d.trace.into_wire();
+            assert_eq!(body, expected.encode_to_vec());
+            assert_eq!(
+                trace_msg_id(&r.trace),
+                expected_msg_id(&expected),
+                "message ids"
+            );
+            bodies.push(body);
+            traces.push(expected);
+        }
+        let batch = trace_batch("linker-1", 77, 5, bodies.iter().map(Vec::as_slice));
+        let mut expected = TraceBatch {
+            version: 0,
+            linker: "linker-1".into(),
+            boot_id: 77,
+            seq: 5,
+            traces,
+        };
+        assert_eq!(batch, wire::encode_trace_batch(&mut expected));
+        let empty = trace_batch("", 0, 0, std::iter::empty::<&[u8]>());
+        assert_eq!(empty, wire::encode_trace_batch(&mut TraceBatch::default()));
+    }
+
+    fn expected_msg_id(trace: &Trace) -> String {
+        let first = trace
+            .spans
+            .iter()
+            .filter_map(|s: &LinkedSpan| s.span.as_ref())
+            .map(|s| s.span_id)
+            .min()
+            .unwrap_or(0);
+        let late = if trace.late { "-late" } else { "" };
+        format!(
+            "{}{late}-{first:016x}",
+            trace_id_hex(trace.trace_id_high, trace.trace_id_low)
+        )
+    }
+
+    #[test]
+    fn varint_lengths() {
+        for v in [0u64, 1, 127, 128, 16_383, 16_384, u64::MAX] {
+            let mut out = Vec::new();
+            put_varint(&mut out, v);
+            assert_eq!(out.len(), varint_len(v), "{v}");
+            let mut at = 0;
+            assert_eq!(read_varint(&out, &mut at), Some(v));
+        }
+    }
+}

@@ -1,0 +1,253 @@
+//! The linker's options: DataKit's `[[inputs.ebpftrace]]` names and
+//! `ENV_INPUT_EBPFTRACE_*` variables, plus espan's own, resolved as
+//! flags > environment > TOML file > default.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use espan::config::{self, ByteSize, ConfigError, FileTable, GoDuration, Layers, Rate};
+
+use crate::store::SyncMode;
+
+/// Links eSpans from every probe into traces: consumes the ESPANS stream, keeps
+/// the open window in SurrealDB at db_path, samples whole traces and publishes
+/// the kept ones to TRACES. DataKit `ebpftrace` users: the same option names,
+/// file table and variables work here.
+#[derive(Debug, Parser)]
+#[command(name = "espan-linker", version, about, long_about = None)]
+pub struct Cli {
+    #[command(flatten)]
+    pub options: Options,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// What to do; with none, run the linker.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the linker (the default).
+    Run,
+    /// Print the resolved configuration and exit (checks every value).
+    Config,
+    /// List finished traces from the store, newest last.
+    Traces {
+        /// Only traces finished within this long ago (e.g. 5m, 1h).
+        #[arg(long, default_value = "5m")]
+        since: String,
+        /// Only traces with a span of this service.
+        #[arg(long)]
+        service: Option<String>,
+        /// At most this many traces.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
+    /// Print one trace as an indented tree with durations.
+    Trace {
+        /// The trace id: 32 hex digits (a 16-digit Datadog id is padded with zeros).
+        id: String,
+    },
+}
+
+/// Every option of the linker. Values are strings here and parsed by
+/// [`Settings::resolve`], so that an error names where a bad value came from.
+#[derive(Debug, Args)]
+pub struct Options {
+    /// TOML file with an [[inputs.ebpftrace]] table (DataKit's input config).
+    #[arg(long, env = "ESPAN_LINKER_CONFIG", value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    /// Directory of the SurrealDB store (the window, finished traces). [default: /var/lib/espan/linker]
+    #[arg(long, env = "ENV_INPUT_EBPFTRACE_DB_PATH", value_name = "DIR")]
+    pub db_path: Option<String>,
+    /// Use the app's own W3C/Datadog trace id when a span carried one. [default: true]
+    #[arg(
+        long,
+        env = "ENV_INPUT_EBPFTRACE_USE_APP_TRACE_ID",
+        value_name = "BOOL"
+    )]
+    pub use_app_trace_id: Option<String>,
+    /// A trace is finished when no span joined it for this long (at least 1s). [default: 20s]
+    #[arg(long, env = "ENV_INPUT_EBPFTRACE_WINDOW", value_name = "DURATION")]
+    pub window: Option<String>,
+    /// Fraction of traces kept, 0 to 1, decided per trace by a hash of its trace id
+    /// (the app's own sampling decision wins). [default: 0.1]
+    #[arg(long, env = "ENV_INPUT_EBPFTRACE_SAMPLING_RATE", value_name = "RATE")]
+    pub sampling_rate: Option<String>,
+    /// NATS server with JetStream. [default: nats://127.0.0.1:4222]
+    #[arg(long, env = "ESPAN_NATS_URL", value_name = "URL")]
+    pub nats_url: Option<String>,
+    /// This linker's name: subject trace.<name> and the durable consumer. [default: espan-linker]
+    #[arg(long, env = "ESPAN_LINKER_NAME", value_name = "NAME")]
+    pub name: Option<String>,
+    /// Address of /metrics and /healthz. [default: 0.0.0.0:9530]
+    #[arg(long, env = "ESPAN_METRICS_ADDR", value_name = "ADDR")]
+    pub metrics_addr: Option<String>,
+    /// How long finished traces stay queryable in the store. [default: 1h]
+    #[arg(long, env = "ESPAN_RETENTION", value_name = "DURATION")]
+    pub retention: Option<String>,
+    /// How long a finished trace still accepts late spans. [default: the window]
+    #[arg(long, env = "ESPAN_LATE_RETENTION", value_name = "DURATION")]
+    pub late_retention: Option<String>,
+    /// Store size at which the linker stops acking (JetStream keeps the backlog). [default: 10GiB]
+    #[arg(long, env = "ESPAN_MAX_STORE_SIZE", value_name = "SIZE")]
+    pub max_store_size: Option<String>,
+    /// SurrealDB disk sync: every (commit, grouped), never, or an interval like 1s. [default: every]
+    #[arg(long, env = "ESPAN_STORE_SYNC", value_name = "MODE")]
+    pub store_sync: Option<String>,
+    /// How often finished traces are flushed out. [default: 200ms]
+    #[arg(long, env = "ESPAN_FLUSH_INTERVAL", value_name = "DURATION")]
+    pub flush_interval: Option<String>,
+    /// ESPANS messages handed to the store at once, at most. [default: 64]
+    #[arg(long, env = "ESPAN_CONSUME_BATCH", value_name = "N")]
+    pub consume_batch: Option<String>,
+    /// How long JetStream waits for an ack before it redelivers a message. After a
+    /// crash, unacked messages come back after this long, and the linker holds
+    /// its open traces that long after starting, so keep it well below the
+    /// window. [default: 5s]
+    #[arg(long, env = "ESPAN_ACK_WAIT", value_name = "DURATION")]
+    pub ack_wait: Option<String>,
+    /// Bytes each JetStream stream may hold (the server must have room for all
+    /// three: ESPANS, TRACES, DEADLETTER). [default: 2GiB]
+    #[arg(long, env = "ESPAN_STREAM_MAX_BYTES", value_name = "SIZE")]
+    pub stream_max_bytes: Option<String>,
+    /// How long JetStream remembers message ids (de-duplication of re-sent traces
+    /// after a restart). [default: 10m]
+    #[arg(long, env = "ESPAN_DUPLICATE_WINDOW", value_name = "DURATION")]
+    pub duplicate_window: Option<String>,
+}
+
+/// The resolved configuration.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub db_path: PathBuf,
+    pub use_app_trace_id: bool,
+    pub window: Duration,
+    pub sampling_rate: f64,
+    pub nats_url: String,
+    pub name: String,
+    pub metrics_addr: SocketAddr,
+    pub retention: Duration,
+    pub late_retention: Duration,
+    pub max_store_size: u64,
+    pub store_sync: SyncMode,
+    pub flush_interval: Duration,
+    pub consume_batch: usize,
+    pub ack_wait: Duration,
+    pub stream_max_bytes: u64,
+    pub duplicate_window: Duration,
+    /// Keys of the file table no option uses (logged as likely typos).
+    pub unknown_keys: Vec<String>,
+}
+
+impl Settings {
+    /// Resolves every option from `matches` (of [`Cli`]'s command).
+    pub fn resolve(
+        command: &clap::Command,
+        matches: &clap::ArgMatches,
+        options: &Options,
+    ) -> Result<Self, ConfigError> {
+        let file = options
+            .config
+            .as_deref()
+            .map(|p| FileTable::load(p, "ebpftrace"))
+            .transpose()?;
+        let layers = Layers::new(command, matches, file);
+        let window: GoDuration =
+            layers.get("window", "window", GoDuration(Duration::from_secs(20)))?;
+        if window.0 < Duration::from_secs(1) {
+            return Err(config::check(
+                layers.origin_of("window", "window"),
+                format!("{:?}", window.0),
+                Err::<(), _>("the window must be at least 1s".into()),
+            )
+            .unwrap_err());
+        }
+        let late_retention = layers
+            .get_opt::<GoDuration>("late_retention", "late_retention")?
+            .map_or(window.0, |d| d.0);
+        let metrics_addr = layers.get(
+            "metrics_addr",
+            "metrics_addr",
+            "0.0.0.0:9530".parse::<SocketAddr>().expect("valid"),
+        )?;
+        let consume_batch: usize = layers.get("consume_batch", "consume_batch", 64)?;
+        if consume_batch == 0 {
+            return Err(config::check(
+                layers.origin_of("consume_batch", "consume_batch"),
+                0,
+                Err::<(), _>("must be at least 1".into()),
+            )
+            .unwrap_err());
+        }
+        let nats_url: String =
+            layers.get("nats_url", "nats_url", "nats://127.0.0.1:4222".to_owned())?;
+        let settings = Settings {
+            db_path: layers.get("db_path", "db_path", PathBuf::from("/var/lib/espan/linker"))?,
+            use_app_trace_id: layers.get("use_app_trace_id", "use_app_trace_id", true)?,
+            window: window.0,
+            sampling_rate: layers
+                .get(
+                    "sampling_rate",
+                    "sampling_rate",
+                    Rate::new(0.1).expect("valid"),
+                )?
+                .get(),
+            nats_url: espan::bus::nats_url(&nats_url),
+            name: layers.get("name", "name", "espan-linker".to_owned())?,
+            metrics_addr,
+            retention: layers
+                .get::<GoDuration>(
+                    "retention",
+                    "retention",
+                    GoDuration(Duration::from_secs(3600)),
+                )?
+                .0,
+            late_retention,
+            max_store_size: layers
+                .get("max_store_size", "max_store_size", ByteSize(10 << 30))?
+                .0,
+            store_sync: layers.get("store_sync", "store_sync", SyncMode::default())?,
+            flush_interval: layers
+                .get::<GoDuration>(
+                    "flush_interval",
+                    "flush_interval",
+                    GoDuration(Duration::from_millis(200)),
+                )?
+                .0,
+            consume_batch,
+            ack_wait: layers
+                .get::<GoDuration>("ack_wait", "ack_wait", GoDuration(Duration::from_secs(5)))?
+                .0,
+            stream_max_bytes: layers
+                .get("stream_max_bytes", "stream_max_bytes", ByteSize(2 << 30))?
+                .0,
+            duplicate_window: layers
+                .get::<GoDuration>(
+                    "duplicate_window",
+                    "duplicate_window",
+                    GoDuration(Duration::from_secs(600)),
+                )?
+                .0,
+            unknown_keys: Vec::new(),
+        };
+        Ok(Settings {
+            unknown_keys: layers.unknown_file_keys(),
+            ..settings
+        })
+    }
+
+    /// Parses `args` (first item = program name) the way `main` does.
+    pub fn from_args<I, T>(args: I) -> Result<(Cli, Settings), anyhow::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        use clap::{CommandFactory, FromArgMatches};
+        let command = Cli::command();
+        let matches = command.clone().try_get_matches_from(args)?;
+        let cli = Cli::from_arg_matches(&matches)?;
+        let settings = Settings::resolve(&command, &matches, &cli.options)?;
+        Ok((cli, settings))
+    }
+}
