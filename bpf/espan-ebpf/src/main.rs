@@ -1,0 +1,451 @@
+//! espan's kernel side: filter by the traced-pid map, copy the first bytes of each
+//! TCP transfer with its sequence number into a ring buffer, report process and
+//! connection life events. Parsing is user space's job.
+//!
+//! One hook per transfer: the socket layer's `sock_{send,recv}_length` tracepoint
+//! fires inside the syscall, after the bytes moved, with the `struct sock` and
+//! the length. It is attached raw (the arguments as the kernel passes them, no
+//! trace record built first), as is `inet_sock_set_state`. The user buffer comes from the syscall's own arguments, read from
+//! the registers the syscall entry saved (`pt_regs`), so no syscall tracepoint
+//! is needed: a syscall on a file, a pipe or a UDP socket, or of an untraced
+//! process, costs nothing here.
+#![no_std]
+#![no_main]
+
+use aya_ebpf::EbpfContext;
+use aya_ebpf::bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP};
+use aya_ebpf::helpers::generated::{
+    bpf_get_current_task_btf, bpf_probe_read_user as raw_read_user, bpf_task_pt_regs,
+};
+use aya_ebpf::helpers::{
+    bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_probe_read_user,
+};
+use aya_ebpf::macros::{map, raw_tracepoint, tracepoint};
+use aya_ebpf::maps::{Array, PerCpuArray, RingBuf};
+use aya_ebpf::programs::{RawTracePointContext, TracePointContext};
+use espan_common::{
+    CloseEvent, DIR_EGRESS, DIR_INGRESS, DataEvent, EVENT_CLOSE, EVENT_DATA, EVENT_EXEC,
+    EVENT_EXIT, EVENT_FORK, MAX_CAPTURE, ProcEvent, TRACED_WORDS, counter, layout, syscall,
+};
+
+// Set by user space from the kernel's BTF (never hard-coded) and from the config.
+#[unsafe(no_mangle)]
+static OFF_WRITE_SEQ: u32 = 0;
+#[unsafe(no_mangle)]
+static OFF_COPIED_SEQ: u32 = 0;
+#[unsafe(no_mangle)]
+static OFF_RCV_NXT: u32 = 0;
+#[unsafe(no_mangle)]
+static OFF_SK_FLAGS: u32 = 0;
+#[unsafe(no_mangle)]
+static SOCK_DONE_BIT: u32 = 1;
+#[unsafe(no_mangle)]
+static OFF_SK_TYPE_PROTO: u32 = 0;
+#[unsafe(no_mangle)]
+static TCP_TYPE_PROTO: u32 = 0;
+#[unsafe(no_mangle)]
+static OFF_SKC_DADDR: u32 = 0;
+#[unsafe(no_mangle)]
+static OFF_SKC_V6_DADDR: u32 = 0;
+#[unsafe(no_mangle)]
+static OFF_SKC_V6_RCV_SADDR: u32 = 0;
+#[unsafe(no_mangle)]
+static OFF_REGS_ARGS: u32 = 0;
+#[unsafe(no_mangle)]
+static SYSCALL_NRS: [u64; syscall::COUNT] = [u64::MAX; syscall::COUNT];
+#[unsafe(no_mangle)]
+static TP_FORK_CHILD_PID: u32 = 20;
+#[unsafe(no_mangle)]
+static CAPTURE_BYTES: u32 = 1024;
+#[unsafe(no_mangle)]
+static WAKEUP_BYTES: u64 = 1 << 20;
+
+const AF_INET: u16 = 2;
+const AF_INET6: u16 = 10;
+const MSG_PEEK: i32 = 2;
+const TCP_CLOSE: i32 = 7;
+
+// A bit per pid: an array lookup is a bounds check and an address, where a hash
+// lookup hashes and walks a bucket, and every socket send and receive on the
+// host asks it.
+#[map]
+static TRACED: Array<u64> = Array::with_max_entries(TRACED_WORDS, 0);
+
+#[map]
+static EVENTS: RingBuf = RingBuf::with_byte_size(8 << 20, 0);
+
+#[map]
+static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::LEN, 0);
+
+/// A data record reserved with `N` bytes of payload room.
+#[repr(C)]
+struct Record<const N: usize> {
+    head: DataEvent,
+    data: [u8; N],
+}
+
+#[inline(always)]
+fn global<T: Copy>(v: &T) -> T {
+    // SAFETY: a plain read; volatile so the compiler keeps the load user space patches.
+    unsafe { core::ptr::read_volatile(v) }
+}
+
+#[inline(always)]
+fn ctx_field<T: Copy>(ctx: &TracePointContext, offset: usize) -> T {
+    // SAFETY: constant offsets inside the tracepoint record, checked against the
+    // format file by user space before loading.
+    unsafe { core::ptr::read_unaligned(ctx.as_ptr().add(offset).cast::<T>()) }
+}
+
+#[inline(always)]
+fn count(index: u32) {
+    if let Some(c) = COUNTERS.get_ptr_mut(index) {
+        // SAFETY: per-CPU slot, no concurrent writer.
+        unsafe { *c += 1 };
+    }
+}
+
+#[inline(always)]
+fn is_traced(tgid: u32) -> bool {
+    TRACED
+        .get(tgid >> 6)
+        .is_some_and(|word| (*word >> (tgid & 63)) & 1 == 1)
+}
+
+#[inline(always)]
+fn traced() -> bool {
+    is_traced((bpf_get_current_pid_tgid() >> 32) as u32)
+}
+
+#[inline(always)]
+fn read_kernel<T: Copy>(addr: u64) -> Option<T> {
+    // SAFETY: kernel memory read through the helper, which checks the address.
+    unsafe { bpf_probe_read_kernel(addr as *const T) }.ok()
+}
+
+/// `struct iovec { void *iov_base; size_t iov_len; }` (user ABI): the first one.
+#[inline(always)]
+fn first_iovec(iov: u64) -> (u64, u64) {
+    // SAFETY: reading user memory through the helper, which checks the address.
+    match unsafe { bpf_probe_read_user(iov as *const [u64; 2]) } {
+        Ok(v) => (v[0], v[1]),
+        Err(_) => (0, 0),
+    }
+}
+
+/// The user buffer of the syscall this transfer happens in, from the registers
+/// its entry saved: `(address, size)`, or `(0, 0)` when the syscall is not one
+/// whose buffer is known (sendfile, splice, io_uring, recvmmsg, …) or does not
+/// move bytes the way `direction` says.
+#[inline(always)]
+fn syscall_buffer(direction: u32) -> (u64, u64) {
+    // SAFETY: helpers without preconditions; the result is only used as an
+    // address for the reading helper.
+    let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as u64;
+    if regs == 0 {
+        return (0, 0);
+    }
+    // dx, si, di, orig_ax: third, second, first argument, syscall number.
+    let Some(r) = read_kernel::<[u64; 4]>(regs + global(&OFF_REGS_ARGS) as u64) else {
+        return (0, 0);
+    };
+    let (nr, buf, size) = (r[3], r[1], r[0]);
+    let nrs = global(&SYSCALL_NRS);
+    // The syscalls that move bytes this way (see espan_common::syscall).
+    let (plain, from_to, vec, msg) = if direction == DIR_INGRESS {
+        (
+            syscall::READ,
+            syscall::RECVFROM,
+            syscall::READV,
+            syscall::RECVMSG,
+        )
+    } else {
+        (
+            syscall::WRITE,
+            syscall::SENDTO,
+            syscall::WRITEV,
+            syscall::SENDMSG,
+        )
+    };
+    // read/write, recvfrom/sendto: (fd, buf, len, …).
+    if nr == nrs[plain] || nr == nrs[from_to] {
+        return (buf, size);
+    }
+    // readv/writev: (fd, iov, iovcnt); only the first iovec is captured.
+    if nr == nrs[vec] {
+        return first_iovec(buf);
+    }
+    // recvmsg/sendmsg: (fd, msghdr, flags); `msg_iov` is at 16 in the user ABI.
+    if nr == nrs[msg] {
+        // SAFETY: as in first_iovec.
+        return match unsafe { bpf_probe_read_user((buf + 16) as *const u64) } {
+            Ok(iov) => first_iovec(iov),
+            Err(_) => (0, 0),
+        };
+    }
+    (0, 0)
+}
+
+// sock_{send,recv}_length(struct sock *sk, int ret, int flags); user space
+// checked these arguments against the kernel's BTF.
+#[raw_tracepoint(tracepoint = "sock_send_length")]
+pub fn sock_send_length(ctx: RawTracePointContext) -> i32 {
+    let _ = try_sock_length(ctx.arg(0), ctx.arg::<u64>(1) as i32, DIR_EGRESS);
+    0
+}
+
+#[raw_tracepoint(tracepoint = "sock_recv_length")]
+pub fn sock_recv_length(ctx: RawTracePointContext) -> i32 {
+    let flags = ctx.arg::<u64>(2) as i32;
+    // A peek leaves the bytes (and copied_seq) in place; they come again.
+    if flags & MSG_PEEK == 0 {
+        let _ = try_sock_length(ctx.arg(0), ctx.arg::<u64>(1) as i32, DIR_INGRESS);
+    }
+    0
+}
+
+/// Whether `sk` is a TCP socket (`sk_type` and `sk_protocol` read together).
+#[inline(always)]
+fn is_tcp(sk: u64) -> bool {
+    read_kernel::<u32>(sk + global(&OFF_SK_TYPE_PROTO) as u64) == Some(global(&TCP_TYPE_PROTO))
+}
+
+#[inline(always)]
+fn try_sock_length(sk: u64, ret: i32, direction: u32) -> Result<(), i64> {
+    if ret <= 0 {
+        return Ok(());
+    }
+    let id = bpf_get_current_pid_tgid();
+    if !is_traced((id >> 32) as u32) {
+        return Ok(());
+    }
+    // skc_daddr, skc_rcv_saddr, skc_hash, skc_dport, skc_num, skc_family.
+    let Some(tuple) = read_kernel::<[u8; 18]>(sk + global(&OFF_SKC_DADDR) as u64) else {
+        count(counter::SOCK_READ_FAILED);
+        return Ok(());
+    };
+    let family = u16::from_ne_bytes([tuple[16], tuple[17]]);
+    if (family != AF_INET && family != AF_INET6) || !is_tcp(sk) {
+        return Ok(());
+    }
+    let (seq_off, other_off) = if direction == DIR_EGRESS {
+        (global(&OFF_WRITE_SEQ), global(&OFF_COPIED_SEQ))
+    } else {
+        (global(&OFF_COPIED_SEQ), global(&OFF_WRITE_SEQ))
+    };
+    // The counter has already moved past these bytes: their first byte is ret back.
+    let Some(mut after) = read_kernel::<u32>(sk + seq_off as u64) else {
+        count(counter::SOCK_READ_FAILED);
+        return Ok(());
+    };
+    if direction == DIR_INGRESS && consumed_fin(sk, after) {
+        // The read also consumed the peer's FIN, which takes one sequence number
+        // after the last byte: without this the first byte's seq is off by one.
+        after = after.wrapping_sub(1);
+    }
+    let other: u32 = read_kernel(sk + other_off as u64).unwrap_or(0);
+    let len = ret as u32;
+    let mut head = DataEvent {
+        kind: EVENT_DATA,
+        direction,
+        pid: (id >> 32) as u32,
+        tid: id as u32,
+        sk,
+        // SAFETY: no preconditions.
+        ts_ns: unsafe { bpf_ktime_get_ns() },
+        seq: after.wrapping_sub(len),
+        len,
+        cap_len: 0,
+        other_seq: other,
+        family,
+        lport: u16::from_ne_bytes([tuple[14], tuple[15]]),
+        rport_be: u16::from_ne_bytes([tuple[12], tuple[13]]),
+        _pad: [0; 2],
+        laddr: [0; 16],
+        raddr: [0; 16],
+    };
+    if family == AF_INET6 {
+        if let Some(a) = read_kernel(sk + global(&OFF_SKC_V6_RCV_SADDR) as u64) {
+            head.laddr = a;
+        }
+        if let Some(a) = read_kernel(sk + global(&OFF_SKC_V6_DADDR) as u64) {
+            head.raddr = a;
+        }
+    } else {
+        head.laddr[..4].copy_from_slice(&tuple[4..8]);
+        head.raddr[..4].copy_from_slice(&tuple[0..4]);
+    }
+
+    // Bytes to copy: what moved, what the buffer holds, what the config allows.
+    let (buf, buf_len) = syscall_buffer(direction);
+    if buf == 0 {
+        count(counter::NOT_CAPTURED);
+    }
+    let mut n = len as u64;
+    if n > buf_len {
+        n = buf_len;
+    }
+    let cap = global(&CAPTURE_BYTES) as u64;
+    if n > cap {
+        n = cap;
+    }
+    // The smallest reservation that holds them (see espan_common::CAPTURE_TIERS).
+    if n <= 128 {
+        emit::<128>(&head, buf, n);
+    } else if n <= 512 {
+        emit::<512>(&head, buf, n);
+    } else if n <= 1024 {
+        emit::<1024>(&head, buf, n);
+    } else if n <= 2048 {
+        emit::<2048>(&head, buf, n);
+    } else {
+        emit::<MAX_CAPTURE>(&head, buf, n);
+    }
+    Ok(())
+}
+
+/// Reserves a record with `N` bytes of payload room, copies the header and up to
+/// `n` bytes from `buf`, submits it.
+#[inline(always)]
+fn emit<const N: usize>(head: &DataEvent, buf: u64, n: u64) {
+    let Some(mut entry) = EVENTS.reserve::<Record<N>>(0) else {
+        count(counter::RING_FULL);
+        return;
+    };
+    let rec = entry.as_mut_ptr();
+    let mut n = if n > N as u64 { N as u64 } else { n };
+    // SAFETY: `rec` points at a reserved Record<N>; the header is written whole,
+    // the payload copy stays within its N bytes.
+    unsafe {
+        (*rec).head = *head;
+        if n > 0 {
+            let dst = core::ptr::addr_of_mut!((*rec).data).cast::<core::ffi::c_void>();
+            if raw_read_user(dst, n as u32, buf as *const core::ffi::c_void) < 0 {
+                count(counter::COPY_FAILED);
+                n = 0;
+            }
+        }
+        (*rec).head.cap_len = n as u32;
+    }
+    entry.submit(wakeup_flag());
+}
+
+/// After a read that returned data: did it also consume the peer's FIN? The FIN
+/// arrived (`SOCK_DONE`, set by `tcp_fin` only, not by a reset) and `copied_seq`
+/// reached `rcv_nxt`, which counts the FIN. A read that returned data cannot come
+/// after the FIN was consumed, so it was this one. `copied_seq` was read first: a
+/// FIN arriving meanwhile leaves `rcv_nxt` one past it, so no false match.
+#[inline(always)]
+fn consumed_fin(sk: u64, copied_seq: u32) -> bool {
+    // SAFETY: kernel memory reads through the helper.
+    let flags: u64 =
+        match unsafe { bpf_probe_read_kernel((sk + global(&OFF_SK_FLAGS) as u64) as *const u64) } {
+            Ok(f) => f,
+            Err(_) => return false,
+        };
+    if flags & (1u64 << (global(&SOCK_DONE_BIT) & 63)) == 0 {
+        return false;
+    }
+    // SAFETY: as above.
+    match unsafe { bpf_probe_read_kernel((sk + global(&OFF_RCV_NXT) as u64) as *const u32) } {
+        Ok(rcv_nxt) => rcv_nxt == copied_seq,
+        Err(_) => false,
+    }
+}
+
+/// Batch wake-ups: a wake-up per record would cost microseconds per syscall; the
+/// reader polls on a short timer and is woken only when the ring fills up.
+#[inline(always)]
+fn wakeup_flag() -> u64 {
+    if EVENTS.query(BPF_RB_AVAIL_DATA as u64) >= global(&WAKEUP_BYTES) {
+        BPF_RB_FORCE_WAKEUP as u64
+    } else {
+        BPF_RB_NO_WAKEUP as u64
+    }
+}
+
+// inet_sock_set_state(const struct sock *sk, const int oldstate, const int newstate).
+#[raw_tracepoint(tracepoint = "inet_sock_set_state")]
+pub fn inet_sock_set_state(ctx: RawTracePointContext) -> i32 {
+    if ctx.arg::<u64>(2) as i32 != TCP_CLOSE {
+        return 0;
+    }
+    let sk: u64 = ctx.arg(0);
+    if !is_tcp(sk) {
+        return 0;
+    }
+    if let Some(mut entry) = EVENTS.reserve::<CloseEvent>(0) {
+        entry.write(CloseEvent {
+            kind: EVENT_CLOSE,
+            _pad: 0,
+            sk,
+            // SAFETY: no preconditions.
+            ts_ns: unsafe { bpf_ktime_get_ns() },
+        });
+        entry.submit(wakeup_flag());
+    } else {
+        count(counter::RING_FULL);
+    }
+    0
+}
+
+#[inline(always)]
+fn proc_event(kind: u32, pid: u32, ppid: u32) {
+    if let Some(mut entry) = EVENTS.reserve::<ProcEvent>(0) {
+        entry.write(ProcEvent {
+            kind,
+            pid,
+            ppid,
+            _pad: 0,
+        });
+        // Process events are rare and user space should select a new process
+        // before it starts talking: wake at once.
+        entry.submit(BPF_RB_FORCE_WAKEUP as u64);
+    } else {
+        count(counter::RING_FULL);
+    }
+}
+
+#[tracepoint]
+pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
+    let pid: i32 = ctx_field(&ctx, layout::EXEC_PID);
+    proc_event(EVENT_EXEC, pid as u32, 0);
+    0
+}
+
+#[tracepoint]
+pub fn sched_process_fork(ctx: TracePointContext) -> u32 {
+    if traced() {
+        let at = global(&TP_FORK_CHILD_PID) as usize;
+        // SAFETY: inside the record (user space took the offset from the format file).
+        let child: i32 = match unsafe { ctx.read_at(at) } {
+            Ok(c) => c,
+            Err(_) => return 0,
+        };
+        let parent = (bpf_get_current_pid_tgid() >> 32) as u32;
+        proc_event(EVENT_FORK, child as u32, parent);
+    }
+    0
+}
+
+#[tracepoint]
+pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
+    let _ = ctx;
+    let id = bpf_get_current_pid_tgid();
+    let tgid = (id >> 32) as u32;
+    // Only the group leader's exit ends the process.
+    if tgid == id as u32 && traced() {
+        proc_event(EVENT_EXIT, tgid, 0);
+    }
+    0
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";

@@ -1,0 +1,856 @@
+//! Request ↔ response pairing into eSpans.
+//!
+//! Each connection gets a role from its first request: read by the process → it
+//! is the SERVER side; written → CLIENT. Responses answer requests in order
+//! (HTTP/1.x pipelining keeps order). A thread that has read a server request
+//! and not yet answered it is "serving" that span; a client request written by
+//! that thread gets it as `local_parent_id`. When the thread serves several at
+//! once (event loops), the parent is ambiguous: it stays 0 and is counted.
+//!
+//! A socket's CLOSE does not always come after the last bytes its process reads:
+//! on a reset the socket reaches CLOSE at once, and the bytes queued before it
+//! are read afterwards. A connection that closes with requests unanswered
+//! therefore lingers for [`LINGER_NS`]: bytes read later from the same socket
+//! (same process, same addresses, continuing the stream's sequence numbers)
+//! still complete its messages; then its unanswered requests become spans with
+//! an error.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+
+use espan::wire::{ESpan, Endpoint, Http, Protocol, SpanKind};
+
+use crate::conn::{Conn, Direction};
+use crate::http1::{Message, Transfer};
+
+/// How long a connection closed with requests unanswered waits for bytes read
+/// after its CLOSE (ns).
+pub const LINGER_NS: u64 = 2_000_000_000;
+
+/// What the assembler counts.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct AssembleStats {
+    pub spans: u64,
+    /// Client requests whose thread served several requests: parent left 0.
+    pub ambiguous_parent: u64,
+    /// Requests that never got a response (connection closed or evicted).
+    pub unanswered: u64,
+    /// Responses with no request waiting, or messages against the connection's role.
+    pub unmatched: u64,
+    pub malformed: u64,
+    pub truncated: u64,
+    pub gaps: u64,
+    /// Connections dropped for being idle too long.
+    pub evicted: u64,
+    /// Transfers read from a socket after its CLOSE (queued before a reset).
+    pub after_close: u64,
+}
+
+/// Names for a process's spans.
+#[derive(Debug, Clone, Default)]
+pub struct ProcInfo {
+    pub comm: String,
+    pub service: String,
+}
+
+/// One transfer on a connection, as decoded from a kernel record.
+#[derive(Debug, Clone, Copy)]
+pub struct DataIn<'a> {
+    pub pid: u32,
+    pub sk: u64,
+    pub dir: Direction,
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+    /// Where the other direction's counter stood (kernel records always have it).
+    pub other_seq: Option<u32>,
+    pub transfer: Transfer<'a>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    Server,
+    Client,
+}
+
+impl Role {
+    /// The direction of this side's responses.
+    fn answers(self) -> Direction {
+        match self {
+            Role::Server => Direction::Egress,
+            Role::Client => Direction::Ingress,
+        }
+    }
+}
+
+struct Pending {
+    span_id: u64,
+    parent: u64,
+    msg: Message,
+}
+
+struct Entry {
+    conn: Conn,
+    role: Option<Role>,
+    pending: VecDeque<Pending>,
+    /// The process's names when the connection was first seen: it may be gone
+    /// (and forgotten) by the time a lingering connection's spans are made.
+    info: Option<ProcInfo>,
+    /// When the socket reached CLOSE (monotonic ns) with requests unanswered.
+    closed_ns: Option<u64>,
+}
+
+/// Turns transfers into eSpans.
+pub struct Assembler {
+    conns: HashMap<u64, Entry>,
+    /// tid → server spans it has read and not answered.
+    serving: HashMap<u32, Vec<u64>>,
+    /// Added to CLOCK_MONOTONIC ns to get wall-clock ns.
+    wall_offset: i128,
+    host: String,
+    pub stats: AssembleStats,
+}
+
+fn random_span_id() -> u64 {
+    loop {
+        let id: u64 = rand::random();
+        if id != 0 {
+            return id;
+        }
+    }
+}
+
+/// Wall clock minus CLOCK_MONOTONIC, in ns (the kernel stamps events with the latter).
+pub fn measure_wall_offset() -> i128 {
+    let mut mono = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid out pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut mono) };
+    let wall = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i128)
+        .unwrap_or(0);
+    wall - (mono.tv_sec as i128 * 1_000_000_000 + mono.tv_nsec as i128)
+}
+
+impl Assembler {
+    pub fn new(host: String, wall_offset: i128) -> Self {
+        Self {
+            conns: HashMap::new(),
+            serving: HashMap::new(),
+            wall_offset,
+            host,
+            stats: AssembleStats::default(),
+        }
+    }
+
+    fn wall(&self, mono_ns: u64) -> u64 {
+        (mono_ns as i128 + self.wall_offset).clamp(1, u64::MAX as i128) as u64
+    }
+
+    /// Connections being followed.
+    pub fn conns(&self) -> usize {
+        self.conns.len()
+    }
+
+    /// Requests seen whose answer has not come yet, on every connection.
+    pub fn requests_waiting(&self) -> u64 {
+        self.conns.values().map(|e| e.pending.len() as u64).sum()
+    }
+
+    /// Feeds one transfer; finished spans go to `out`.
+    pub fn on_data(
+        &mut self,
+        d: DataIn<'_>,
+        procs: &dyn Fn(u32) -> Option<ProcInfo>,
+        out: &mut Vec<ESpan>,
+    ) {
+        let (mut reused, mut late) = (false, false);
+        if let Some(e) = self.conns.get(&d.sk) {
+            // A socket that reached CLOSE has given its local port back (the
+            // kernel reads 0 there): bytes read after the close show it so.
+            let port_given_back = e.closed_ns.is_some() && d.local.port() == 0;
+            reused = e.conn.pid != d.pid
+                || e.conn.remote != d.remote
+                || e.conn.local.ip() != d.local.ip()
+                || (e.conn.local.port() != d.local.port() && !port_given_back);
+            if e.closed_ns.is_some() && !reused {
+                // Bytes after CLOSE belong to the closed connection only if they
+                // continue its stream; otherwise the socket is another one now.
+                late = e.conn.continues(d.dir, d.transfer.seq);
+                reused = !late;
+            }
+        }
+        if reused {
+            // The kernel reused the socket's memory for another connection.
+            self.finish(d.sk, procs, out);
+        }
+        if late {
+            self.stats.after_close += 1;
+        }
+        let entry = self.conns.entry(d.sk).or_insert_with(|| Entry {
+            conn: Conn::new(d.pid, d.local, d.remote),
+            role: None,
+            pending: VecDeque::new(),
+            info: procs(d.pid),
+            closed_ns: None,
+        });
+        // Answers missed (bytes of them never seen, so how many is unknown) leave
+        // the requests waiting without theirs: a later answer must not be paired
+        // with them. Missed bytes show as a transfer that does not continue its
+        // stream, or as the other direction's record saying where it stands.
+        let answer_dir = entry.role.map(Role::answers);
+        let mut missed = false;
+        if let Some(pos) = d.other_seq {
+            let other = d.dir.opposite();
+            missed = entry.conn.sync(other, pos) && answer_dir == Some(other);
+        }
+        missed |= answer_dir == Some(d.dir) && !entry.conn.continues(d.dir, d.transfer.seq);
+        let p = entry.conn.take_problems();
+        self.stats.gaps += p.gaps;
+        if missed {
+            self.abandon(d.sk, procs, out);
+        }
+        let Some(entry) = self.conns.get_mut(&d.sk) else {
+            return;
+        };
+        let mut messages = Vec::new();
+        entry.conn.feed(d.dir, d.transfer, &mut messages);
+        let p = entry.conn.take_problems();
+        self.stats.malformed += p.malformed;
+        self.stats.truncated += p.truncated;
+        self.stats.gaps += p.gaps;
+        for (dir, msg) in messages {
+            self.on_message(d.sk, dir, msg, procs, out);
+        }
+        if answer_dir == Some(d.dir) && p.malformed + p.truncated + p.gaps > 0 {
+            // The answer being read is lost (a head beyond the capture, garbage).
+            self.abandon(d.sk, procs, out);
+        }
+        if self
+            .conns
+            .get(&d.sk)
+            .is_some_and(|e| e.closed_ns.is_some() && e.pending.is_empty())
+        {
+            // A closed connection's last answer came: nothing more to wait for.
+            self.finish(d.sk, procs, out);
+        }
+    }
+
+    fn on_message(
+        &mut self,
+        sk: u64,
+        dir: Direction,
+        msg: Message,
+        procs: &dyn Fn(u32) -> Option<ProcInfo>,
+        out: &mut Vec<ESpan>,
+    ) {
+        let Some(entry) = self.conns.get_mut(&sk) else {
+            return;
+        };
+        if msg.head.is_request() {
+            let role = if dir == Direction::Ingress {
+                Role::Server
+            } else {
+                Role::Client
+            };
+            if *entry.role.get_or_insert(role) != role {
+                self.stats.unmatched += 1;
+                return;
+            }
+            let span_id = random_span_id();
+            let mut parent = 0;
+            match role {
+                Role::Server => self.serving.entry(msg.last_tid).or_default().push(span_id),
+                Role::Client => match self.serving.get(&msg.first_tid).map(Vec::as_slice) {
+                    Some([one]) => parent = *one,
+                    Some([]) | None => {}
+                    Some(_) => self.stats.ambiguous_parent += 1,
+                },
+            }
+            entry.pending.push_back(Pending {
+                span_id,
+                parent,
+                msg,
+            });
+            return;
+        }
+        let Some(expected) = entry.role.map(Role::answers) else {
+            self.stats.unmatched += 1;
+            return;
+        };
+        let Some(req) = (if dir == expected {
+            entry.pending.pop_front()
+        } else {
+            None
+        }) else {
+            self.stats.unmatched += 1;
+            return;
+        };
+        let role = entry.role.unwrap_or(Role::Client);
+        let (pid, local, remote) = (entry.conn.pid, entry.conn.local, entry.conn.remote);
+        let info = procs(pid)
+            .or_else(|| entry.info.clone())
+            .unwrap_or_default();
+        let span = self.span(role, pid, local, remote, sk, req, Some(&msg), info);
+        out.push(span);
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn span(
+        &mut self,
+        role: Role,
+        pid: u32,
+        local: SocketAddr,
+        remote: SocketAddr,
+        sk: u64,
+        req: Pending,
+        resp: Option<&Message>,
+        info: ProcInfo,
+    ) -> ESpan {
+        if role == Role::Server
+            && let Some(list) = self.serving.get_mut(&req.msg.last_tid)
+        {
+            list.retain(|&id| id != req.span_id);
+            if list.is_empty() {
+                self.serving.remove(&req.msg.last_tid);
+            }
+        }
+        let (bytes_req, bytes_resp) = (req.msg.bytes, resp.map_or(0, |r| r.bytes));
+        let (bytes_in, bytes_out) = match role {
+            Role::Server => (bytes_req, bytes_resp),
+            Role::Client => (bytes_resp, bytes_req),
+        };
+        let end = resp.map_or(req.msg.end_ns, |r| r.end_ns.max(req.msg.start_ns));
+        self.stats.spans += 1;
+        let head = req.msg.head;
+        ESpan {
+            span_id: req.span_id,
+            kind: match role {
+                Role::Server => SpanKind::Server,
+                Role::Client => SpanKind::Client,
+            } as i32,
+            protocol: Protocol::Http1 as i32,
+            local: Some(Endpoint::from_socket_addr(local)),
+            remote: Some(Endpoint::from_socket_addr(remote)),
+            req_seq: req.msg.seq,
+            resp_seq: resp.map_or(0, |r| r.seq),
+            start_ns: self.wall(req.msg.start_ns),
+            end_ns: self.wall(end),
+            pid,
+            tid: req.msg.first_tid,
+            comm: info.comm,
+            service: info.service,
+            local_parent_id: if role == Role::Client { req.parent } else { 0 },
+            http: Some(Http {
+                method: head.method,
+                path: head.path,
+                version: head.version,
+                status: resp.map_or(0, |r| r.head.status),
+                host: head.host,
+            }),
+            bytes_in,
+            bytes_out,
+            error: if resp.is_none() {
+                "connection closed before the response".into()
+            } else {
+                String::new()
+            },
+            app_trace: head.app_trace,
+            host: self.host.clone(),
+            container_id: String::new(),
+            conn_id: sk,
+        }
+    }
+
+    /// The socket reached CLOSE at `ts_ns` (monotonic): responses that end with
+    /// the connection complete. A connection with no request waiting is done; one
+    /// with requests waiting lingers (see the module doc) until
+    /// [`Assembler::expire`] ends it.
+    pub fn close(
+        &mut self,
+        sk: u64,
+        ts_ns: u64,
+        procs: &dyn Fn(u32) -> Option<ProcInfo>,
+        out: &mut Vec<ESpan>,
+    ) {
+        let Some(entry) = self.conns.get_mut(&sk) else {
+            return;
+        };
+        if entry.closed_ns.is_some() {
+            // Closed again: the socket was reused and closed meanwhile.
+            self.finish(sk, procs, out);
+            return;
+        }
+        let mut messages = Vec::new();
+        entry.conn.end(&mut messages);
+        for (dir, msg) in messages {
+            self.on_message(sk, dir, msg, procs, out);
+        }
+        let Some(entry) = self.conns.get_mut(&sk) else {
+            return;
+        };
+        if entry.pending.is_empty() {
+            self.finish(sk, procs, out);
+        } else {
+            entry.closed_ns = Some(ts_ns);
+        }
+    }
+
+    /// Ends connections that closed with requests unanswered before
+    /// `now_ns - LINGER_NS`: their requests become spans with an error.
+    pub fn expire(
+        &mut self,
+        now_ns: u64,
+        procs: &dyn Fn(u32) -> Option<ProcInfo>,
+        out: &mut Vec<ESpan>,
+    ) {
+        let due: Vec<u64> = self
+            .conns
+            .iter()
+            .filter(|(_, e)| {
+                e.closed_ns
+                    .is_some_and(|t| t.saturating_add(LINGER_NS) <= now_ns)
+            })
+            .map(|(&sk, _)| sk)
+            .collect();
+        for sk in due {
+            self.finish(sk, procs, out);
+        }
+    }
+
+    /// The answers to the requests waiting on `sk` were lost (missed bytes, a
+    /// head beyond the capture): pairing a later answer with them would pair the
+    /// wrong messages, so they become spans with an error now.
+    fn abandon(&mut self, sk: u64, procs: &dyn Fn(u32) -> Option<ProcInfo>, out: &mut Vec<ESpan>) {
+        let Some(entry) = self.conns.get_mut(&sk) else {
+            return;
+        };
+        let waiting: Vec<Pending> = entry.pending.drain(..).collect();
+        entry.conn.forget_heads();
+        let role = entry.role.unwrap_or(Role::Client);
+        let (pid, local, remote) = (entry.conn.pid, entry.conn.local, entry.conn.remote);
+        let info = procs(pid)
+            .or_else(|| entry.info.clone())
+            .unwrap_or_default();
+        for req in waiting {
+            self.stats.unanswered += 1;
+            let mut span = self.span(role, pid, local, remote, sk, req, None, info.clone());
+            span.error = "response not captured".into();
+            out.push(span);
+        }
+    }
+
+    /// The connection is over: responses that end with it complete, requests
+    /// still waiting become spans with an error.
+    fn finish(&mut self, sk: u64, procs: &dyn Fn(u32) -> Option<ProcInfo>, out: &mut Vec<ESpan>) {
+        let Some(entry) = self.conns.get_mut(&sk) else {
+            return;
+        };
+        let mut messages = Vec::new();
+        entry.conn.close(&mut messages);
+        for (dir, msg) in messages {
+            self.on_message(sk, dir, msg, procs, out);
+        }
+        let Some(mut entry) = self.conns.remove(&sk) else {
+            return;
+        };
+        let role = entry.role.unwrap_or(Role::Client);
+        while let Some(req) = entry.pending.pop_front() {
+            self.stats.unanswered += 1;
+            let info = procs(entry.conn.pid)
+                .or_else(|| entry.info.clone())
+                .unwrap_or_default();
+            let span = self.span(
+                role,
+                entry.conn.pid,
+                entry.conn.local,
+                entry.conn.remote,
+                sk,
+                req,
+                None,
+                info,
+            );
+            out.push(span);
+        }
+    }
+
+    /// Forgets connections idle since before `older_than_ns` (monotonic): their
+    /// close was missed (or they idle for long); waiting requests are counted.
+    pub fn sweep(&mut self, older_than_ns: u64) {
+        let stale: Vec<u64> = self
+            .conns
+            .iter()
+            .filter(|(_, e)| e.conn.last_ns < older_than_ns)
+            .map(|(&sk, _)| sk)
+            .collect();
+        for sk in stale {
+            if let Some(e) = self.conns.remove(&sk) {
+                self.stats.evicted += 1;
+                self.stats.unanswered += e.pending.len() as u64;
+                for p in e.pending {
+                    if let Some(list) = self.serving.get_mut(&p.msg.last_tid) {
+                        list.retain(|&id| id != p.span_id);
+                        if list.is_empty() {
+                            self.serving.remove(&p.msg.last_tid);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// A thread or process ended: nothing it served can be a parent any more.
+    pub fn forget_thread(&mut self, tid: u32) {
+        self.serving.remove(&tid);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SK: u64 = 0xffff_8880_0000_1000;
+
+    fn procs(pid: u32) -> Option<ProcInfo> {
+        Some(ProcInfo {
+            comm: format!("p{pid}"),
+            service: format!("svc{pid}"),
+        })
+    }
+
+    struct Feed {
+        a: Assembler,
+        out: Vec<ESpan>,
+        ts: u64,
+        /// `other_seq` of the next transfer fed.
+        other: Option<u32>,
+    }
+
+    impl Feed {
+        fn new() -> Self {
+            Self {
+                a: Assembler::new("h".into(), 1_000_000),
+                out: Vec::new(),
+                ts: 10,
+                other: None,
+            }
+        }
+        #[allow(clippy::too_many_arguments)]
+        fn data(
+            &mut self,
+            pid: u32,
+            tid: u32,
+            sk: u64,
+            dir: Direction,
+            seq: u32,
+            bytes: &[u8],
+            local: u16,
+            remote: u16,
+        ) {
+            self.ts += 10;
+            let d = DataIn {
+                pid,
+                sk,
+                dir,
+                other_seq: self.other.take(),
+                local: SocketAddr::from(([127, 0, 0, 1], local)),
+                remote: SocketAddr::from(([127, 0, 0, 1], remote)),
+                transfer: Transfer {
+                    seq,
+                    len: bytes.len() as u32,
+                    data: bytes,
+                    ts_ns: self.ts,
+                    tid,
+                },
+            };
+            self.a.on_data(d, &procs, &mut self.out);
+        }
+    }
+
+    const REQ: &[u8] = b"GET /x HTTP/1.1\r\n\r\n";
+    const RESP: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+
+    #[test]
+    fn server_then_client_call_gets_the_parent() {
+        let mut f = Feed::new();
+        // Server thread 11 reads a request on conn 1, calls out on conn 2, answers.
+        f.data(1, 11, SK, Direction::Ingress, 100, REQ, 80, 5000);
+        f.data(1, 11, SK + 1, Direction::Egress, 7000, REQ, 6000, 81);
+        f.data(1, 11, SK + 1, Direction::Ingress, 9000, RESP, 6000, 81);
+        f.data(1, 11, SK, Direction::Egress, 300, RESP, 80, 5000);
+        assert_eq!(f.out.len(), 2);
+        let (client, server) = (&f.out[0], &f.out[1]);
+        assert_eq!(client.kind, SpanKind::Client as i32);
+        assert_eq!(server.kind, SpanKind::Server as i32);
+        assert_eq!(client.local_parent_id, server.span_id);
+        assert_eq!((client.req_seq, client.resp_seq), (7000, 9000));
+        assert_eq!((server.req_seq, server.resp_seq), (100, 300));
+        assert_eq!(server.service, "svc1");
+        assert_eq!(server.start_ns, 20 + 1_000_000);
+        assert_eq!(server.end_ns, 50 + 1_000_000);
+        assert_eq!(
+            (server.bytes_in, server.bytes_out),
+            (REQ.len() as u64, RESP.len() as u64)
+        );
+        for s in &f.out {
+            espan::wire::validate_span(s).unwrap();
+        }
+        // After the answer the thread serves nothing: a later call has no parent.
+        f.data(
+            1,
+            11,
+            SK + 1,
+            Direction::Egress,
+            7000 + REQ.len() as u32,
+            REQ,
+            6000,
+            81,
+        );
+        f.data(
+            1,
+            11,
+            SK + 1,
+            Direction::Ingress,
+            9000 + RESP.len() as u32,
+            RESP,
+            6000,
+            81,
+        );
+        assert_eq!(f.out[2].local_parent_id, 0);
+    }
+
+    #[test]
+    fn two_requests_in_flight_on_one_thread_leave_the_parent_unset() {
+        let mut f = Feed::new();
+        f.data(1, 11, SK, Direction::Ingress, 100, REQ, 80, 5000);
+        f.data(1, 11, SK + 2, Direction::Ingress, 100, REQ, 80, 5001);
+        f.data(1, 11, SK + 1, Direction::Egress, 7000, REQ, 6000, 81);
+        f.data(1, 11, SK + 1, Direction::Ingress, 9000, RESP, 6000, 81);
+        assert_eq!(f.out.len(), 1);
+        assert_eq!(f.out[0].local_parent_id, 0);
+        assert_eq!(f.a.stats.ambiguous_parent, 1);
+    }
+
+    #[test]
+    fn close_completes_until_close_responses_and_reports_unanswered() {
+        let mut f = Feed::new();
+        f.data(2, 21, SK, Direction::Egress, 1, REQ, 6000, 80);
+        f.data(
+            2,
+            21,
+            SK,
+            Direction::Ingress,
+            50,
+            b"HTTP/1.0 200 OK\r\n\r\nbody...",
+            6000,
+            80,
+        );
+        f.a.close(SK, 100, &procs, &mut f.out);
+        assert_eq!(f.out.len(), 1);
+        assert_eq!(f.out[0].error, "");
+        f.data(2, 21, SK + 5, Direction::Egress, 1, REQ, 6001, 80);
+        f.a.close(SK + 5, 200, &procs, &mut f.out);
+        // The answer may still be read after the close: the request waits.
+        assert_eq!(f.out.len(), 1);
+        f.a.expire(200 + LINGER_NS - 1, &procs, &mut f.out);
+        assert_eq!(f.out.len(), 1);
+        f.a.expire(200 + LINGER_NS, &procs, &mut f.out);
+        assert_eq!(f.out.len(), 2);
+        assert!(!f.out[1].error.is_empty());
+        assert_eq!(f.out[1].http.as_ref().unwrap().status, 0);
+        assert_eq!(f.a.stats.unanswered, 1);
+        assert_eq!(f.a.conns(), 0);
+    }
+
+    #[test]
+    fn response_read_after_a_reset_close_is_paired() {
+        let mut f = Feed::new();
+        f.data(2, 21, SK, Direction::Egress, 1, REQ, 6000, 80);
+        // A reset: the socket reaches CLOSE, then the process reads what was queued.
+        f.a.close(SK, 40, &procs, &mut f.out);
+        assert!(f.out.is_empty());
+        f.data(2, 21, SK, Direction::Ingress, 50, &RESP[..20], 6000, 80);
+        assert!(f.out.is_empty());
+        // The closed socket gave its local port back: the kernel reads 0 there now.
+        f.data(2, 21, SK, Direction::Ingress, 70, &RESP[20..], 0, 80);
+        assert_eq!(f.out.len(), 1);
+        let s = &f.out[0];
+        assert_eq!(s.error, "");
+        assert_eq!((s.req_seq, s.resp_seq), (1, 50));
+        assert_eq!(s.http.as_ref().unwrap().status, 200);
+        assert_eq!(s.bytes_in, RESP.len() as u64);
+        assert_eq!(port(&s.local), 6000);
+        assert_eq!(f.a.stats.after_close, 2);
+        // Answered: the connection is gone, nothing is reported again later.
+        assert_eq!(f.a.conns(), 0);
+        f.a.expire(u64::MAX, &procs, &mut f.out);
+        assert_eq!(f.out.len(), 1);
+        assert_eq!(f.a.stats.unanswered, 0);
+    }
+
+    #[test]
+    fn bytes_after_close_that_do_not_continue_the_stream_are_not_paired() {
+        let mut f = Feed::new();
+        f.data(2, 21, SK, Direction::Egress, 1, REQ, 6000, 80);
+        // The head of the answer, then CLOSE with its body still to come.
+        let head = b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\n";
+        f.data(2, 21, SK, Direction::Ingress, 50, head, 6000, 80);
+        f.a.close(SK, 40, &procs, &mut f.out);
+        assert!(f.out.is_empty());
+        // A response elsewhere in sequence space: not this connection's bytes.
+        f.data(2, 21, SK, Direction::Ingress, 9_000, RESP, 6000, 80);
+        assert_eq!(f.out.len(), 1);
+        assert_eq!(f.out[0].error, "connection closed before the response");
+        assert_eq!(f.out[0].resp_seq, 0);
+        assert_eq!(f.a.stats.unanswered, 1);
+        assert_eq!(f.a.stats.unmatched, 1);
+        assert_eq!(f.a.stats.after_close, 0);
+        // Nor the other direction's.
+        f.data(2, 21, SK + 1, Direction::Egress, 1, REQ, 6001, 80);
+        f.a.close(SK + 1, 40, &procs, &mut f.out);
+        f.data(2, 21, SK + 1, Direction::Egress, 5, REQ, 6001, 80);
+        assert_eq!(f.out.len(), 2);
+        assert_eq!(f.out[1].error, "connection closed before the response");
+    }
+
+    #[test]
+    fn a_closed_connection_keeps_the_names_of_an_exited_process() {
+        let mut f = Feed::new();
+        f.data(2, 21, SK, Direction::Egress, 1, REQ, 6000, 80);
+        f.a.close(SK, 40, &procs, &mut f.out);
+        // The process exited and was forgotten before its read came.
+        let gone = |_: u32| None;
+        let d = DataIn {
+            pid: 2,
+            sk: SK,
+            dir: Direction::Ingress,
+            local: SocketAddr::from(([127, 0, 0, 1], 6000)),
+            remote: SocketAddr::from(([127, 0, 0, 1], 80)),
+            other_seq: None,
+            transfer: Transfer {
+                seq: 50,
+                len: RESP.len() as u32,
+                data: RESP,
+                ts_ns: 90,
+                tid: 21,
+            },
+        };
+        f.a.on_data(d, &gone, &mut f.out);
+        assert_eq!(f.out.len(), 1);
+        assert_eq!(f.out[0].service, "svc2");
+    }
+
+    #[test]
+    fn a_lost_first_response_is_noticed_from_the_other_direction() {
+        let mut f = Feed::new();
+        let (rl, pl) = (REQ.len() as u32, RESP.len() as u32);
+        // The client has read nothing yet: its answers start at 50.
+        f.other = Some(50);
+        f.data(2, 21, SK, Direction::Egress, 1, REQ, 6000, 80);
+        // The first answer was lost (say the ring was full); when the client
+        // writes again it has read it, so its read counter is past it.
+        f.other = Some(50 + pl);
+        f.data(2, 21, SK, Direction::Egress, 1 + rl, REQ, 6000, 80);
+        assert_eq!(f.out.len(), 1);
+        assert_eq!(f.out[0].req_seq, 1);
+        assert_eq!(f.out[0].resp_seq, 0);
+        assert_eq!(f.out[0].error, "response not captured");
+        // The second answer pairs with the second request, not the first.
+        f.other = Some(1 + 2 * rl);
+        f.data(2, 21, SK, Direction::Ingress, 50 + pl, RESP, 6000, 80);
+        assert_eq!(f.out.len(), 2);
+        assert_eq!((f.out[1].req_seq, f.out[1].resp_seq), (1 + rl, 50 + pl));
+        assert_eq!(f.out[1].error, "");
+        assert_eq!(f.a.stats.gaps, 1);
+        // One past (the peer's FIN, consumed with the last bytes) is no gap.
+        f.other = Some(50 + 2 * pl + 1);
+        f.data(2, 21, SK, Direction::Egress, 1 + 2 * rl, REQ, 6000, 80);
+        assert_eq!(f.a.stats.gaps, 1);
+        assert_eq!(f.out.len(), 2);
+    }
+
+    #[test]
+    fn a_lost_response_does_not_shift_the_pairs_of_a_keep_alive_connection() {
+        let mut f = Feed::new();
+        let (rl, pl) = (REQ.len() as u32, RESP.len() as u32);
+        f.data(2, 21, SK, Direction::Egress, 1, REQ, 6000, 80);
+        f.data(2, 21, SK, Direction::Ingress, 50, RESP, 6000, 80);
+        // The second answer was lost; the third shows the gap. Without other
+        // counters, which request it answers is unknown: none is paired.
+        f.data(2, 21, SK, Direction::Egress, 1 + rl, REQ, 6000, 80);
+        f.data(2, 21, SK, Direction::Egress, 1 + 2 * rl, REQ, 6000, 80);
+        f.data(2, 21, SK, Direction::Ingress, 50 + 2 * pl, RESP, 6000, 80);
+        assert_eq!(f.out.len(), 3);
+        assert_eq!((f.out[0].req_seq, f.out[0].resp_seq), (1, 50));
+        assert!(f.out[1..].iter().all(|s| s.resp_seq == 0), "{:#?}", f.out);
+        assert_eq!(f.a.stats.unanswered, 2);
+        assert_eq!(f.a.stats.unmatched, 1);
+        // Later pairs are right again.
+        f.data(2, 21, SK, Direction::Egress, 1 + 3 * rl, REQ, 6000, 80);
+        f.data(2, 21, SK, Direction::Ingress, 50 + 3 * pl, RESP, 6000, 80);
+        let last = f.out.last().unwrap();
+        assert_eq!((last.req_seq, last.resp_seq), (1 + 3 * rl, 50 + 3 * pl));
+        // An answer whose head lies beyond the capture is lost too: its request
+        // is not kept waiting for the next answer.
+        let big = [b"HTTP/1.1 200 OK\r\nX: ".as_slice(), &[b'a'; 64]].concat();
+        f.data(2, 21, SK, Direction::Egress, 1 + 4 * rl, REQ, 6000, 80);
+        let d = DataIn {
+            pid: 2,
+            sk: SK,
+            dir: Direction::Ingress,
+            local: SocketAddr::from(([127, 0, 0, 1], 6000)),
+            remote: SocketAddr::from(([127, 0, 0, 1], 80)),
+            other_seq: None,
+            transfer: Transfer {
+                seq: 50 + 4 * pl,
+                len: 5000,
+                data: &big,
+                ts_ns: 1000,
+                tid: 21,
+            },
+        };
+        f.a.on_data(d, &procs, &mut f.out);
+        assert_eq!(f.a.stats.unanswered, 3);
+        f.data(2, 21, SK, Direction::Egress, 1 + 5 * rl, REQ, 6000, 80);
+        f.data(
+            2,
+            21,
+            SK,
+            Direction::Ingress,
+            50 + 4 * pl + 5000,
+            RESP,
+            6000,
+            80,
+        );
+        let last = f.out.last().unwrap();
+        assert_eq!(
+            (last.req_seq, last.resp_seq),
+            (1 + 5 * rl, 50 + 4 * pl + 5000)
+        );
+    }
+
+    #[test]
+    fn response_without_request_is_counted() {
+        let mut f = Feed::new();
+        f.data(2, 21, SK, Direction::Ingress, 50, RESP, 6000, 80);
+        assert!(f.out.is_empty());
+        assert_eq!(f.a.stats.unmatched, 1);
+    }
+
+    #[test]
+    fn reused_socket_address_starts_a_new_connection() {
+        let mut f = Feed::new();
+        f.data(2, 21, SK, Direction::Egress, 1, REQ, 6000, 80);
+        // Same struct sock, other ports: the old connection is gone.
+        f.data(2, 21, SK, Direction::Egress, 1, REQ, 6001, 80);
+        assert_eq!(f.a.stats.unanswered, 1);
+        f.data(2, 21, SK, Direction::Ingress, 9, RESP, 6001, 80);
+        assert_eq!(port(&f.out.last().unwrap().local), 6001);
+    }
+
+    fn port(e: &Option<Endpoint>) -> u32 {
+        e.as_ref().unwrap().port
+    }
+}

@@ -1,0 +1,501 @@
+//! The ring buffer reader: a thread that drains the kernel's records, keeps the
+//! traced-pid map up to date, and feeds transfers to the assembler. The kernel
+//! wakes it only when the ring fills up (batched wake-ups keep the per-syscall
+//! cost down), so it also polls on a short timer.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use espan::wire::ESpan;
+use espan_common::{
+    CloseEvent, DATA_HEADER_LEN, DIR_EGRESS, DIR_INGRESS, DataEvent, EVENT_CLOSE, EVENT_DATA,
+    EVENT_EXEC, EVENT_EXIT, EVENT_FORK, ProcEvent, counter,
+};
+use tokio::sync::mpsc;
+
+use crate::assemble::{Assembler, DataIn, ProcInfo};
+use crate::conn::Direction;
+use crate::http1::Transfer;
+use crate::loader::Loaded;
+use crate::metrics::Metrics;
+use crate::procs::{ProcFacts, Selection, all_pids, tgid_of};
+
+/// A decoded ring record.
+#[derive(Debug)]
+pub enum Record<'a> {
+    Data { head: DataHead, payload: &'a [u8] },
+    Close { sk: u64, ts_ns: u64 },
+    Exec { pid: u32 },
+    Fork { pid: u32, parent: u32 },
+    Exit { pid: u32 },
+}
+
+/// The fields of a [`DataEvent`] before its payload.
+#[derive(Debug, Clone, Copy)]
+pub struct DataHead {
+    pub dir: Direction,
+    pub pid: u32,
+    pub tid: u32,
+    pub sk: u64,
+    pub ts_ns: u64,
+    pub seq: u32,
+    pub len: u32,
+    /// The other direction's counter (see [`DataEvent::other_seq`]).
+    pub other_seq: u32,
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+}
+
+/// Why a record did not decode.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RecordError {
+    #[error("record of {0} bytes is too short")]
+    Short(usize),
+    #[error("unknown record kind {0}")]
+    Kind(u32),
+    #[error("bad field: {0}")]
+    Field(&'static str),
+}
+
+fn read<T: Copy>(bytes: &[u8]) -> Result<T, RecordError> {
+    if bytes.len() < size_of::<T>() {
+        return Err(RecordError::Short(bytes.len()));
+    }
+    // SAFETY: length checked; T is a plain #[repr(C)] struct of integers and arrays.
+    Ok(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<T>()) })
+}
+
+/// Decodes one ring record; never panics on bad input.
+pub fn decode(bytes: &[u8]) -> Result<Record<'_>, RecordError> {
+    let kind: u32 = read(bytes)?;
+    match kind {
+        EVENT_DATA => {
+            // The header; the payload stays in place after it.
+            let ev: DataEvent = read(bytes)?;
+            let dir = match ev.direction {
+                DIR_EGRESS => Direction::Egress,
+                DIR_INGRESS => Direction::Ingress,
+                _ => return Err(RecordError::Field("direction")),
+            };
+            let cap = ev.cap_len as usize;
+            if cap > ev.len as usize {
+                return Err(RecordError::Field("cap_len above len"));
+            }
+            let payload = bytes
+                .get(DATA_HEADER_LEN..DATA_HEADER_LEN + cap)
+                .ok_or(RecordError::Field("cap_len beyond the record"))?;
+            let (lip, rip) = match ev.family {
+                2 => (
+                    IpAddr::V4(Ipv4Addr::new(
+                        ev.laddr[0],
+                        ev.laddr[1],
+                        ev.laddr[2],
+                        ev.laddr[3],
+                    )),
+                    IpAddr::V4(Ipv4Addr::new(
+                        ev.raddr[0],
+                        ev.raddr[1],
+                        ev.raddr[2],
+                        ev.raddr[3],
+                    )),
+                ),
+                10 => (
+                    IpAddr::V6(Ipv6Addr::from(ev.laddr)),
+                    IpAddr::V6(Ipv6Addr::from(ev.raddr)),
+                ),
+                _ => return Err(RecordError::Field("family")),
+            };
+            Ok(Record::Data {
+                head: DataHead {
+                    dir,
+                    pid: ev.pid,
+                    tid: ev.tid,
+                    sk: ev.sk,
+                    ts_ns: ev.ts_ns,
+                    seq: ev.seq,
+                    len: ev.len,
+                    other_seq: ev.other_seq,
+                    local: SocketAddr::new(lip, ev.lport),
+                    remote: SocketAddr::new(rip, u16::from_be(ev.rport_be)),
+                },
+                payload,
+            })
+        }
+        EVENT_CLOSE => {
+            let c: CloseEvent = read(bytes)?;
+            Ok(Record::Close {
+                sk: c.sk,
+                ts_ns: c.ts_ns,
+            })
+        }
+        EVENT_EXEC | EVENT_FORK | EVENT_EXIT => {
+            let p: ProcEvent = read(bytes)?;
+            Ok(match kind {
+                EVENT_EXEC => Record::Exec { pid: p.pid },
+                EVENT_FORK => Record::Fork {
+                    pid: p.pid,
+                    parent: p.ppid,
+                },
+                _ => Record::Exit { pid: p.pid },
+            })
+        }
+        other => Err(RecordError::Kind(other)),
+    }
+}
+
+/// Bytes of a ring record that carry something: a data record's header and
+/// captured payload, all of any other record.
+fn used_len(item: &[u8]) -> usize {
+    match read::<DataEvent>(item) {
+        Ok(ev) if ev.kind == EVENT_DATA => (DATA_HEADER_LEN + ev.cap_len as usize).min(item.len()),
+        _ => item.len(),
+    }
+}
+
+/// Reader settings.
+#[derive(Clone)]
+pub struct ReaderConfig {
+    pub selection: Selection,
+    pub host: String,
+    pub capture_bytes: u32,
+    /// Longest wait between two drains of the ring.
+    pub poll_interval: Duration,
+    /// Connections idle this long are forgotten.
+    pub idle_conn: Duration,
+}
+
+/// Everything the reader thread owns.
+pub struct Reader {
+    loaded: Loaded,
+    config: ReaderConfig,
+    assembler: Assembler,
+    procs: HashMap<u32, ProcInfo>,
+    self_pid: u32,
+    metrics: Metrics,
+    spans: mpsc::Sender<ESpan>,
+    stop: Arc<AtomicBool>,
+    /// Reused buffer for records copied out of the ring.
+    scratch: Vec<u8>,
+    /// What the kernel's traced bitmap holds (see [`Reader::set_traced`]).
+    traced_words: Vec<u64>,
+}
+
+impl Reader {
+    pub fn new(
+        loaded: Loaded,
+        config: ReaderConfig,
+        metrics: Metrics,
+        spans: mpsc::Sender<ESpan>,
+        stop: Arc<AtomicBool>,
+    ) -> Self {
+        let assembler = Assembler::new(config.host.clone(), crate::assemble::measure_wall_offset());
+        Self {
+            loaded,
+            config,
+            assembler,
+            procs: HashMap::new(),
+            self_pid: std::process::id(),
+            metrics,
+            spans,
+            stop,
+            scratch: Vec::new(),
+            traced_words: vec![0; espan_common::TRACED_WORDS as usize],
+        }
+    }
+
+    /// Selects among the processes running now.
+    pub fn scan(&mut self) {
+        for pid in all_pids() {
+            self.consider(pid);
+        }
+    }
+
+    fn consider(&mut self, pid: u32) {
+        let decision = if pid == self.self_pid {
+            None
+        } else {
+            ProcFacts::read(pid).and_then(|f| self.config.selection.decide(&f))
+        };
+        match decision {
+            Some(info) => self.trace(pid, info),
+            None => self.untrace(pid),
+        }
+    }
+
+    fn trace(&mut self, pid: u32, info: ProcInfo) {
+        if let Err(e) = self.set_traced(pid, true) {
+            tracing::warn!(pid, "cannot add to the traced map: {e}");
+            return;
+        }
+        tracing::debug!(pid, service = %info.service, "tracing");
+        self.procs.insert(pid, info);
+        self.metrics.traced_processes.set(self.procs.len() as i64);
+    }
+
+    fn untrace(&mut self, pid: u32) {
+        if self.procs.remove(&pid).is_some() {
+            let _ = self.set_traced(pid, false);
+            self.metrics.traced_processes.set(self.procs.len() as i64);
+        }
+    }
+
+    /// Sets or clears `pid`'s bit in the kernel's traced map (this thread is
+    /// its only writer, so a word is never changed under it).
+    fn set_traced(&mut self, pid: u32, on: bool) -> anyhow::Result<()> {
+        let index = pid / 64;
+        let word = self
+            .traced_words
+            .get_mut(index as usize)
+            .ok_or_else(|| anyhow::anyhow!("pid {pid} beyond the kernel's pid limit"))?;
+        let bit = 1u64 << (pid % 64);
+        let new = if on { *word | bit } else { *word & !bit };
+        if new != *word {
+            self.loaded.traced.set(index, new, 0)?;
+            *word = new;
+        }
+        Ok(())
+    }
+
+    /// Runs until `stop` is set.
+    /// Call [`Reader::scan`] first, so that processes already running are traced
+    /// from the moment the probe says it is running.
+    pub fn run(mut self) {
+        let fd = self.loaded.events.as_raw_fd();
+        let mut last_housekeeping = Instant::now();
+        let mut spans = Vec::new();
+        let timeout = self.config.poll_interval.as_millis().clamp(1, 1000) as i32;
+        while !self.stop.load(Ordering::Relaxed) {
+            let mut pfd = libc::pollfd {
+                fd,
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: one valid pollfd.
+            unsafe { libc::poll(&mut pfd, 1, timeout) };
+            self.drain(&mut spans);
+            self.send(&mut spans);
+            if last_housekeeping.elapsed() >= Duration::from_secs(1) {
+                last_housekeeping = Instant::now();
+                self.housekeeping(&mut spans);
+                self.send(&mut spans);
+            }
+        }
+        // Drain what is left so a stop loses nothing already seen; connections
+        // still waiting for bytes after their close end now.
+        self.drain(&mut spans);
+        let before = self.assembler.stats;
+        let procs = &self.procs;
+        self.assembler
+            .expire(u64::MAX, &|pid| procs.get(&pid).cloned(), &mut spans);
+        let after = self.assembler.stats;
+        self.metrics.add_assemble(&before, &after);
+        self.send(&mut spans);
+        // Calls still in progress now can never become spans: count them.
+        let waiting = self.assembler.requests_waiting();
+        if waiting > 0 {
+            self.metrics.requests_in_flight_at_stop.inc_by(waiting);
+            tracing::info!(
+                requests = waiting,
+                "stopping with requests still waiting for their answer: no spans for them"
+            );
+        }
+    }
+
+    fn send(&self, spans: &mut Vec<ESpan>) {
+        for span in spans.drain(..) {
+            if self.spans.try_send(span).is_err() {
+                self.metrics.spans_dropped_queue.inc();
+            }
+        }
+    }
+
+    fn drain(&mut self, spans: &mut Vec<ESpan>) {
+        let before = self.assembler.stats;
+        // Records are copied out of the ring before handling (the ring item
+        // borrows it), into one buffer, and only the bytes they use: a data
+        // record's size tier is mostly empty room.
+        let mut bytes = std::mem::take(&mut self.scratch);
+        let mut ends: Vec<usize> = Vec::with_capacity(256);
+        loop {
+            bytes.clear();
+            ends.clear();
+            while ends.len() < 256 {
+                match self.loaded.events.next() {
+                    Some(item) => {
+                        bytes.extend_from_slice(&item[..used_len(&item)]);
+                        ends.push(bytes.len());
+                    }
+                    None => break,
+                }
+            }
+            if ends.is_empty() {
+                break;
+            }
+            let mut start = 0;
+            for &end in &ends {
+                self.handle(&bytes[start..end], spans);
+                start = end;
+            }
+        }
+        self.scratch = bytes;
+        let now = self.assembler.stats;
+        self.metrics.add_assemble(&before, &now);
+    }
+
+    fn handle(&mut self, bytes: &[u8], spans: &mut Vec<ESpan>) {
+        let procs = &self.procs;
+        let lookup = |pid: u32| procs.get(&pid).cloned();
+        match decode(bytes) {
+            Ok(Record::Data { head, payload }) => {
+                self.metrics.data_events.inc();
+                if (payload.len() as u32) < head.len {
+                    self.metrics.truncated_captures.inc();
+                }
+                self.assembler.on_data(
+                    DataIn {
+                        pid: head.pid,
+                        sk: head.sk,
+                        dir: head.dir,
+                        other_seq: Some(head.other_seq),
+                        local: head.local,
+                        remote: head.remote,
+                        transfer: Transfer {
+                            seq: head.seq,
+                            len: head.len,
+                            data: payload,
+                            ts_ns: head.ts_ns,
+                            tid: head.tid,
+                        },
+                    },
+                    &lookup,
+                    spans,
+                );
+            }
+            Ok(Record::Close { sk, ts_ns }) => {
+                self.metrics.close_events.inc();
+                self.assembler.close(sk, ts_ns, &lookup, spans);
+            }
+            Ok(Record::Exec { pid }) => {
+                self.metrics.proc_events.inc();
+                self.consider(pid);
+            }
+            Ok(Record::Fork { pid, parent }) => {
+                self.metrics.proc_events.inc();
+                // A new thread shares its parent's entry; only a new process needs one.
+                if tgid_of(pid) == Some(pid)
+                    && let Some(info) = self.procs.get(&parent).cloned()
+                {
+                    self.trace(pid, info);
+                }
+            }
+            Ok(Record::Exit { pid }) => {
+                self.metrics.proc_events.inc();
+                self.assembler.forget_thread(pid);
+                self.untrace(pid);
+            }
+            Err(e) => {
+                tracing::debug!("bad ring record: {e}");
+                self.metrics.bad_records.inc();
+            }
+        }
+    }
+
+    fn housekeeping(&mut self, spans: &mut Vec<ESpan>) {
+        let sum = |index: u32| -> i64 {
+            self.loaded
+                .counters
+                .get(&index, 0)
+                .map(|v| v.iter().sum::<u64>() as i64)
+                .unwrap_or(0)
+        };
+        self.metrics.kernel_ring_full.set(sum(counter::RING_FULL));
+        self.metrics
+            .kernel_copy_failed
+            .set(sum(counter::COPY_FAILED));
+        self.metrics
+            .kernel_sock_read_failed
+            .set(sum(counter::SOCK_READ_FAILED));
+        self.metrics
+            .kernel_not_captured
+            .set(sum(counter::NOT_CAPTURED));
+        let mut now = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: valid out pointer.
+        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
+        let now_ns = now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64;
+        let before = self.assembler.stats;
+        let procs = &self.procs;
+        self.assembler
+            .expire(now_ns, &|pid| procs.get(&pid).cloned(), spans);
+        self.assembler
+            .sweep(now_ns.saturating_sub(self.config.idle_conn.as_nanos() as u64));
+        let after = self.assembler.stats;
+        self.metrics.add_assemble(&before, &after);
+        self.metrics.connections.set(self.assembler.conns() as i64);
+        // Processes whose exit was missed (ring full) are dropped here.
+        let gone: Vec<u32> = self
+            .procs
+            .keys()
+            .copied()
+            .filter(|pid| !std::path::Path::new(&format!("/proc/{pid}")).exists())
+            .collect();
+        for pid in gone {
+            self.untrace(pid);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn short_or_unknown_records_are_errors() {
+        assert!(matches!(decode(&[]), Err(RecordError::Short(0))));
+        assert!(matches!(
+            decode(&[9, 0, 0, 0, 0, 0, 0, 0]),
+            Err(RecordError::Kind(9))
+        ));
+        assert!(matches!(decode(&[1, 0, 0, 0]), Err(RecordError::Short(4))));
+    }
+
+    #[test]
+    fn data_record_round_trip() {
+        let mut bytes = vec![0u8; DATA_HEADER_LEN + 16];
+        let mut ev: DataEvent = read(&bytes).unwrap();
+        ev.kind = EVENT_DATA;
+        ev.direction = DIR_INGRESS;
+        ev.pid = 7;
+        ev.len = 10;
+        ev.cap_len = 3;
+        ev.family = 2;
+        ev.laddr[..4].copy_from_slice(&[127, 0, 0, 1]);
+        ev.lport = 8080;
+        ev.rport_be = 5000u16.to_be();
+        bytes[DATA_HEADER_LEN..DATA_HEADER_LEN + 3].copy_from_slice(b"GET");
+        // SAFETY: DataEvent is plain data of this size.
+        unsafe { std::ptr::write_unaligned(bytes.as_mut_ptr().cast::<DataEvent>(), ev) };
+        assert_eq!(used_len(&bytes), DATA_HEADER_LEN + 3);
+        let Ok(Record::Data { head, payload }) = decode(&bytes) else {
+            panic!("expected a data record");
+        };
+        assert_eq!(payload, b"GET");
+        assert_eq!(head.local, "127.0.0.1:8080".parse().unwrap());
+        assert_eq!(head.remote.port(), 5000);
+        // cap_len above len is rejected.
+        ev.cap_len = 11;
+        unsafe { std::ptr::write_unaligned(bytes.as_mut_ptr().cast::<DataEvent>(), ev) };
+        assert!(decode(&bytes).is_err());
+        // A record cut short is rejected, not read past its end.
+        ev.cap_len = 3;
+        unsafe { std::ptr::write_unaligned(bytes.as_mut_ptr().cast::<DataEvent>(), ev) };
+        assert!(decode(&bytes[..DATA_HEADER_LEN + 1]).is_err());
+    }
+}

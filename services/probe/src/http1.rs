@@ -1,0 +1,692 @@
+//! HTTP/1.x message boundaries in one direction of a connection.
+//!
+//! Input: transfers (a read or a write) with the TCP sequence number of their
+//! first byte, their full length, and the first bytes of their payload (the
+//! capture may be shorter than the transfer). Output: complete messages, each
+//! with the sequence number of its first byte and the times of its first and
+//! last transfer. Heads are parsed with httparse; bodies are skipped by length
+//! (Content-Length, chunk sizes), so an uncaptured body is no problem. When the
+//! stream cannot be followed (malformed, a head cut off by the capture, a chunk
+//! size line not captured, a gap) the parser drops into `Lost` and picks the
+//! stream up again at the next transfer that starts like a message.
+
+use espan::wire::{AppTrace, SamplingDecision, TraceFormat};
+
+/// Longest head accepted; a longer one is treated as malformed.
+pub const MAX_HEAD: usize = 16 * 1024;
+const MAX_HEADERS: usize = 96;
+
+/// One read or write.
+#[derive(Debug, Clone, Copy)]
+pub struct Transfer<'a> {
+    pub seq: u32,
+    pub len: u32,
+    /// The captured prefix of the payload (`data.len() ≤ len`).
+    pub data: &'a [u8],
+    pub ts_ns: u64,
+    pub tid: u32,
+}
+
+/// The parts of a head espan keeps.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Head {
+    /// Empty for a response.
+    pub method: String,
+    /// Without the query.
+    pub path: String,
+    pub version: String,
+    /// 0 for a request.
+    pub status: u32,
+    pub host: String,
+    pub app_trace: Option<AppTrace>,
+}
+
+impl Head {
+    pub fn is_request(&self) -> bool {
+        !self.method.is_empty()
+    }
+}
+
+/// A complete message.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Message {
+    pub head: Head,
+    /// Sequence number of its first byte.
+    pub seq: u32,
+    pub start_ns: u64,
+    pub end_ns: u64,
+    /// Thread of the first and of the last transfer.
+    pub first_tid: u32,
+    pub last_tid: u32,
+    /// Head plus body.
+    pub bytes: u64,
+}
+
+/// What the parser counts (the caller turns these into metrics).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Problems {
+    /// Bytes that are not HTTP/1.x (binary traffic, garbage): skipped.
+    pub malformed: u64,
+    /// A head (or chunk size) lay beyond the captured bytes.
+    pub truncated: u64,
+    /// A transfer did not start where the previous one ended (lost events).
+    pub gaps: u64,
+}
+
+#[derive(Debug)]
+enum Body {
+    /// Bytes still to skip.
+    Length(u64),
+    Chunked(Chunk),
+    /// A response without a length: ends when the connection closes.
+    UntilClose,
+}
+
+#[derive(Debug)]
+enum Chunk {
+    /// Reading a chunk-size line (kept in `line`).
+    Size,
+    /// Skipping chunk data, then its CRLF.
+    Data(u64),
+    /// Reading trailer lines until an empty one.
+    Trailer,
+}
+
+#[derive(Debug)]
+enum State {
+    /// Between messages, or collecting a head in `buf`.
+    Head,
+    Body(Body),
+    /// Not following the stream; wait for a transfer that starts a message.
+    Lost,
+    /// After a 101 (or CONNECT): not HTTP any more.
+    Upgraded,
+}
+
+/// One direction of one connection.
+#[derive(Debug)]
+pub struct Stream {
+    state: State,
+    /// Head bytes collected so far, or the current chunk line.
+    buf: Vec<u8>,
+    /// The message being read, once its first byte is seen.
+    current: Option<Message>,
+    next_seq: Option<u32>,
+    pub problems: Problems,
+}
+
+impl Default for Stream {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Tells the response parser whether the request it answers was a HEAD (no body
+/// follows then). Requests push, responses pop.
+pub type HeadQueue = std::collections::VecDeque<bool>;
+
+fn looks_like_start(data: &[u8]) -> bool {
+    const STARTS: &[&[u8]] = &[
+        b"HTTP/1.",
+        b"GET ",
+        b"POST ",
+        b"PUT ",
+        b"DELETE ",
+        b"HEAD ",
+        b"OPTIONS ",
+        b"PATCH ",
+        b"CONNECT ",
+        b"TRACE ",
+    ];
+    // A first read may hold only part of the method ("PO" of "POST ").
+    !data.is_empty()
+        && STARTS
+            .iter()
+            .any(|s| data.starts_with(s) || (data.len() < s.len() && s.starts_with(data)))
+}
+
+impl Stream {
+    pub fn new() -> Self {
+        Self {
+            // Until a message start is seen we may be in the middle of anything.
+            state: State::Lost,
+            buf: Vec::new(),
+            current: None,
+            next_seq: None,
+            problems: Problems::default(),
+        }
+    }
+
+    /// Feeds one transfer; complete messages are appended to `out`.
+    pub fn feed(&mut self, t: Transfer<'_>, heads: &mut HeadQueue, out: &mut Vec<Message>) {
+        let data = &t.data[..t.data.len().min(t.len as usize)];
+        if let Some(next) = self.next_seq
+            && next != t.seq
+        {
+            self.problems.gaps += 1;
+            self.lose();
+        }
+        self.next_seq = Some(t.seq.wrapping_add(t.len));
+        let len = t.len as usize;
+        let mut pos = 0usize;
+        while pos < len {
+            match &mut self.state {
+                State::Upgraded => return,
+                State::Lost => {
+                    if pos == 0 && looks_like_start(data) {
+                        self.state = State::Head;
+                        continue;
+                    }
+                    return;
+                }
+                State::Head => {
+                    if pos >= data.len() {
+                        // The head (or the start of the next one) is beyond the capture.
+                        self.problems.truncated += 1;
+                        self.lose();
+                        return;
+                    }
+                    if self.current.is_none() {
+                        self.buf.clear();
+                        self.current = Some(Message {
+                            head: Head::default(),
+                            seq: t.seq.wrapping_add(pos as u32),
+                            start_ns: t.ts_ns,
+                            end_ns: t.ts_ns,
+                            first_tid: t.tid,
+                            last_tid: t.tid,
+                            bytes: 0,
+                        });
+                    }
+                    let before = self.buf.len();
+                    let take = (data.len() - pos).min(MAX_HEAD + 4 - before);
+                    self.buf.extend_from_slice(&data[pos..pos + take]);
+                    match parse_head(&self.buf) {
+                        Ok(Some((head, head_len, body))) => {
+                            let used = head_len - before;
+                            pos += used;
+                            self.start_body(head, head_len as u64, body, heads, t, out);
+                        }
+                        Ok(None) => {
+                            if self.buf.len() > MAX_HEAD {
+                                self.problems.malformed += 1;
+                                self.lose();
+                                return;
+                            }
+                            pos += take;
+                            if pos < len {
+                                // Rest of the head not captured.
+                                self.problems.truncated += 1;
+                                self.lose();
+                                return;
+                            }
+                        }
+                        Err(()) => {
+                            self.problems.malformed += 1;
+                            self.lose();
+                            return;
+                        }
+                    }
+                }
+                State::Body(Body::Length(left)) => {
+                    let n = (*left).min((len - pos) as u64);
+                    *left -= n;
+                    pos += n as usize;
+                    if let Some(m) = &mut self.current {
+                        m.bytes += n;
+                    }
+                    if *left == 0 {
+                        self.finish(t, out);
+                    }
+                }
+                State::Body(Body::UntilClose) => {
+                    if let Some(m) = &mut self.current {
+                        m.bytes += (len - pos) as u64;
+                        m.end_ns = t.ts_ns;
+                        m.last_tid = t.tid;
+                    }
+                    return;
+                }
+                State::Body(Body::Chunked(chunk)) => match chunk {
+                    Chunk::Data(left) => {
+                        let n = (*left).min((len - pos) as u64);
+                        *left -= n;
+                        pos += n as usize;
+                        if let Some(m) = &mut self.current {
+                            m.bytes += n;
+                        }
+                        if *left == 0 {
+                            *chunk = Chunk::Size;
+                            self.buf.clear();
+                        }
+                    }
+                    Chunk::Size | Chunk::Trailer => {
+                        if pos >= data.len() {
+                            self.problems.truncated += 1;
+                            self.lose();
+                            return;
+                        }
+                        // One line at a time.
+                        let rest = &data[pos..];
+                        let (line_part, complete) = match rest.iter().position(|&b| b == b'\n') {
+                            Some(i) => (&rest[..=i], true),
+                            None => (rest, false),
+                        };
+                        self.buf.extend_from_slice(line_part);
+                        pos += line_part.len();
+                        if let Some(m) = &mut self.current {
+                            m.bytes += line_part.len() as u64;
+                        }
+                        if self.buf.len() > 1024 {
+                            self.problems.malformed += 1;
+                            self.lose();
+                            return;
+                        }
+                        if !complete {
+                            continue;
+                        }
+                        let is_trailer = matches!(chunk, Chunk::Trailer);
+                        let line = std::mem::take(&mut self.buf);
+                        if is_trailer {
+                            if line == b"\r\n" || line == b"\n" {
+                                self.finish(t, out);
+                            }
+                            continue;
+                        }
+                        // Chunk data is followed by CRLF, which arrives as an empty line.
+                        if line == b"\r\n" || line == b"\n" {
+                            continue;
+                        }
+                        match httparse::parse_chunk_size(&line) {
+                            Ok(httparse::Status::Complete((_, 0))) => {
+                                if let State::Body(Body::Chunked(c)) = &mut self.state {
+                                    *c = Chunk::Trailer;
+                                }
+                            }
+                            Ok(httparse::Status::Complete((_, size))) => {
+                                if let State::Body(Body::Chunked(c)) = &mut self.state {
+                                    *c = Chunk::Data(size);
+                                }
+                            }
+                            _ => {
+                                self.problems.malformed += 1;
+                                self.lose();
+                                return;
+                            }
+                        }
+                    }
+                },
+            }
+        }
+        // A message whose last byte was in this transfer is complete; one still
+        // collecting its head keeps going with the next transfer.
+    }
+
+    fn start_body(
+        &mut self,
+        head: Head,
+        head_len: u64,
+        body: BodyHint,
+        heads: &mut HeadQueue,
+        t: Transfer<'_>,
+        out: &mut Vec<Message>,
+    ) {
+        self.buf.clear();
+        let request = head.is_request();
+        let upgrade = (head.status == 101) || head.method == "CONNECT";
+        let state = if request {
+            heads.push_back(head.method == "HEAD");
+            match body {
+                BodyHint::Chunked => Body::Chunked(Chunk::Size),
+                BodyHint::Length(n) => Body::Length(n),
+                BodyHint::None => Body::Length(0),
+            }
+        } else {
+            let to_head = if (100..200).contains(&head.status) && head.status != 101 {
+                // An interim response: the request still waits for its final one.
+                false
+            } else {
+                heads.pop_front().unwrap_or(false)
+            };
+            if to_head
+                || head.status == 204
+                || head.status == 304
+                || (100..200).contains(&head.status)
+            {
+                Body::Length(0)
+            } else {
+                match body {
+                    BodyHint::Chunked => Body::Chunked(Chunk::Size),
+                    BodyHint::Length(n) => Body::Length(n),
+                    BodyHint::None => Body::UntilClose,
+                }
+            }
+        };
+        let interim = !request && (100..200).contains(&head.status) && head.status != 101;
+        if let Some(m) = &mut self.current {
+            m.head = head;
+            m.bytes = head_len;
+            m.end_ns = t.ts_ns;
+            m.last_tid = t.tid;
+        }
+        if interim {
+            // Not a message of its own for pairing: drop it and wait for the final response.
+            self.current = None;
+            self.state = State::Head;
+            return;
+        }
+        self.state = State::Body(state);
+        if let State::Body(Body::Length(0)) = self.state {
+            self.finish(t, out);
+        }
+        if upgrade {
+            self.state = State::Upgraded;
+        }
+    }
+
+    fn finish(&mut self, t: Transfer<'_>, out: &mut Vec<Message>) {
+        if let Some(mut m) = self.current.take() {
+            m.end_ns = t.ts_ns;
+            m.last_tid = t.tid;
+            out.push(m);
+        }
+        self.buf.clear();
+        self.state = State::Head;
+    }
+
+    fn lose(&mut self) {
+        self.current = None;
+        self.buf.clear();
+        self.state = State::Lost;
+    }
+
+    /// The connection closed: a response read until close is complete now.
+    pub fn close(&mut self, out: &mut Vec<Message>) {
+        self.end(out);
+        self.lose();
+    }
+
+    /// The socket reached CLOSE, but bytes the kernel queued before it (a reset
+    /// leaves them readable) may still be read: completes a message that ends
+    /// with the connection and keeps any other state.
+    pub fn end(&mut self, out: &mut Vec<Message>) {
+        if let State::Body(Body::UntilClose) = self.state
+            && let Some(m) = self.current.take()
+        {
+            out.push(m);
+            self.lose();
+        }
+    }
+
+    /// Sequence number the next transfer must start at, once one was seen.
+    pub fn next_seq(&self) -> Option<u32> {
+        self.next_seq
+    }
+
+    /// The kernel says this direction's counter stood at `pos` (a record of the
+    /// other direction carries it). Before any transfer was seen, the next one
+    /// must start there. Past where this stream got to means bytes were missed:
+    /// a gap, as if a transfer had skipped them; returns true then. One past is
+    /// a FIN, which takes a sequence number; behind is a transfer on another
+    /// thread whose record is still to come.
+    pub fn sync_to(&mut self, pos: u32) -> bool {
+        match self.next_seq {
+            None => self.next_seq = Some(pos),
+            Some(next) if (pos.wrapping_sub(next) as i32) > 1 => {
+                self.problems.gaps += 1;
+                self.lose();
+                self.next_seq = Some(pos);
+                return true;
+            }
+            Some(_) => {}
+        }
+        false
+    }
+
+    /// True while nothing is half read.
+    pub fn idle(&self) -> bool {
+        self.current.is_none()
+    }
+}
+
+enum BodyHint {
+    None,
+    Length(u64),
+    Chunked,
+}
+
+/// `Ok(None)`: incomplete; `Err`: not HTTP/1.x.
+fn parse_head(buf: &[u8]) -> Result<Option<(Head, usize, BodyHint)>, ()> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    if buf.starts_with(b"HTTP/") {
+        let mut resp = httparse::Response::new(&mut headers);
+        match resp.parse(buf) {
+            Ok(httparse::Status::Complete(n)) => {
+                let mut head = Head {
+                    version: version(resp.version),
+                    status: u32::from(resp.code.unwrap_or(0)),
+                    ..Head::default()
+                };
+                let body = body_hint(resp.headers, &mut head)?;
+                Ok(Some((head, n, body)))
+            }
+            Ok(httparse::Status::Partial) => Ok(None),
+            Err(_) => Err(()),
+        }
+    } else {
+        let mut req = httparse::Request::new(&mut headers);
+        match req.parse(buf) {
+            Ok(httparse::Status::Complete(n)) => {
+                let path = req.path.unwrap_or("");
+                let path = path.split(['?', '#']).next().unwrap_or("");
+                let mut head = Head {
+                    method: req.method.unwrap_or("").to_owned(),
+                    path: path.to_owned(),
+                    version: version(req.version),
+                    ..Head::default()
+                };
+                let body = body_hint(req.headers, &mut head)?;
+                Ok(Some((head, n, body)))
+            }
+            Ok(httparse::Status::Partial) => Ok(None),
+            Err(_) => Err(()),
+        }
+    }
+}
+
+fn version(v: Option<u8>) -> String {
+    match v {
+        Some(0) => "HTTP/1.0".into(),
+        _ => "HTTP/1.1".into(),
+    }
+}
+
+/// Reads the headers espan uses (names are case-insensitive) and how the body ends.
+fn body_hint(headers: &[httparse::Header<'_>], head: &mut Head) -> Result<BodyHint, ()> {
+    let mut length = None;
+    let mut chunked = false;
+    let mut ctx = TraceHeaders::default();
+    for h in headers {
+        let name = h.name;
+        let value = std::str::from_utf8(h.value).unwrap_or("").trim();
+        if name.eq_ignore_ascii_case("content-length") {
+            let n: u64 = value.parse().map_err(|_| ())?;
+            if length.is_some_and(|l| l != n) {
+                return Err(());
+            }
+            length = Some(n);
+        } else if name.eq_ignore_ascii_case("transfer-encoding") {
+            chunked = value
+                .rsplit(',')
+                .next()
+                .is_some_and(|last| last.trim().eq_ignore_ascii_case("chunked"));
+        } else if name.eq_ignore_ascii_case("host") {
+            head.host = value.to_owned();
+        } else {
+            ctx.offer(name, value);
+        }
+    }
+    head.app_trace = ctx.app_trace();
+    Ok(if chunked {
+        BodyHint::Chunked
+    } else if let Some(n) = length {
+        BodyHint::Length(n)
+    } else {
+        BodyHint::None
+    })
+}
+
+/// Trace-context headers seen in a request.
+#[derive(Default)]
+struct TraceHeaders {
+    traceparent: Option<String>,
+    dd_trace: Option<String>,
+    dd_parent: Option<String>,
+    dd_priority: Option<String>,
+    b3: Option<String>,
+    b3_trace: Option<String>,
+    b3_span: Option<String>,
+    b3_sampled: Option<String>,
+}
+
+impl TraceHeaders {
+    fn offer(&mut self, name: &str, value: &str) {
+        let slot = if name.eq_ignore_ascii_case("traceparent") {
+            &mut self.traceparent
+        } else if name.eq_ignore_ascii_case("x-datadog-trace-id") {
+            &mut self.dd_trace
+        } else if name.eq_ignore_ascii_case("x-datadog-parent-id") {
+            &mut self.dd_parent
+        } else if name.eq_ignore_ascii_case("x-datadog-sampling-priority") {
+            &mut self.dd_priority
+        } else if name.eq_ignore_ascii_case("b3") {
+            &mut self.b3
+        } else if name.eq_ignore_ascii_case("x-b3-traceid") {
+            &mut self.b3_trace
+        } else if name.eq_ignore_ascii_case("x-b3-spanid") {
+            &mut self.b3_span
+        } else if name.eq_ignore_ascii_case("x-b3-sampled") {
+            &mut self.b3_sampled
+        } else {
+            return;
+        };
+        slot.get_or_insert_with(|| value.to_owned());
+    }
+
+    /// W3C first, then Datadog, then B3; a malformed header is ignored.
+    fn app_trace(&self) -> Option<AppTrace> {
+        if let Some(t) = self.traceparent.as_deref().and_then(parse_traceparent) {
+            return Some(t);
+        }
+        if let (Some(trace), Some(parent)) = (&self.dd_trace, &self.dd_parent)
+            && let (Ok(low), Ok(parent)) = (trace.parse::<u64>(), parent.parse::<u64>())
+            && low != 0
+        {
+            let sampling = match self
+                .dd_priority
+                .as_deref()
+                .and_then(|p| p.parse::<i32>().ok())
+            {
+                Some(p) if p > 0 => SamplingDecision::Keep,
+                Some(_) => SamplingDecision::Drop,
+                None => SamplingDecision::Unset,
+            };
+            return Some(AppTrace {
+                format: TraceFormat::Datadog as i32,
+                trace_id_high: 0,
+                trace_id_low: low,
+                parent_span_id: parent,
+                sampling: sampling as i32,
+            });
+        }
+        if let Some(t) = self.b3.as_deref().and_then(parse_b3_single) {
+            return Some(t);
+        }
+        if let (Some(trace), Some(span)) = (&self.b3_trace, &self.b3_span) {
+            return b3(trace, span, self.b3_sampled.as_deref());
+        }
+        None
+    }
+}
+
+fn hex_u64(s: &str) -> Option<u64> {
+    if s.is_empty() || s.len() > 16 {
+        return None;
+    }
+    u64::from_str_radix(s, 16).ok()
+}
+
+/// A 32- or 16-hex-digit trace id as (high, low).
+fn hex_trace_id(s: &str) -> Option<(u64, u64)> {
+    match s.len() {
+        32 => Some((hex_u64(s.get(..16)?)?, hex_u64(s.get(16..)?)?)),
+        16 => Some((0, hex_u64(s)?)),
+        _ => None,
+    }
+}
+
+/// `00-<32 hex trace id>-<16 hex parent id>-<2 hex flags>`.
+fn parse_traceparent(v: &str) -> Option<AppTrace> {
+    let mut parts = v.split('-');
+    let version = parts.next()?;
+    let trace = parts.next()?;
+    let parent = parts.next()?;
+    let flags = parts.next()?;
+    if version.len() != 2
+        || version == "ff"
+        || trace.len() != 32
+        || parent.len() != 16
+        || flags.len() != 2
+    {
+        return None;
+    }
+    let (high, low) = hex_trace_id(trace)?;
+    let parent = hex_u64(parent)?;
+    let flags = u8::from_str_radix(flags, 16).ok()?;
+    if (high, low) == (0, 0) || parent == 0 {
+        return None;
+    }
+    Some(AppTrace {
+        format: TraceFormat::W3c as i32,
+        trace_id_high: high,
+        trace_id_low: low,
+        parent_span_id: parent,
+        sampling: if flags & 1 == 1 {
+            SamplingDecision::Keep
+        } else {
+            SamplingDecision::Drop
+        } as i32,
+    })
+}
+
+/// `b3: <trace>-<span>[-<sampled>[-<parent>]]` (a lone `0` means "do not sample",
+/// without ids: no context).
+fn parse_b3_single(v: &str) -> Option<AppTrace> {
+    let mut parts = v.split('-');
+    let trace = parts.next()?;
+    let span = parts.next()?;
+    b3(trace, span, parts.next())
+}
+
+fn b3(trace: &str, span: &str, sampled: Option<&str>) -> Option<AppTrace> {
+    let (high, low) = hex_trace_id(trace)?;
+    let span = hex_u64(span)?;
+    if (high, low) == (0, 0) {
+        return None;
+    }
+    let sampling = match sampled {
+        Some("1") | Some("d") | Some("true") => SamplingDecision::Keep,
+        Some("0") | Some("false") => SamplingDecision::Drop,
+        _ => SamplingDecision::Unset,
+    };
+    Some(AppTrace {
+        format: TraceFormat::B3 as i32,
+        trace_id_high: high,
+        trace_id_low: low,
+        parent_span_id: span,
+        sampling: sampling as i32,
+    })
+}
+
+#[cfg(test)]
+mod tests;

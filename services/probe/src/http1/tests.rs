@@ -1,0 +1,320 @@
+use super::*;
+use proptest::prelude::*;
+
+/// Feeds `chunks` as consecutive transfers, each captured up to `cap` bytes.
+fn run(
+    stream: &mut Stream,
+    heads: &mut HeadQueue,
+    seq0: u32,
+    chunks: &[&[u8]],
+    cap: usize,
+) -> Vec<Message> {
+    let mut out = Vec::new();
+    let mut seq = seq0;
+    for (i, c) in chunks.iter().enumerate() {
+        let t = Transfer {
+            seq,
+            len: c.len() as u32,
+            data: &c[..c.len().min(cap)],
+            ts_ns: 100 + i as u64,
+            tid: 7,
+        };
+        stream.feed(t, heads, &mut out);
+        seq = seq.wrapping_add(c.len() as u32);
+    }
+    out
+}
+
+fn one(chunks: &[&[u8]]) -> Vec<Message> {
+    run(
+        &mut Stream::new(),
+        &mut HeadQueue::new(),
+        1000,
+        chunks,
+        usize::MAX,
+    )
+}
+
+#[test]
+fn request_in_one_read() {
+    let m = one(&[b"GET /a/b?x=1 HTTP/1.1\r\nHost: shop\r\n\r\n"]);
+    assert_eq!(m.len(), 1);
+    assert_eq!(m[0].head.method, "GET");
+    assert_eq!(m[0].head.path, "/a/b");
+    assert_eq!(m[0].head.host, "shop");
+    assert_eq!(m[0].head.version, "HTTP/1.1");
+    assert_eq!(m[0].seq, 1000);
+    assert_eq!(m[0].bytes, 37);
+}
+
+#[test]
+fn request_split_over_many_reads_with_a_body() {
+    let whole = b"POST /p HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello";
+    let parts: Vec<&[u8]> = whole.chunks(3).collect();
+    let m = one(&parts);
+    assert_eq!(m.len(), 1);
+    assert_eq!(m[0].head.method, "POST");
+    assert_eq!(m[0].start_ns, 100);
+    assert_eq!(m[0].end_ns, 100 + parts.len() as u64 - 1);
+    assert_eq!(m[0].bytes, whole.len() as u64);
+}
+
+#[test]
+fn pipelined_requests_in_one_read_get_their_own_seq() {
+    let a = b"GET /1 HTTP/1.1\r\n\r\n";
+    let b = b"GET /2 HTTP/1.1\r\n\r\n";
+    let both = [&a[..], &b[..]].concat();
+    let m = one(&[&both]);
+    assert_eq!(m.len(), 2);
+    assert_eq!(m[0].seq, 1000);
+    assert_eq!(m[1].seq, 1000 + a.len() as u32);
+    assert_eq!(m[1].head.path, "/2");
+}
+
+#[test]
+fn body_not_captured_is_skipped_by_length() {
+    // The capture holds only the head; the 10 000-byte body is skipped by its length.
+    let head = b"HTTP/1.1 200 OK\r\nContent-Length: 10000\r\n\r\n".to_vec();
+    let mut first = head.clone();
+    first.extend(vec![b'x'; 4000]);
+    let rest = vec![b'y'; 6000];
+    let next = b"HTTP/1.1 204 No Content\r\n\r\n";
+    let mut heads: HeadQueue = [false, false].into();
+    let m = run(
+        &mut Stream::new(),
+        &mut heads,
+        5,
+        &[&first, &rest, next],
+        head.len(),
+    );
+    assert_eq!(m.len(), 2);
+    assert_eq!(m[0].head.status, 200);
+    assert_eq!(m[0].bytes, head.len() as u64 + 10_000);
+    assert_eq!(m[1].seq, 5 + first.len() as u32 + 6000);
+    assert_eq!(m[1].head.status, 204);
+}
+
+#[test]
+fn chunked_response() {
+    let resp: &[&[u8]] = &[
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+        b"5\r\nhello\r\n",
+        b"3;ext=1\r\nabc\r\n0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+    ];
+    let mut heads: HeadQueue = [false, false].into();
+    let m = run(&mut Stream::new(), &mut heads, 0, resp, usize::MAX);
+    assert_eq!(m.len(), 2);
+    assert_eq!(m[0].end_ns, 102);
+    let total: usize = resp[..3].iter().map(|c| c.len()).sum();
+    assert_eq!(m[0].bytes, total as u64);
+    assert_eq!(m[1].seq, total as u32);
+}
+
+#[test]
+fn response_to_head_has_no_body_and_until_close_ends_at_close() {
+    let mut heads: HeadQueue = [true, false].into();
+    let mut s = Stream::new();
+    let m = run(
+        &mut s,
+        &mut heads,
+        0,
+        &[b"HTTP/1.1 200 OK\r\nContent-Length: 99\r\n\r\n"],
+        usize::MAX,
+    );
+    assert_eq!(
+        m.len(),
+        1,
+        "HEAD response: Content-Length does not announce a body"
+    );
+    let m = run(
+        &mut s,
+        &mut heads,
+        39,
+        &[b"HTTP/1.0 200 OK\r\n\r\nbody", b"more"],
+        usize::MAX,
+    );
+    assert!(m.is_empty());
+    let mut out = Vec::new();
+    s.close(&mut out);
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].bytes, 19 + 8);
+    assert_eq!(out[0].head.version, "HTTP/1.0");
+}
+
+#[test]
+fn interim_100_continue_is_not_the_response() {
+    let mut heads: HeadQueue = [false].into();
+    let m = run(
+        &mut Stream::new(),
+        &mut heads,
+        0,
+        &[
+            b"HTTP/1.1 100 Continue\r\n\r\n",
+            b"HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n",
+        ],
+        usize::MAX,
+    );
+    assert_eq!(m.len(), 1);
+    assert_eq!(m[0].head.status, 201);
+    assert_eq!(m[0].seq, 25);
+}
+
+#[test]
+fn garbage_is_counted_and_the_stream_resyncs() {
+    let mut s = Stream::new();
+    let mut heads = HeadQueue::new();
+    let m = run(
+        &mut s,
+        &mut heads,
+        0,
+        &[
+            b"GET /ok HTTP/1.1\r\n\r\n",
+            b"\x16\x03\x01\x02\x00binary",
+            b"GET /again HTTP/1.1\r\n\r\n",
+        ],
+        usize::MAX,
+    );
+    assert_eq!(m.len(), 2);
+    assert_eq!(m[1].head.path, "/again");
+    assert_eq!(s.problems.malformed, 1);
+}
+
+#[test]
+fn gap_in_sequence_numbers_drops_the_partial_message() {
+    let mut s = Stream::new();
+    let mut heads = HeadQueue::new();
+    let mut out = Vec::new();
+    let t = |seq, data: &'static [u8]| Transfer {
+        seq,
+        len: data.len() as u32,
+        data,
+        ts_ns: 1,
+        tid: 1,
+    };
+    s.feed(t(0, b"GET /a HTTP/1.1\r\nHo"), &mut heads, &mut out);
+    s.feed(t(500, b"GET /b HTTP/1.1\r\n\r\n"), &mut heads, &mut out);
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].head.path, "/b");
+    assert_eq!(out[0].seq, 500);
+    assert_eq!(s.problems.gaps, 1);
+}
+
+#[test]
+fn head_beyond_the_capture_is_counted() {
+    let mut s = Stream::new();
+    let req = b"GET /long HTTP/1.1\r\nX-Big: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n\r\n";
+    let m = run(&mut s, &mut HeadQueue::new(), 0, &[req], 16);
+    assert!(m.is_empty());
+    assert_eq!(s.problems.truncated, 1);
+}
+
+#[test]
+fn sequence_numbers_wrap() {
+    let m = run(
+        &mut Stream::new(),
+        &mut HeadQueue::new(),
+        u32::MAX - 3,
+        &[b"GET /1 HTTP/1.1\r\n\r\n", b"GET /2 HTTP/1.1\r\n\r\n"],
+        usize::MAX,
+    );
+    assert_eq!(m[1].seq, (u32::MAX - 3).wrapping_add(19));
+}
+
+#[test]
+fn trace_context_headers_any_case() {
+    let m = one(&[b"GET / HTTP/1.1\r\nTraceParent: 00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01\r\n\r\n"]);
+    let t = m[0].head.app_trace.unwrap();
+    assert_eq!(t.format, TraceFormat::W3c as i32);
+    assert_eq!(t.trace_id_high, 0x0af7651916cd43dd);
+    assert_eq!(t.trace_id_low, 0x8448eb211c80319c);
+    assert_eq!(t.parent_span_id, 0xb7ad6b7169203331);
+    assert_eq!(t.sampling, SamplingDecision::Keep as i32);
+
+    let m = one(&[b"GET / HTTP/1.1\r\nX-Datadog-Trace-Id: 12345\r\nx-datadog-parent-id: 678\r\nx-datadog-sampling-priority: 0\r\n\r\n"]);
+    let t = m[0].head.app_trace.unwrap();
+    assert_eq!(
+        (t.format, t.trace_id_low, t.parent_span_id),
+        (TraceFormat::Datadog as i32, 12345, 678)
+    );
+    assert_eq!(t.sampling, SamplingDecision::Drop as i32);
+
+    let m = one(&[
+        b"GET / HTTP/1.1\r\nb3: 80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-1\r\n\r\n",
+    ]);
+    let t = m[0].head.app_trace.unwrap();
+    assert_eq!(t.format, TraceFormat::B3 as i32);
+    assert_eq!(t.trace_id_low, 0x64fe8b2a57d3eff7);
+    assert_eq!(t.parent_span_id, 0xe457b5a2e4d86bd1);
+
+    let m = one(&[b"GET / HTTP/1.1\r\nX-B3-TraceId: 463ac35c9f6413ad\r\nX-B3-SpanId: a2fb4a1d1a96d312\r\n\r\n"]);
+    let t = m[0].head.app_trace.unwrap();
+    assert_eq!((t.trace_id_high, t.trace_id_low), (0, 0x463ac35c9f6413ad));
+
+    // Malformed contexts are ignored, not guessed at.
+    let m = one(&[b"GET / HTTP/1.1\r\ntraceparent: 00-zz-yy-01\r\n\r\n"]);
+    assert!(m[0].head.app_trace.is_none());
+}
+
+#[test]
+fn conflicting_content_lengths_are_malformed() {
+    let mut s = Stream::new();
+    run(
+        &mut s,
+        &mut HeadQueue::new(),
+        0,
+        &[b"POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n"],
+        usize::MAX,
+    );
+    assert_eq!(s.problems.malformed, 1);
+}
+
+proptest! {
+    /// Any bytes, cut anywhere, captured to any length, with any seq jumps: no panic.
+    #[test]
+    fn never_panics(
+        chunks in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..300), 0..12),
+        cap in 0usize..400,
+        jumps in proptest::collection::vec(any::<bool>(), 12),
+    ) {
+        let mut s = Stream::new();
+        let mut heads = HeadQueue::new();
+        let mut out = Vec::new();
+        let mut seq = 0u32;
+        let mut fed = 0u64;
+        for (i, c) in chunks.iter().enumerate() {
+            if jumps[i] { seq = seq.wrapping_add(7); }
+            let t = Transfer { seq, len: c.len() as u32, data: &c[..c.len().min(cap)], ts_ns: i as u64, tid: 1 };
+            s.feed(t, &mut heads, &mut out);
+            seq = seq.wrapping_add(c.len() as u32);
+            fed += c.len() as u64;
+        }
+        s.close(&mut out);
+        // Whatever came out is made of bytes that went in.
+        let parsed: u64 = out.iter().map(|m| m.bytes).sum();
+        prop_assert!(parsed <= fed, "{parsed} bytes of messages from {fed} bytes fed");
+    }
+
+    /// Valid requests split at random points parse to the same messages.
+    #[test]
+    fn split_points_do_not_matter(cuts in proptest::collection::vec(1usize..40, 1..20), n in 1usize..5) {
+        let mut whole = Vec::new();
+        for i in 0..n {
+            whole.extend_from_slice(format!("POST /r/{i} HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\n\r\nabc").as_bytes());
+        }
+        let mut parts = Vec::new();
+        let mut at = 0;
+        for c in cuts {
+            if at >= whole.len() { break; }
+            let end = (at + c).min(whole.len());
+            parts.push(&whole[at..end]);
+            at = end;
+        }
+        if at < whole.len() { parts.push(&whole[at..]); }
+        let m = one(&parts);
+        prop_assert_eq!(m.len(), n);
+        for (i, msg) in m.iter().enumerate() {
+            prop_assert_eq!(&msg.head.path, &format!("/r/{i}"));
+        }
+    }
+}

@@ -1,0 +1,161 @@
+//! The probe's counters, served on `/metrics`.
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+use crate::assemble::AssembleStats;
+
+/// Every counter the probe keeps; cheap to clone (shared atomics).
+#[derive(Clone, Default)]
+pub struct Metrics {
+    pub data_events: Counter,
+    pub close_events: Counter,
+    pub proc_events: Counter,
+    /// Ring records that did not decode.
+    pub bad_records: Counter,
+    /// Transfers whose payload was captured in part only (longer than the
+    /// capture, beyond the first iovec, or outside the hooked syscalls).
+    pub truncated_captures: Counter,
+    /// Kernel side: records lost to a full ring, payload copies that failed.
+    pub kernel_ring_full: Gauge,
+    pub kernel_copy_failed: Gauge,
+    pub kernel_sock_read_failed: Gauge,
+    /// Transfers outside the hooked syscalls (sendfile, splice, io_uring, …).
+    pub kernel_not_captured: Gauge,
+    pub http_malformed: Counter,
+    pub http_truncated: Counter,
+    pub stream_gaps: Counter,
+    pub spans: Counter,
+    pub ambiguous_parent: Counter,
+    pub unanswered: Counter,
+    pub unmatched: Counter,
+    pub conns_evicted: Counter,
+    /// Transfers read after their socket's CLOSE (bytes queued before a reset).
+    pub read_after_close: Counter,
+    pub connections: Gauge,
+    pub traced_processes: Gauge,
+    /// Spans lost because the publisher's queue was full.
+    pub spans_dropped_queue: Counter,
+    /// Spans lost because the buffer (NATS away) was full: the oldest batch goes.
+    pub spans_dropped_buffer: Counter,
+    pub batches_published: Counter,
+    pub spans_published: Counter,
+    pub publish_errors: Counter,
+    pub buffer_bytes: Gauge,
+    pub buffer_batches: Gauge,
+    /// Requests still waiting for their answer when the probe stopped.
+    pub requests_in_flight_at_stop: Counter,
+    /// eSpans not acknowledged by JetStream when the probe stopped.
+    pub spans_lost_at_stop: Counter,
+}
+
+impl Metrics {
+    /// Registers everything under `espan_probe_`.
+    pub fn register(&self, registry: &mut Registry) {
+        let r = registry.sub_registry_with_prefix("espan_probe");
+        macro_rules! reg {
+            ($field:ident, $help:expr) => {
+                r.register(stringify!($field), $help, self.$field.clone());
+            };
+        }
+        reg!(data_events, "Payload records read from the ring buffer");
+        reg!(close_events, "TCP close records read from the ring buffer");
+        reg!(
+            proc_events,
+            "Process exec/fork/exit records read from the ring buffer"
+        );
+        reg!(
+            bad_records,
+            "Ring buffer records that did not decode (skipped)"
+        );
+        reg!(
+            truncated_captures,
+            "Transfers whose payload was captured in part only (capture size, first iovec only, or not at all)"
+        );
+        reg!(
+            kernel_ring_full,
+            "Records the kernel lost because the ring buffer was full"
+        );
+        reg!(
+            kernel_copy_failed,
+            "Payload copies from user memory that failed in the kernel"
+        );
+        reg!(
+            kernel_sock_read_failed,
+            "Socket field reads that failed in the kernel"
+        );
+        reg!(
+            kernel_not_captured,
+            "Transfers made outside read/write/readv/writev/recvfrom/sendto/recvmsg/sendmsg (sendfile, splice, io_uring, ...): sequence numbers only"
+        );
+        reg!(
+            http_malformed,
+            "Stretches of traffic on traced sockets that are not HTTP/1.x (skipped)"
+        );
+        reg!(
+            http_truncated,
+            "HTTP heads or chunk sizes beyond the captured bytes (skipped)"
+        );
+        reg!(
+            stream_gaps,
+            "Transfers that did not start where the previous one ended"
+        );
+        reg!(spans, "eSpans made");
+        reg!(
+            ambiguous_parent,
+            "Client spans whose thread served several requests (local_parent_id left 0)"
+        );
+        reg!(
+            unanswered,
+            "Requests without a response (connection closed or forgotten)"
+        );
+        reg!(unmatched, "Responses without a waiting request");
+        reg!(conns_evicted, "Idle connections forgotten");
+        reg!(
+            read_after_close,
+            "Transfers read from a socket after its close (bytes queued before a reset)"
+        );
+        reg!(connections, "Connections followed now");
+        reg!(traced_processes, "Processes traced now");
+        reg!(
+            spans_dropped_queue,
+            "eSpans dropped because the publish queue was full"
+        );
+        reg!(
+            spans_dropped_buffer,
+            "eSpans dropped because the buffer was full while NATS was away"
+        );
+        reg!(batches_published, "Batches acknowledged by JetStream");
+        reg!(spans_published, "eSpans in acknowledged batches");
+        reg!(publish_errors, "Failed publishes (retried)");
+        reg!(buffer_bytes, "Bytes of batches waiting for JetStream");
+        reg!(buffer_batches, "Batches waiting for JetStream");
+        reg!(
+            requests_in_flight_at_stop,
+            "Requests still waiting for their answer when the probe stopped (no span made)"
+        );
+        reg!(
+            spans_lost_at_stop,
+            "eSpans JetStream had not acknowledged when the probe stopped"
+        );
+    }
+
+    /// Adds the assembler's counts since `before`.
+    pub fn add_assemble(&self, before: &AssembleStats, now: &AssembleStats) {
+        let d = |a: u64, b: u64| b.saturating_sub(a);
+        self.http_malformed
+            .inc_by(d(before.malformed, now.malformed));
+        self.http_truncated
+            .inc_by(d(before.truncated, now.truncated));
+        self.stream_gaps.inc_by(d(before.gaps, now.gaps));
+        self.spans.inc_by(d(before.spans, now.spans));
+        self.ambiguous_parent
+            .inc_by(d(before.ambiguous_parent, now.ambiguous_parent));
+        self.unanswered.inc_by(d(before.unanswered, now.unanswered));
+        self.unmatched.inc_by(d(before.unmatched, now.unmatched));
+        self.conns_evicted.inc_by(d(before.evicted, now.evicted));
+        self.read_after_close
+            .inc_by(d(before.after_close, now.after_close));
+    }
+}
