@@ -1,0 +1,206 @@
+//! Wiring for `main` (and for tests that run the exporter in-process): connect,
+//! make sure the streams exist, build each sink's stack, run its consumer.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use espan::bus::{self, Bus, ConsumerSpec, StreamLimits};
+use espan::shutdown::Shutdown;
+use espan::telemetry::{self, Health};
+use prometheus_client::registry::Registry;
+
+use crate::metrics::Metrics;
+use crate::service::{Exporter, SinkSpec};
+use crate::settings::Settings;
+use crate::sinks::otlp::Protocol;
+use crate::sinks::{Encoding, dataway, otlp};
+use crate::stack::{self, StackConfig};
+
+/// Why the exporter could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RunError {
+    /// NATS or JetStream failed.
+    #[error(transparent)]
+    Bus(#[from] bus::BusError),
+    /// A sink could not be set up from its settings.
+    #[error("{sink} sink: {reason}")]
+    Sink {
+        /// Which sink.
+        sink: &'static str,
+        /// Why.
+        reason: String,
+    },
+    /// `/metrics` could not listen.
+    #[error(transparent)]
+    Metrics(#[from] std::io::Error),
+}
+
+/// A running exporter.
+pub struct Running {
+    /// Where `/metrics` listens.
+    pub metrics_addr: SocketAddr,
+    tasks: Vec<(
+        &'static str,
+        tokio::task::JoinHandle<Result<(), bus::BusError>>,
+    )>,
+    health: Health,
+}
+
+impl Running {
+    /// Waits until every consumer stopped (after shutdown, or on error).
+    pub async fn wait(self) -> Result<(), RunError> {
+        let mut first_error = None;
+        for (sink, task) in self.tasks {
+            let result = task.await.unwrap_or_else(|e| {
+                Err(bus::BusError::Consume {
+                    stream: bus::TRACES_STREAM.into(),
+                    consumer: sink.into(),
+                    reason: format!("task failed: {e}"),
+                })
+            });
+            if let Err(error) = result {
+                tracing::error!(sink, %error, "consumer stopped");
+                self.health
+                    .set_failing(format!("{sink} consumer stopped: {error}"));
+                first_error.get_or_insert(RunError::Bus(error));
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+}
+
+/// Starts `/metrics` and one consumer per configured sink.
+pub async fn start(settings: &Settings, shutdown: Shutdown) -> Result<Running, RunError> {
+    let bus = Bus::connect(
+        &settings.nats_url,
+        "espan-exporter",
+        Duration::from_secs(30),
+    )
+    .await?;
+    ensure_missing_streams(&bus).await?;
+
+    let mut registry = Registry::default();
+    let metrics = Metrics::register(&mut registry);
+    let health = Health::default();
+    let metrics_addr = telemetry::serve(
+        settings.metrics_addr,
+        registry,
+        health.clone(),
+        shutdown.clone(),
+    )
+    .await?;
+
+    let mut tasks = Vec::new();
+    if let Some(otlp) = &settings.otlp {
+        let config = StackConfig {
+            timeout: otlp.timeout,
+            concurrency: settings.concurrency,
+            retry_initial: settings.retry_initial,
+            retry_max: settings.retry_max,
+        };
+        let sink_metrics = metrics.sink("otlp");
+        let fail = |reason| RunError::Sink {
+            sink: "otlp",
+            reason,
+        };
+        let (service, encoding) = match otlp.protocol {
+            Protocol::Grpc => (
+                stack::build(
+                    "otlp",
+                    otlp::grpc::GrpcSink::new(&otlp.endpoint, &otlp.headers, otlp.gzip)
+                        .map_err(fail)?,
+                    &config,
+                    sink_metrics.clone(),
+                    shutdown.clone(),
+                ),
+                // tonic compresses gRPC messages itself.
+                Encoding::Otlp { gzip: false },
+            ),
+            Protocol::HttpProtobuf => {
+                let url = reqwest::Url::parse(&otlp.endpoint).map_err(|e| fail(e.to_string()))?;
+                (
+                    stack::build(
+                        "otlp",
+                        otlp::http::sink(url, &otlp.headers, otlp.gzip).map_err(fail)?,
+                        &config,
+                        sink_metrics.clone(),
+                        shutdown.clone(),
+                    ),
+                    Encoding::Otlp { gzip: otlp.gzip },
+                )
+            }
+        };
+        let spec = sink_spec(settings, "otlp", encoding);
+        tracing::info!(endpoint = %otlp.endpoint, protocol = ?otlp.protocol, durable = %spec.consumer.durable, "OTLP sink");
+        let exporter = Exporter::new(spec, service, bus.clone(), sink_metrics);
+        tasks.push(("otlp", tokio::spawn(exporter.run(shutdown.clone()))));
+    }
+    if let Some(settings_dataway) = &settings.dataway {
+        let config = StackConfig {
+            timeout: settings_dataway.timeout,
+            concurrency: settings.concurrency,
+            retry_initial: settings.retry_initial,
+            retry_max: settings.retry_max,
+        };
+        let sink_metrics = metrics.sink("dataway");
+        let fail = |reason| RunError::Sink {
+            sink: "dataway",
+            reason,
+        };
+        let url = reqwest::Url::parse(&settings_dataway.url).map_err(|e| fail(e.to_string()))?;
+        let service = stack::build(
+            "dataway",
+            dataway::sink(url).map_err(fail)?,
+            &config,
+            sink_metrics.clone(),
+            shutdown.clone(),
+        );
+        let spec = sink_spec(settings, "dataway", Encoding::Dataway);
+        // The token is a secret: log the host only.
+        tracing::info!(host = %reqwest::Url::parse(&settings_dataway.url).ok().and_then(|u| u.host_str().map(str::to_owned)).unwrap_or_default(), durable = %spec.consumer.durable, "Dataway sink");
+        let exporter = Exporter::new(spec, service, bus.clone(), sink_metrics);
+        tasks.push(("dataway", tokio::spawn(exporter.run(shutdown.clone()))));
+    }
+    health.set_ok();
+    Ok(Running {
+        metrics_addr,
+        tasks,
+        health,
+    })
+}
+
+fn sink_spec(settings: &Settings, name: &'static str, encoding: Encoding) -> SinkSpec {
+    let mut consumer = ConsumerSpec::new(
+        bus::TRACES_STREAM,
+        &format!("{}-{name}", settings.durable_prefix),
+    );
+    consumer.ack_wait = settings.ack_wait;
+    consumer.batch = settings.batch_max_messages;
+    // Messages decoded and waiting for their requests, at most: bounds memory
+    // while a backend is down.
+    consumer.max_ack_pending = (settings.batch_max_messages * 4).max(256) as i64;
+    SinkSpec {
+        name,
+        consumer,
+        max_spans: settings.batch_max_spans,
+        linger: settings.batch_timeout,
+        encoding,
+    }
+}
+
+/// Creates TRACES and DEADLETTER when they do not exist yet. Existing streams
+/// are left as they are: their limits belong to whoever configured them (the
+/// linker), not to a reader.
+pub async fn ensure_missing_streams(bus: &Bus) -> Result<(), bus::BusError> {
+    for (name, subjects) in [
+        (bus::TRACES_STREAM, bus::TRACES_SUBJECTS),
+        (bus::DEADLETTER_STREAM, bus::DEADLETTER_SUBJECTS),
+    ] {
+        if bus.jetstream().get_stream(name).await.is_err() {
+            bus.ensure_stream(name, subjects, &StreamLimits::default())
+                .await?;
+        }
+    }
+    Ok(())
+}

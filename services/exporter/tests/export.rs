@@ -1,0 +1,1482 @@
+//! The exporter against real receivers it did not write: OTLP gRPC and HTTP
+//! receivers built from the upstream Python `opentelemetry-proto` package (with
+//! grpcio and http.server), and a Dataway stand-in that parses the line protocol
+//! with the independent `line-protocol-parser` package. Each test has its own
+//! nats-server (`espan::testkit`) and receiver processes on free loopback ports,
+//! runs the exporter in-process, and compares what the receiver decoded.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use espan::bus::{self, Bus};
+use espan::shutdown;
+use espan::testkit::{TestNats, free_port, tempfile_dir::TempDir};
+use espan::wire::{
+    self, AppTrace, ESpan, Endpoint, Http, LinkedSpan, Protocol, SamplingDecision, SpanKind, Trace,
+    TraceBatch, TraceFormat,
+};
+use espan_exporter::run;
+use espan_exporter::settings::{DatawaySettings, OtlpSettings, Settings};
+use espan_exporter::sinks::otlp::Protocol as OtlpProtocol;
+use serde_json::{Value, json};
+
+// ---------------------------------------------------------------- receivers
+
+/// A Python receiver process, killed on drop. It appends one JSON line per
+/// request it got to `out`.
+struct Receiver {
+    child: Option<Child>,
+    port: u16,
+    script: &'static str,
+    args: Vec<String>,
+    out: PathBuf,
+}
+
+impl Receiver {
+    /// `script` in tests/receivers with `args`; `port` 0 = any free one.
+    fn start(script: &'static str, args: &[&str], port: u16, dir: &Path) -> Self {
+        let mut receiver = Self {
+            child: None,
+            port,
+            script,
+            args: args.iter().map(|a| a.to_string()).collect(),
+            out: dir.join(format!("{script}.jsonl")),
+        };
+        receiver.spawn();
+        receiver
+    }
+
+    fn spawn(&mut self) {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/receivers")
+            .join(self.script);
+        let mut child = Command::new("python3")
+            .arg(script)
+            .args(&self.args)
+            .args(["--port", &self.port.to_string(), "--out"])
+            .arg(&self.out)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("python3 runs (scripts/setup.d/exporter.sh installs its packages)");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let port = line
+            .trim()
+            .strip_prefix("PORT ")
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("{} did not start: {line:?}", self.script));
+        self.port = port;
+        self.child = Some(child);
+    }
+
+    /// Kills it: a backend that is down.
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts it again on the same port, refusing nothing.
+    fn restart_healthy(&mut self) {
+        self.kill();
+        if let Some(at) = self.args.iter().position(|a| a == "--fail") {
+            self.args.drain(at..at + 2);
+        }
+        self.spawn();
+    }
+
+    /// Every request it recorded.
+    fn records(&self) -> Vec<Value> {
+        let mut text = std::fs::read_to_string(&self.out).unwrap_or_default();
+        // The receiver may be writing the last line right now: read it next time.
+        if !text.ends_with('\n') {
+            text.truncate(text.rfind('\n').map_or(0, |i| i + 1));
+        }
+        text.lines()
+            .filter(|l| !l.is_empty())
+            .map(|l| serde_json::from_str(l).expect("receiver writes JSON lines"))
+            .collect()
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// OTLP spans of accepted requests, each with its resource's attributes.
+fn otlp_spans(records: &[Value]) -> Vec<(Value, Value)> {
+    let mut spans = Vec::new();
+    for record in records.iter().filter(|r| r["accepted"] == true) {
+        for rs in record["request"]["resource_spans"].as_array().unwrap() {
+            for ss in rs["scope_spans"].as_array().unwrap() {
+                assert_eq!(ss["scope"]["name"], "espan");
+                for span in ss["spans"].as_array().unwrap() {
+                    spans.push((span.clone(), rs["resource"].clone()));
+                }
+            }
+        }
+    }
+    spans
+}
+
+/// Dataway points of accepted requests.
+fn dataway_points(records: &[Value]) -> Vec<Value> {
+    let mut points = Vec::new();
+    for record in records.iter().filter(|r| r["accepted"] == true) {
+        assert_eq!(
+            record["token"], "tkn_test",
+            "the token travels in the query"
+        );
+        assert_eq!(
+            record["x_points"].as_str(),
+            Some(
+                record["points"]
+                    .as_array()
+                    .unwrap()
+                    .len()
+                    .to_string()
+                    .as_str()
+            ),
+            "X-Points counts the lines, as DataKit sends it"
+        );
+        for point in record["points"].as_array().unwrap() {
+            assert!(
+                point.get("unparsable").is_none(),
+                "unparsable line: {point}"
+            );
+            points.push(point.clone());
+        }
+    }
+    points
+}
+
+/// OTLP attributes as key → the JSON of their value (int64 are strings in
+/// protobuf JSON).
+fn attributes(list: &Value) -> BTreeMap<String, Value> {
+    list.as_array()
+        .map(|a| a.as_slice())
+        .unwrap_or_default()
+        .iter()
+        .map(|kv| {
+            let value = kv["value"].as_object().unwrap();
+            let (_, inner) = value.iter().next().unwrap();
+            (kv["key"].as_str().unwrap().to_owned(), inner.clone())
+        })
+        .collect()
+}
+
+fn map(value: Value) -> BTreeMap<String, Value> {
+    serde_json::from_value(value).unwrap()
+}
+
+// ---------------------------------------------------------------- data
+
+const START: u64 = 1_700_000_000_000_000_000;
+
+fn endpoint(addr: &str) -> Option<Endpoint> {
+    Some(Endpoint::from_socket_addr(addr.parse().unwrap()))
+}
+
+/// A SERVER span and the CLIENT call it made, with every field set to a value
+/// the tests can recognise.
+fn detailed_trace() -> Trace {
+    let server = ESpan {
+        span_id: 0x1111,
+        kind: SpanKind::Server as i32,
+        protocol: Protocol::Http1 as i32,
+        local: endpoint("10.1.0.5:8080"),
+        remote: endpoint("10.1.0.9:51234"),
+        req_seq: 1000,
+        resp_seq: 2000,
+        start_ns: START,
+        end_ns: START + 1_500_000,
+        pid: 100,
+        tid: 101,
+        comm: "gunicorn".into(),
+        service: "shop".into(),
+        local_parent_id: 0,
+        http: Some(Http {
+            method: "GET".into(),
+            path: "/orders/123".into(),
+            version: "HTTP/1.1".into(),
+            status: 500,
+            host: "shop:8080".into(),
+        }),
+        bytes_in: 300,
+        bytes_out: 4000,
+        error: String::new(),
+        app_trace: None,
+        host: "node-1".into(),
+        container_id: String::new(),
+        conn_id: 7,
+    };
+    let client = ESpan {
+        span_id: 0x2222,
+        kind: SpanKind::Client as i32,
+        local: endpoint("10.1.0.5:40000"),
+        remote: endpoint("10.1.0.20:9000"),
+        req_seq: 3000,
+        resp_seq: 4000,
+        start_ns: START + 100_000,
+        end_ns: START + 900_000,
+        local_parent_id: 0x1111,
+        http: Some(Http {
+            method: "POST".into(),
+            path: "/pay/5f2b8c9e1a4d3e7f6b0c9a12".into(),
+            version: "HTTP/1.1".into(),
+            status: 0,
+            host: "payments:9000".into(),
+        }),
+        bytes_in: 100,
+        bytes_out: 200,
+        error: "connection reset".into(),
+        app_trace: Some(AppTrace {
+            format: TraceFormat::W3c as i32,
+            trace_id_high: 0xaaaa,
+            trace_id_low: 0xbbbb,
+            parent_span_id: 0xcccc,
+            sampling: SamplingDecision::Keep as i32,
+        }),
+        conn_id: 8,
+        ..server.clone()
+    };
+    Trace {
+        trace_id_high: 0xabcdef,
+        trace_id_low: 0x123456,
+        spans: vec![
+            LinkedSpan {
+                span: Some(server),
+                parent_id: 0,
+            },
+            LinkedSpan {
+                span: Some(client),
+                parent_id: 0x1111,
+            },
+        ],
+        app_trace_id: false,
+        late: false,
+    }
+}
+
+/// `traces` traces of `per_trace` sample spans each; span ids unique across `batch`.
+fn volume_batch(batch: u64, traces: u64, per_trace: u64) -> TraceBatch {
+    TraceBatch {
+        version: wire::WIRE_VERSION,
+        linker: "linker-1".into(),
+        boot_id: 1,
+        seq: batch,
+        traces: (0..traces)
+            .map(|t| Trace {
+                trace_id_high: batch + 1,
+                trace_id_low: t + 1,
+                spans: (0..per_trace)
+                    .map(|s| LinkedSpan {
+                        span: Some(wire::sample::span(batch * 1_000_000 + t * 1_000 + s)),
+                        parent_id: 0,
+                    })
+                    .collect(),
+                ..Default::default()
+            })
+            .collect(),
+    }
+}
+
+fn span_ids(batches: &[TraceBatch]) -> Vec<String> {
+    let mut ids: Vec<String> = batches
+        .iter()
+        .flat_map(|b| &b.traces)
+        .flat_map(|t| &t.spans)
+        .map(|l| format!("{:016x}", l.span.as_ref().unwrap().span_id))
+        .collect();
+    ids.sort();
+    ids
+}
+
+// ---------------------------------------------------------------- harness
+
+struct Setup {
+    nats: TestNats,
+    bus: Bus,
+    dir: TempDir,
+}
+
+async fn setup() -> Setup {
+    let nats = TestNats::start().unwrap();
+    let bus = Bus::connect(&nats.url(), "test", Duration::from_secs(10))
+        .await
+        .unwrap();
+    // Small streams: the default 10 GiB each is more than a test machine's
+    // disk may let JetStream reserve.
+    let limits = bus::StreamLimits {
+        max_bytes: 256 << 20,
+        ..Default::default()
+    };
+    bus.ensure_streams(&limits).await.unwrap();
+    Setup {
+        nats,
+        bus,
+        dir: TempDir::new("espan-exporter-test").unwrap(),
+    }
+}
+
+fn settings(nats: &TestNats) -> Settings {
+    Settings {
+        nats_url: nats.url(),
+        metrics_addr: "127.0.0.1:0".parse().unwrap(),
+        otlp: None,
+        dataway: None,
+        batch_max_spans: 1000,
+        batch_timeout: Duration::from_millis(200),
+        batch_max_messages: 64,
+        concurrency: 4,
+        retry_initial: Duration::from_millis(50),
+        retry_max: Duration::from_millis(500),
+        ack_wait: Duration::from_secs(30),
+        durable_prefix: "exporter".into(),
+        unknown_file_keys: Vec::new(),
+    }
+}
+
+fn otlp(protocol: OtlpProtocol, port: u16, gzip: bool) -> Option<OtlpSettings> {
+    Some(OtlpSettings {
+        endpoint: match protocol {
+            OtlpProtocol::Grpc => format!("http://127.0.0.1:{port}"),
+            OtlpProtocol::HttpProtobuf => format!("http://127.0.0.1:{port}/v1/traces"),
+        },
+        protocol,
+        headers: vec![("x-test".into(), "yes".into())],
+        timeout: Duration::from_secs(5),
+        gzip,
+    })
+}
+
+fn dataway(port: u16) -> Option<DatawaySettings> {
+    Some(DatawaySettings {
+        url: format!("http://127.0.0.1:{port}/v1/write/tracing?token=tkn_test"),
+        timeout: Duration::from_secs(5),
+    })
+}
+
+struct Exporter {
+    trigger: shutdown::ShutdownTrigger,
+    running: run::Running,
+}
+
+impl Exporter {
+    async fn start(settings: &Settings) -> Self {
+        let (trigger, stop) = shutdown::channel();
+        let running = run::start(settings, stop).await.unwrap();
+        Self { trigger, running }
+    }
+
+    async fn metrics(&self) -> String {
+        let url = format!("http://{}/metrics", self.running.metrics_addr);
+        reqwest::get(url).await.unwrap().text().await.unwrap()
+    }
+
+    async fn stop(self) {
+        self.trigger.trigger();
+        self.running.wait().await.unwrap();
+    }
+}
+
+async fn publish(bus: &Bus, batches: &mut [TraceBatch]) {
+    let mut publisher = bus.publisher(64);
+    for (i, batch) in batches.iter_mut().enumerate() {
+        let payload = wire::encode_trace_batch(batch);
+        publisher
+            .publish(
+                i as u64,
+                bus::trace_subject(&batch.linker),
+                format!("{}-{}-{}", batch.linker, batch.boot_id, batch.seq),
+                payload,
+                None,
+            )
+            .await
+            .unwrap();
+    }
+    publisher.flush().await.unwrap();
+}
+
+/// Polls `done` until it holds; fails with `what` after a generous minute (a
+/// hang, not a speed check).
+async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    for _ in 0..1200 {
+        if done() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("gave up waiting: {what}");
+}
+
+/// Waits until the durable consumer has nothing undelivered or unacked.
+async fn wait_drained(bus: &Bus, durable: &str) {
+    let stream = bus
+        .jetstream()
+        .get_stream(bus::TRACES_STREAM)
+        .await
+        .unwrap();
+    for _ in 0..1200 {
+        if let Ok(info) = stream.consumer_info(durable).await
+            && info.num_pending == 0
+            && info.num_ack_pending == 0
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("consumer {durable} never drained");
+}
+
+fn metric(text: &str, name: &str, sink: &str) -> f64 {
+    let prefix = format!("{name}{{sink=\"{sink}\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .map(|v| v.trim().parse().unwrap())
+        .unwrap_or_else(|| panic!("no {prefix} in\n{text}"))
+}
+
+// ---------------------------------------------------------------- every field
+
+fn expected_server_span() -> (BTreeMap<String, Value>, BTreeMap<String, Value>) {
+    let span = map(json!({
+        "trace_id": "0000000000abcdef0000000000123456",
+        "span_id": "0000000000001111",
+        "name": "GET /orders/{id}",
+        "kind": "SPAN_KIND_SERVER",
+        "start_time_unix_nano": START.to_string(),
+        "end_time_unix_nano": (START + 1_500_000).to_string(),
+        "status": {"code": "STATUS_CODE_ERROR"},
+    }));
+    let attrs = map(json!({
+        "http.request.method": "GET",
+        "url.scheme": "http",
+        "url.path": "/orders/123",
+        "url.template": "/orders/{id}",
+        "http.response.status_code": "500",
+        "network.protocol.name": "http",
+        "network.protocol.version": "1.1",
+        "server.address": "shop",
+        "server.port": "8080",
+        "client.address": "10.1.0.9",
+        "client.port": "51234",
+        "network.peer.address": "10.1.0.9",
+        "network.peer.port": "51234",
+        "network.local.address": "10.1.0.5",
+        "network.local.port": "8080",
+        "network.transport": "tcp",
+        "error.type": "500",
+        "thread.id": "101",
+        "ebpf.protocol": "http",
+        "ebpf.req_seq": "1000",
+        "ebpf.resp_seq": "2000",
+        "ebpf.conn_id": "0000000000000007",
+        "ebpf.bytes_in": "300",
+        "ebpf.bytes_out": "4000",
+    }));
+    (span, attrs)
+}
+
+fn expected_client_span() -> (BTreeMap<String, Value>, BTreeMap<String, Value>) {
+    let span = map(json!({
+        "trace_id": "0000000000abcdef0000000000123456",
+        "span_id": "0000000000002222",
+        "parent_span_id": "0000000000001111",
+        "name": "POST /pay/{hex}",
+        "kind": "SPAN_KIND_CLIENT",
+        "start_time_unix_nano": (START + 100_000).to_string(),
+        "end_time_unix_nano": (START + 900_000).to_string(),
+        "status": {"code": "STATUS_CODE_ERROR", "message": "connection reset"},
+    }));
+    let attrs = map(json!({
+        "http.request.method": "POST",
+        "url.scheme": "http",
+        "url.path": "/pay/5f2b8c9e1a4d3e7f6b0c9a12",
+        "url.template": "/pay/{hex}",
+        "url.full": "http://payments:9000/pay/5f2b8c9e1a4d3e7f6b0c9a12",
+        "network.protocol.name": "http",
+        "network.protocol.version": "1.1",
+        "server.address": "payments",
+        "server.port": "9000",
+        "network.peer.address": "10.1.0.20",
+        "network.peer.port": "9000",
+        "network.local.address": "10.1.0.5",
+        "network.local.port": "40000",
+        "network.transport": "tcp",
+        "error.type": "connection reset",
+        "thread.id": "101",
+        "ebpf.protocol": "http",
+        "ebpf.req_seq": "3000",
+        "ebpf.resp_seq": "4000",
+        "ebpf.conn_id": "0000000000000008",
+        "ebpf.local_parent_id": "0000000000001111",
+        "ebpf.bytes_in": "100",
+        "ebpf.bytes_out": "200",
+        "ebpf.error": "connection reset",
+        "ebpf.app_trace.format": "w3c",
+        "ebpf.app_trace.trace_id": "000000000000aaaa000000000000bbbb",
+        "ebpf.app_trace.parent_span_id": "000000000000cccc",
+        "ebpf.app_trace.sampled": true,
+    }));
+    (span, attrs)
+}
+
+async fn every_otlp_field_arrives(protocol: OtlpProtocol, gzip: bool) {
+    let s = setup().await;
+    let proto_arg = if protocol == OtlpProtocol::Grpc {
+        "grpc"
+    } else {
+        "http"
+    };
+    let receiver = Receiver::start(
+        "otlp_receiver.py",
+        &["--protocol", proto_arg],
+        0,
+        s.dir.path(),
+    );
+    let mut settings = settings(&s.nats);
+    settings.otlp = otlp(protocol, receiver.port, gzip);
+    let exporter = Exporter::start(&settings).await;
+    let mut batches = vec![TraceBatch {
+        version: wire::WIRE_VERSION,
+        linker: "linker-1".into(),
+        boot_id: 9,
+        seq: 1,
+        traces: vec![detailed_trace()],
+    }];
+    publish(&s.bus, &mut batches).await;
+    wait_until("2 spans at the receiver", || {
+        otlp_spans(&receiver.records()).len() >= 2
+    })
+    .await;
+    wait_drained(&s.bus, "exporter-otlp").await;
+
+    let spans = otlp_spans(&receiver.records());
+    assert_eq!(spans.len(), 2, "each span once");
+    let records = receiver.records();
+    assert_eq!(
+        records[0]["headers"]["x-test"], "yes",
+        "configured headers reach the backend"
+    );
+    assert_eq!(
+        records[0]["request"]["resource_spans"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1,
+        "one process, one resource"
+    );
+    let resource = attributes(&spans[0].1["attributes"]);
+    assert_eq!(
+        resource,
+        map(json!({
+            "service.name": "shop",
+            "host.name": "node-1",
+            "process.pid": "100",
+            "process.executable.name": "gunicorn",
+        }))
+    );
+    for ((span, _), (want_span, want_attrs)) in spans
+        .iter()
+        .zip([expected_server_span(), expected_client_span()])
+    {
+        let mut got: BTreeMap<String, Value> = map(span.clone());
+        let got_attrs = attributes(&got.remove("attributes").unwrap());
+        assert_eq!(got, want_span);
+        assert_eq!(got_attrs, want_attrs);
+    }
+    let text = exporter.metrics().await;
+    assert_eq!(
+        metric(&text, "espan_exporter_spans_exported_total", "otlp"),
+        2.0
+    );
+    exporter.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn otlp_grpc_receiver_decodes_every_field() {
+    every_otlp_field_arrives(OtlpProtocol::Grpc, false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn otlp_http_receiver_decodes_every_field_gzipped() {
+    every_otlp_field_arrives(OtlpProtocol::HttpProtobuf, true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dataway_receiver_parses_every_field() {
+    let s = setup().await;
+    let receiver = Receiver::start("dataway_receiver.py", &[], 0, s.dir.path());
+    let mut settings = settings(&s.nats);
+    settings.dataway = dataway(receiver.port);
+    let exporter = Exporter::start(&settings).await;
+    let mut batches = vec![TraceBatch {
+        version: wire::WIRE_VERSION,
+        linker: "linker-1".into(),
+        boot_id: 9,
+        seq: 1,
+        traces: vec![detailed_trace()],
+    }];
+    publish(&s.bus, &mut batches).await;
+    wait_until("2 points", || {
+        dataway_points(&receiver.records()).len() >= 2
+    })
+    .await;
+    wait_drained(&s.bus, "exporter-dataway").await;
+    let points = dataway_points(&receiver.records());
+    assert_eq!(points.len(), 2);
+    let server = &points[0];
+    assert_eq!(server["measurement"], "dketrace");
+    assert_eq!(server["time"], json!(START));
+    assert_eq!(
+        map(server["tags"].clone()),
+        map(json!({
+            "host": "node-1", "operation": "HTTP", "service": "shop", "source_type": "ebpf",
+            "span_type": "entry", "status": "error",
+        }))
+    );
+    assert_eq!(
+        map(server["fields"].clone()),
+        map(json!({
+            "trace_id": "0000000000abcdef0000000000123456",
+            "span_id": "0000000000001111",
+            "parent_id": "0",
+            "ebpf_trace_id": "0000000000abcdef0000000000123456",
+            "ebpf_parent_id": "0",
+            "resource": "GET /orders/{id}",
+            "start": START / 1000,
+            "duration": 1500,
+            "ebpf_span_type": "entry",
+            "direction": "incoming",
+            "req_seq": 1000,
+            "resp_seq": 2000,
+            "tid": 101,
+            "process_name": "gunicorn",
+            "thread_name": "gunicorn",
+            "pid": "100",
+            "src_ip": "10.1.0.5",
+            "src_port": "8080",
+            "dst_ip": "10.1.0.9",
+            "dst_port": "51234",
+            "http_method": "GET",
+            "http_route": "/orders/123",
+            "http_version": "1.1",
+            "http_status_code": "500",
+            "http_host": "shop:8080",
+            "bytes_read": 300,
+            "bytes_written": 4000,
+        }))
+    );
+    let client = &points[1];
+    assert_eq!(client["tags"]["span_type"], "exit");
+    assert_eq!(client["fields"]["parent_id"], "0000000000001111");
+    assert_eq!(client["fields"]["direction"], "outgoing");
+    assert_eq!(client["fields"]["err_msg"], "connection reset");
+    assert_eq!(
+        client["fields"]["app_trace_id"],
+        "000000000000aaaa000000000000bbbb"
+    );
+    assert_eq!(client["fields"]["resource"], "POST /pay/{hex}");
+    exporter.stop().await;
+}
+
+/// Text that needs escaping, in every field a span carries: the independent
+/// parser reads back each point, every value as it was, except what line
+/// protocol cannot carry (control characters become spaces; a backslash in a
+/// tag becomes a slash).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dataway_lines_carry_hostile_text() {
+    const PIECES: &[&str] = &[
+        "a", " ", ",", "=", "\"", "\\", "\n", "\t", "/", "é", "日本", "🙂", "x=y", "\\,",
+    ];
+    let s = setup().await;
+    let receiver = Receiver::start("dataway_receiver.py", &[], 0, s.dir.path());
+    let mut settings = settings(&s.nats);
+    settings.dataway = dataway(receiver.port);
+    let exporter = Exporter::start(&settings).await;
+    let text = |n: u64, k: u64| -> String {
+        (0..1 + (n * 7 + k) % 6)
+            .map(|i| PIECES[((n * 31 + k * 17 + i * 13) % PIECES.len() as u64) as usize])
+            .collect()
+    };
+    let mut batch = volume_batch(0, 1, 60);
+    for (n, linked) in batch.traces[0].spans.iter_mut().enumerate() {
+        let n = n as u64;
+        let span = linked.span.as_mut().unwrap();
+        span.service = text(n, 1);
+        span.host = text(n, 2);
+        span.comm = text(n, 3);
+        span.error = text(n, 4);
+        let http = span.http.as_mut().unwrap();
+        http.path = format!("/{}", text(n, 5));
+        http.host = text(n, 6);
+        http.method = text(n, 7);
+    }
+    let sent = batch.traces[0].spans.clone();
+    publish(&s.bus, &mut [batch]).await;
+    wait_until("60 points", || {
+        dataway_points(&receiver.records()).len() >= 60
+    })
+    .await;
+    wait_drained(&s.bus, "exporter-dataway").await;
+
+    let points = dataway_points(&receiver.records());
+    let by_id: BTreeMap<String, &Value> = points
+        .iter()
+        .map(|p| (p["fields"]["span_id"].as_str().unwrap().to_owned(), p))
+        .collect();
+    let field = |t: &str| t.replace(['\n', '\t'], " ");
+    let tag = |t: &str| field(t).replace('\\', "/");
+    for linked in &sent {
+        let span = linked.span.as_ref().unwrap();
+        let point = by_id[&format!("{:016x}", span.span_id)];
+        let http = span.http.as_ref().unwrap();
+        // An empty tag is left out.
+        let tag_or_none = |t: &str| (!t.is_empty()).then(|| Value::from(tag(t)));
+        assert_eq!(
+            point["tags"].get("service").cloned(),
+            tag_or_none(&span.service),
+            "{point}"
+        );
+        assert_eq!(point["tags"].get("host").cloned(), tag_or_none(&span.host));
+        assert_eq!(point["fields"]["process_name"], field(&span.comm));
+        assert_eq!(point["fields"]["err_msg"], field(&span.error));
+        assert_eq!(point["fields"]["http_route"], field(&http.path));
+        assert_eq!(point["fields"]["http_host"], field(&http.host));
+        assert_eq!(point["fields"]["http_method"], field(&http.method));
+    }
+    exporter.stop().await;
+}
+
+// ---------------------------------------------------------------- failures
+
+#[derive(Clone, Copy, PartialEq)]
+enum Sink {
+    Grpc,
+    Http,
+    Dataway,
+}
+
+impl Sink {
+    fn start_receiver(self, args: &[&str], port: u16, dir: &Path) -> Receiver {
+        match self {
+            Sink::Grpc => {
+                let mut all = vec!["--protocol", "grpc"];
+                all.extend_from_slice(args);
+                Receiver::start("otlp_receiver.py", &all, port, dir)
+            }
+            Sink::Http => {
+                let mut all = vec!["--protocol", "http"];
+                all.extend_from_slice(args);
+                Receiver::start("otlp_receiver.py", &all, port, dir)
+            }
+            Sink::Dataway => Receiver::start("dataway_receiver.py", args, port, dir),
+        }
+    }
+
+    fn configure(self, settings: &mut Settings, port: u16) {
+        match self {
+            Sink::Grpc => settings.otlp = otlp(OtlpProtocol::Grpc, port, false),
+            Sink::Http => settings.otlp = otlp(OtlpProtocol::HttpProtobuf, port, false),
+            Sink::Dataway => settings.dataway = dataway(port),
+        }
+    }
+
+    fn label(self) -> &'static str {
+        if self == Sink::Dataway {
+            "dataway"
+        } else {
+            "otlp"
+        }
+    }
+
+    fn received_ids(self, receiver: &Receiver) -> Vec<String> {
+        let records = receiver.records();
+        let mut ids: Vec<String> = if self == Sink::Dataway {
+            dataway_points(&records)
+                .iter()
+                .map(|p| p["fields"]["span_id"].as_str().unwrap().to_owned())
+                .collect()
+        } else {
+            otlp_spans(&records)
+                .iter()
+                .map(|(s, _)| s["span_id"].as_str().unwrap().to_owned())
+                .collect()
+        };
+        ids.sort();
+        ids
+    }
+}
+
+/// A backend that answers `code` `times` times, then 200, receives every span
+/// exactly once.
+async fn busy_backend_gets_every_span_once(sink: Sink, code: u16, times: usize) {
+    let s = setup().await;
+    let fail = format!("{code}:{times}");
+    let receiver = sink.start_receiver(&["--fail", &fail], 0, s.dir.path());
+    let mut settings = settings(&s.nats);
+    sink.configure(&mut settings, receiver.port);
+    // Small requests, so the refusals hit several of them.
+    settings.batch_max_spans = 10;
+    let exporter = Exporter::start(&settings).await;
+    let mut batches: Vec<TraceBatch> = (0..4).map(|b| volume_batch(b, 3, 5)).collect();
+    let want = span_ids(&batches);
+    publish(&s.bus, &mut batches).await;
+    wait_until("every span", || {
+        sink.received_ids(&receiver).len() >= want.len()
+    })
+    .await;
+    wait_drained(&s.bus, &format!("exporter-{}", sink.label())).await;
+
+    assert_eq!(
+        sink.received_ids(&receiver),
+        want,
+        "every span exactly once"
+    );
+    let refused = receiver
+        .records()
+        .iter()
+        .filter(|r| r["accepted"] == false)
+        .count();
+    assert_eq!(refused, times);
+    let text = exporter.metrics().await;
+    assert_eq!(
+        metric(&text, "espan_exporter_retries_total", sink.label()),
+        times as f64
+    );
+    assert_eq!(
+        metric(&text, "espan_exporter_spans_exported_total", sink.label()),
+        want.len() as f64
+    );
+    exporter.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_unavailable_three_times_then_ok_delivers_each_span_once() {
+    busy_backend_gets_every_span_once(Sink::Grpc, 503, 3).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_503_three_times_then_ok_delivers_each_span_once() {
+    busy_backend_gets_every_span_once(Sink::Http, 503, 3).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dataway_503_three_times_then_ok_delivers_each_span_once() {
+    busy_backend_gets_every_span_once(Sink::Dataway, 503, 3).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_429_twice_then_ok_delivers_each_span_once() {
+    busy_backend_gets_every_span_once(Sink::Http, 429, 2).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_resource_exhausted_twice_then_ok_delivers_each_span_once() {
+    busy_backend_gets_every_span_once(Sink::Grpc, 429, 2).await;
+}
+
+/// How long the backend stays down: the issue's minute. The consumer's
+/// ack_wait is 3 s and the longest retry delay 0.5 s, so JetStream redelivers
+/// every message many times over and each request is retried over a hundred
+/// times while the backend is away.
+const OUTAGE: Duration = Duration::from_secs(60);
+
+/// A backend that is down for a while, then up, loses nothing and receives
+/// nothing twice.
+async fn outage_loses_nothing(sink: Sink) {
+    let s = setup().await;
+    let port = free_port().unwrap();
+    let mut receiver = sink.start_receiver(&[], port, s.dir.path());
+    let mut settings = settings(&s.nats);
+    sink.configure(&mut settings, port);
+    settings.ack_wait = Duration::from_secs(3);
+    settings.batch_max_spans = 20;
+    let exporter = Exporter::start(&settings).await;
+
+    let mut first = vec![volume_batch(0, 2, 5)];
+    publish(&s.bus, &mut first).await;
+    wait_until("the first batch", || {
+        sink.received_ids(&receiver).len() >= 10
+    })
+    .await;
+    wait_drained(&s.bus, &format!("exporter-{}", sink.label())).await;
+
+    receiver.kill();
+    let mut during: Vec<TraceBatch> = (1..6).map(|b| volume_batch(b, 4, 5)).collect();
+    publish(&s.bus, &mut during).await;
+    tokio::time::sleep(OUTAGE).await;
+    let text = exporter.metrics().await;
+    assert!(
+        metric(&text, "espan_exporter_retries_total", sink.label()) >= 100.0,
+        "the exporter kept retrying"
+    );
+    assert_eq!(
+        metric(&text, "espan_exporter_spans_exported_total", sink.label()),
+        10.0,
+        "nothing counted as exported while the backend was down"
+    );
+    receiver.restart_healthy();
+
+    let mut all = first.clone();
+    all.extend(during);
+    let want = span_ids(&all);
+    wait_until("every span after the outage", || {
+        sink.received_ids(&receiver).len() >= want.len()
+    })
+    .await;
+    wait_drained(&s.bus, &format!("exporter-{}", sink.label())).await;
+    assert_eq!(
+        sink.received_ids(&receiver),
+        want,
+        "nothing lost, nothing twice"
+    );
+    exporter.stop().await;
+}
+
+/// Every sink at once, so the suite waits for the minute only once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backends_down_for_a_minute_lose_nothing() {
+    tokio::join!(
+        outage_loses_nothing(Sink::Grpc),
+        outage_loses_nothing(Sink::Http),
+        outage_loses_nothing(Sink::Dataway),
+    );
+}
+
+/// A backend that refuses the data for good (400 / INVALID_ARGUMENT): the spans
+/// go to the dead-letter stream with the reason, and the message is acked.
+async fn refused_data_is_dead_lettered(sink: Sink) {
+    let s = setup().await;
+    let receiver = sink.start_receiver(&["--fail", "400:-1"], 0, s.dir.path());
+    let mut settings = settings(&s.nats);
+    sink.configure(&mut settings, receiver.port);
+    let exporter = Exporter::start(&settings).await;
+    let mut batches = vec![volume_batch(0, 2, 3)];
+    let want = span_ids(&batches);
+    publish(&s.bus, &mut batches).await;
+    let durable = format!("exporter-{}", sink.label());
+    wait_drained(&s.bus, &durable).await;
+
+    let mut dead_stream = s
+        .bus
+        .jetstream()
+        .get_stream(bus::DEADLETTER_STREAM)
+        .await
+        .unwrap();
+    let dead = dead_stream
+        .get_last_raw_message_by_subject(&bus::deadletter_subject(bus::TRACES_STREAM, &durable))
+        .await
+        .expect("a dead letter");
+    let reason = dead
+        .headers
+        .get(bus::DEAD_REASON_HEADER)
+        .expect("a reason")
+        .to_string();
+    let expected = if sink == Sink::Grpc {
+        "InvalidArgument"
+    } else {
+        "400"
+    };
+    assert!(
+        reason.contains(expected),
+        "reason names the answer: {reason}"
+    );
+    assert_eq!(
+        dead.headers.get(bus::DEAD_SUBJECT_HEADER).unwrap().as_str(),
+        "trace.linker-1"
+    );
+    let batch = wire::decode_trace_batch(&dead.payload).unwrap().batch;
+    assert_eq!(
+        span_ids(&[batch]),
+        want,
+        "the dead letter holds the refused spans"
+    );
+    assert_eq!(dead_stream.info().await.unwrap().state.messages, 1);
+    let text = exporter.metrics().await;
+    assert_eq!(
+        metric(&text, "espan_exporter_spans_rejected_total", sink.label()),
+        want.len() as f64
+    );
+    assert_eq!(
+        metric(&text, "espan_exporter_spans_exported_total", sink.label()),
+        0.0
+    );
+    exporter.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn otlp_http_400_produces_a_dead_letter() {
+    refused_data_is_dead_lettered(Sink::Http).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn otlp_grpc_invalid_argument_produces_a_dead_letter() {
+    refused_data_is_dead_lettered(Sink::Grpc).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dataway_400_produces_a_dead_letter() {
+    refused_data_is_dead_lettered(Sink::Dataway).await;
+}
+
+/// Messages on TRACES that are not trace batches stop nothing: each is
+/// dead-lettered with the reason and counted; spans that fail validation are
+/// counted and left out; the valid spans around them are exported.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_messages_are_counted_and_the_rest_exported() {
+    use prost::Message;
+
+    let s = setup().await;
+    let receiver = Sink::Http.start_receiver(&[], 0, s.dir.path());
+    let mut settings = settings(&s.nats);
+    Sink::Http.configure(&mut settings, receiver.port);
+    let exporter = Exporter::start(&settings).await;
+
+    let good = volume_batch(1, 2, 3);
+    let mut mixed = volume_batch(2, 2, 3);
+    mixed.traces[0].spans[1].span.as_mut().unwrap().span_id = 0;
+    mixed.traces[1].spans[0].span.as_mut().unwrap().kind = 42;
+    mixed.traces[1].spans[2].span = None;
+    let mut want_batches = vec![good.clone(), mixed.clone()];
+    for batch in &mut want_batches {
+        for trace in &mut batch.traces {
+            trace.spans.retain(|l| {
+                l.span
+                    .as_ref()
+                    .is_some_and(|s| wire::validate_span(s).is_ok())
+            });
+        }
+    }
+    let want = span_ids(&want_batches);
+    let future_version = TraceBatch {
+        version: wire::WIRE_VERSION + 1,
+        ..volume_batch(3, 1, 1)
+    }
+    .encode_to_vec();
+    let truncated = {
+        let bytes = wire::encode_trace_batch(&mut volume_batch(4, 2, 3));
+        bytes.slice(..bytes.len() - 5).to_vec()
+    };
+    let garbage = vec![0xff_u8; 64];
+    let bodies: Vec<Vec<u8>> = vec![
+        garbage,
+        wire::encode_trace_batch(&mut good.clone()).to_vec(),
+        truncated,
+        wire::encode_trace_batch(&mut mixed.clone()).to_vec(),
+        future_version,
+    ];
+    for body in bodies {
+        s.bus
+            .jetstream()
+            .publish(bus::trace_subject("linker-1"), body.into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    wait_until("the valid spans", || {
+        Sink::Http.received_ids(&receiver).len() >= want.len()
+    })
+    .await;
+    wait_drained(&s.bus, "exporter-otlp").await;
+    assert_eq!(Sink::Http.received_ids(&receiver), want);
+
+    let text = exporter.metrics().await;
+    assert_eq!(
+        metric(&text, "espan_exporter_messages_dead_lettered_total", "otlp"),
+        3.0
+    );
+    assert_eq!(
+        metric(&text, "espan_exporter_spans_invalid_total", "otlp"),
+        3.0
+    );
+    assert_eq!(
+        metric(&text, "espan_exporter_spans_exported_total", "otlp"),
+        want.len() as f64
+    );
+    let dead_stream = s
+        .bus
+        .jetstream()
+        .get_stream(bus::DEADLETTER_STREAM)
+        .await
+        .unwrap();
+    let mut dead_stream = dead_stream;
+    assert_eq!(dead_stream.info().await.unwrap().state.messages, 3);
+    let last = dead_stream
+        .get_last_raw_message_by_subject(&bus::deadletter_subject(
+            bus::TRACES_STREAM,
+            "exporter-otlp",
+        ))
+        .await
+        .unwrap();
+    let reason = last
+        .headers
+        .get(bus::DEAD_REASON_HEADER)
+        .unwrap()
+        .to_string();
+    assert!(reason.starts_with("undecodable"), "{reason}");
+    exporter.stop().await;
+}
+
+/// Requests are cut by size and by time: full ones leave at once, the rest
+/// waits up to batch_timeout for more spans, so small messages arriving
+/// together share a request instead of costing one each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_leave_when_full_or_after_the_batch_timeout() {
+    let s = setup().await;
+    let receiver = Sink::Http.start_receiver(&[], 0, s.dir.path());
+    let mut settings = settings(&s.nats);
+    Sink::Http.configure(&mut settings, receiver.port);
+    settings.batch_max_spans = 4;
+    settings.batch_timeout = Duration::from_secs(3);
+    let exporter = Exporter::start(&settings).await;
+    // Five messages of two spans: two full requests of four, then two spans
+    // that wait for the timeout.
+    let mut batches: Vec<TraceBatch> = (0..5).map(|b| volume_batch(b, 1, 2)).collect();
+    let want = span_ids(&batches);
+    publish(&s.bus, &mut batches).await;
+    wait_until("every span", || {
+        Sink::Http.received_ids(&receiver).len() >= want.len()
+    })
+    .await;
+    wait_drained(&s.bus, "exporter-otlp").await;
+    assert_eq!(Sink::Http.received_ids(&receiver), want);
+
+    let mut requests: Vec<(f64, usize)> = receiver
+        .records()
+        .iter()
+        .map(|r| {
+            let spans = otlp_spans(std::slice::from_ref(r)).len();
+            (r["at"].as_f64().unwrap(), spans)
+        })
+        .collect();
+    requests.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let sizes: Vec<usize> = requests.iter().map(|r| r.1).collect();
+    assert_eq!(sizes, [4, 4, 2], "by size, then the rest by time");
+    let waited = requests[2].0 - requests[1].0;
+    assert!(
+        waited > 2.0,
+        "the partial request waited for the timeout ({waited:.2} s after the full ones)"
+    );
+    exporter.stop().await;
+}
+
+/// A backend that takes requests and never answers: at shutdown the requests
+/// already sent end at their timeout, the ones still waiting for a slot are
+/// not sent, and every message is left for the next start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_with_a_silent_backend_takes_one_try() {
+    let s = setup().await;
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = silent.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in silent.incoming() {
+            held.push(stream);
+        }
+    });
+    let mut settings = settings(&s.nats);
+    Sink::Http.configure(&mut settings, port);
+    settings.batch_max_spans = 5;
+    let timeout = settings.otlp.as_ref().unwrap().timeout;
+    let exporter = Exporter::start(&settings).await;
+    // Ten requests of five spans; four in flight at once.
+    let mut batches: Vec<TraceBatch> = (0..10).map(|b| volume_batch(b, 1, 5)).collect();
+    publish(&s.bus, &mut batches).await;
+    for _ in 0..200 {
+        let text = exporter.metrics().await;
+        if metric(&text, "espan_exporter_spans_in_flight", "otlp") >= 20.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let stopping = std::time::Instant::now();
+    exporter.stop().await;
+    let took = stopping.elapsed();
+    assert!(
+        took < timeout + Duration::from_secs(3),
+        "stopped in {took:?}; one try takes at most {timeout:?}"
+    );
+    let stream = s
+        .bus
+        .jetstream()
+        .get_stream(bus::TRACES_STREAM)
+        .await
+        .unwrap();
+    let info = stream.consumer_info("exporter-otlp").await.unwrap();
+    assert_eq!(
+        info.ack_floor.stream_sequence, 0,
+        "nothing was acked: every message comes back"
+    );
+}
+
+/// Two sinks, one dead: the other still gets everything (one consumer each).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_backend_does_not_hold_back_the_other_sink() {
+    let s = setup().await;
+    let dataway_rx = Sink::Dataway.start_receiver(&[], 0, s.dir.path());
+    let mut settings = settings(&s.nats);
+    settings.dataway = dataway(dataway_rx.port);
+    // Nothing listens on this port: the OTLP sink retries the whole time.
+    settings.otlp = otlp(OtlpProtocol::HttpProtobuf, free_port().unwrap(), false);
+    let exporter = Exporter::start(&settings).await;
+    let mut batches: Vec<TraceBatch> = (0..3).map(|b| volume_batch(b, 2, 4)).collect();
+    let want = span_ids(&batches);
+    publish(&s.bus, &mut batches).await;
+    wait_until("every span at Dataway", || {
+        Sink::Dataway.received_ids(&dataway_rx).len() >= want.len()
+    })
+    .await;
+    wait_drained(&s.bus, "exporter-dataway").await;
+    assert_eq!(Sink::Dataway.received_ids(&dataway_rx), want);
+    let stream = s
+        .bus
+        .jetstream()
+        .get_stream(bus::TRACES_STREAM)
+        .await
+        .unwrap();
+    let otlp_info = stream.consumer_info("exporter-otlp").await.unwrap();
+    assert!(
+        otlp_info.num_ack_pending as u64 + otlp_info.num_pending > 0,
+        "the OTLP consumer still holds its messages"
+    );
+    // The backlog shows on /metrics (polled every 2 s, so wait for it).
+    let mut depth = 0.0;
+    for _ in 0..200 {
+        depth = metric(
+            &exporter.metrics().await,
+            "espan_exporter_queue_depth",
+            "otlp",
+        );
+        if depth > 0.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(depth, 3.0, "the three messages wait for the OTLP sink");
+    // The drained Dataway consumer's gauge falls to 0 at its next poll.
+    let mut dataway_depth = f64::NAN;
+    for _ in 0..200 {
+        dataway_depth = metric(
+            &exporter.metrics().await,
+            "espan_exporter_queue_depth",
+            "dataway",
+        );
+        if dataway_depth == 0.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(dataway_depth, 0.0);
+    exporter.stop().await;
+}
+
+// ---------------------------------------------------------------- the binary
+
+/// The `espan-exporter` binary, configured only through the OTel variables
+/// users know: the `…_TRACES_…` endpoint wins over the generic one (which here
+/// points nowhere), gRPC is chosen by `OTEL_EXPORTER_OTLP_PROTOCOL`, headers come
+/// from `OTEL_EXPORTER_OTLP_HEADERS`; SIGTERM stops it cleanly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_reads_the_otel_variables_and_stops_on_sigterm() {
+    let s = setup().await;
+    let receiver = Receiver::start("otlp_receiver.py", &["--protocol", "grpc"], 0, s.dir.path());
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_espan-exporter"))
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("ESPAN_NATS_URL", s.nats.url())
+        .env("ESPAN_EXPORTER_METRICS_ADDR", "127.0.0.1:0")
+        .env(
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            format!("http://127.0.0.1:{}", free_port().unwrap()),
+        )
+        .env(
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+            format!("http://127.0.0.1:{}", receiver.port),
+        )
+        .env("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
+        .env("OTEL_EXPORTER_OTLP_HEADERS", "x-test=from%20env")
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut batches: Vec<TraceBatch> = (0..2).map(|b| volume_batch(b, 2, 3)).collect();
+    let want = span_ids(&batches);
+    publish(&s.bus, &mut batches).await;
+    wait_until("every span via the binary", || {
+        Sink::Grpc.received_ids(&receiver).len() >= want.len()
+    })
+    .await;
+    wait_drained(&s.bus, "exporter-otlp").await;
+    assert_eq!(Sink::Grpc.received_ids(&receiver), want);
+    assert_eq!(receiver.records()[0]["headers"]["x-test"], "from env");
+
+    let pid = child.id().unwrap() as i32;
+    // SAFETY: kill(2) on the child this test started and has not reaped.
+    assert_eq!(unsafe { kill(pid, 15) }, 0, "SIGTERM sent");
+    let status = child.wait().await.unwrap();
+    assert!(status.success(), "a clean exit on SIGTERM: {status}");
+}
+
+/// A bad value stops the binary at start-up with an error naming the variable.
+#[tokio::test]
+async fn the_binary_names_a_bad_variable() {
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_espan-exporter"))
+        .env_clear()
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4317")
+        .env("OTEL_EXPORTER_OTLP_PROTOCOL", "udp")
+        .output()
+        .await
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("OTEL_EXPORTER_OTLP_PROTOCOL") && stderr.contains("udp"),
+        "{stderr}"
+    );
+}
+
+/// `espan-exporter config` with only the given environment.
+async fn config_with(env: &[(&str, &str)]) -> (bool, String, String) {
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_espan-exporter"));
+    command.env_clear().arg("config");
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    let output = command.output().await.unwrap();
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// Every OTLP variable in both forms: the `…_TRACES_…` one wins, the generic
+/// one applies alone; secrets do not show.
+#[tokio::test]
+async fn the_traces_variables_win_over_the_generic_ones() {
+    let generic = [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318"),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
+        ("OTEL_EXPORTER_OTLP_HEADERS", "api-key=generic"),
+        ("OTEL_EXPORTER_OTLP_TIMEOUT", "5000"),
+        ("OTEL_EXPORTER_OTLP_COMPRESSION", "none"),
+    ];
+    let (ok, out, err) = config_with(&generic).await;
+    assert!(ok, "{err}");
+    for line in [
+        "otlp_endpoint = \"http://collector:4318/v1/traces\"",
+        "otlp_protocol = \"http/protobuf\"",
+        "otlp_headers = \"api-key=<hidden>\"",
+        "otlp_timeout = \"5s\"",
+        "otlp_compression = \"none\"",
+    ] {
+        assert!(out.lines().any(|l| l == line), "{line} in\n{out}");
+    }
+    assert!(!out.contains("generic"), "a header value leaked:\n{out}");
+
+    let mut both = generic.to_vec();
+    both.extend([
+        ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://tempo:4317"),
+        ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "grpc"),
+        ("OTEL_EXPORTER_OTLP_TRACES_HEADERS", "x-scope-orgid=t1"),
+        ("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "2500"),
+        ("OTEL_EXPORTER_OTLP_TRACES_COMPRESSION", "gzip"),
+        ("ENV_DATAWAY", "http://dataway:9528?token=tkn_secret"),
+    ]);
+    let (ok, out, err) = config_with(&both).await;
+    assert!(ok, "{err}");
+    for line in [
+        "otlp_endpoint = \"http://tempo:4317\"",
+        "otlp_protocol = \"grpc\"",
+        "otlp_headers = \"x-scope-orgid=<hidden>\"",
+        "otlp_timeout = \"2.5s\"",
+        "otlp_compression = \"gzip\"",
+        "dataway = \"http://dataway:9528/v1/write/tracing?token=<hidden>\"",
+    ] {
+        assert!(out.lines().any(|l| l == line), "{line} in\n{out}");
+    }
+    assert!(!out.contains("tkn_secret"), "the token leaked:\n{out}");
+
+    // A signal-specific HTTP endpoint is used as given.
+    let (ok, out, err) = config_with(&[(
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+        "http://collector:4318/custom/path",
+    )])
+    .await;
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("otlp_endpoint = \"http://collector:4318/custom/path\""),
+        "{out}"
+    );
+}
+
+/// Bad values stop the binary with an error naming the variable, flag or
+/// file key, and the value.
+#[tokio::test]
+async fn bad_values_are_named_with_where_they_came_from() {
+    let endpoint = ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4318");
+    for (env, want) in [
+        (
+            vec![endpoint, ("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "soon")],
+            ["OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "soon"],
+        ),
+        (
+            vec![endpoint, ("OTEL_EXPORTER_OTLP_COMPRESSION", "zstd")],
+            ["OTEL_EXPORTER_OTLP_COMPRESSION", "zstd"],
+        ),
+        (
+            vec![
+                endpoint,
+                ("OTEL_EXPORTER_OTLP_TRACES_HEADERS", "no-equals-sign"),
+            ],
+            ["OTEL_EXPORTER_OTLP_TRACES_HEADERS", "no-equals-sign"],
+        ),
+        (
+            vec![("OTEL_EXPORTER_OTLP_ENDPOINT", "collector:4318")],
+            ["OTEL_EXPORTER_OTLP_ENDPOINT", "collector:4318"],
+        ),
+        (
+            vec![("ENV_DATAWAY", "http://dataway:9528")],
+            ["ENV_DATAWAY", "token"],
+        ),
+        (
+            vec![endpoint, ("ESPAN_EXPORTER_BATCH_TIMEOUT", "-1s")],
+            ["ESPAN_EXPORTER_BATCH_TIMEOUT", "-1s"],
+        ),
+    ] {
+        let (ok, _, err) = config_with(&env).await;
+        assert!(!ok, "{env:?} was accepted");
+        for part in want {
+            assert!(err.contains(part), "{part} not in: {err}");
+        }
+    }
+
+    let dir = TempDir::new("espan-exporter-config").unwrap();
+    let file = dir.path().join("exporter.toml");
+    std::fs::write(
+        &file,
+        "[[inputs.espan_exporter]]\notlp_endpoint = \"http://127.0.0.1:4317\"\nconcurrency = \"lots\"\n",
+    )
+    .unwrap();
+    let (ok, _, err) = config_with(&[("ESPAN_EXPORTER_CONFIG", file.to_str().unwrap())]).await;
+    assert!(!ok);
+    assert!(
+        err.contains("concurrency") && err.contains("lots") && err.contains("exporter.toml"),
+        "{err}"
+    );
+}
+
+unsafe extern "C" {
+    fn kill(pid: i32, signal: i32) -> i32;
+}
