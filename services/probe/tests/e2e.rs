@@ -261,15 +261,9 @@ fn port_of(e: &Option<espan::wire::Endpoint>) -> u32 {
     e.as_ref().map_or(0, |e| e.port)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn curl_against_python_http_server() {
-    if !root() {
-        return;
-    }
-    let mut h = Harness::start(|_| {}).await;
-    let port = free_port().unwrap();
-    let srv_env = h.traced("pyserver");
-    let _srv = Proc(
+/// Python's own `http.server` (HTTP/1.0: it answers and closes), listening.
+fn python_http_server(port: u16, env: &[(String, String)]) -> Proc {
+    let srv = Proc(
         Command::new("python3")
             .args([
                 "-m",
@@ -278,13 +272,24 @@ async fn curl_against_python_http_server() {
                 "--bind",
                 "127.0.0.1",
             ])
-            .envs(env_refs(&srv_env))
+            .envs(env_refs(env))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .unwrap(),
     );
     wait_listening(port);
+    srv
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn curl_against_python_http_server() {
+    if !root() {
+        return;
+    }
+    let mut h = Harness::start(|_| {}).await;
+    let port = free_port().unwrap();
+    let _srv = python_http_server(port, &h.traced("pyserver"));
     h.wait_traced(1).await;
     let out = curl(
         &format!("http://127.0.0.1:{port}/missing?q=1"),
@@ -368,23 +373,7 @@ async fn a_read_that_also_takes_the_fin_keeps_its_sequence_number() {
     // the FIN in one read, which moves the kernel's copied_seq one past the bytes.
     let mut h = Harness::start(|_| {}).await;
     let port = free_port().unwrap();
-    let srv_env = h.traced("fin-server");
-    let _srv = Proc(
-        Command::new("python3")
-            .args([
-                "-m",
-                "http.server",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-            ])
-            .envs(env_refs(&srv_env))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    wait_listening(port);
+    let _srv = python_http_server(port, &h.traced("fin-server"));
     h.wait_traced(1).await;
     let mut client = closing(
         &["client", &port.to_string(), "/fin"],
