@@ -268,14 +268,24 @@ impl Bus {
             discard: stream::DiscardPolicy::New,
             ..Default::default()
         };
-        self.jetstream
-            .create_or_update_stream(config)
-            .await
-            .map(|_| ())
-            .map_err(|e| BusError::Stream {
-                stream: name.to_owned(),
-                reason: e.to_string(),
-            })
+        // Services start together: another one may create the stream between
+        // our "update: not found" and our "create", and with limits of its own
+        // the create is refused as "name already in use". The stream is there
+        // then, so the next try updates it.
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            match self.jetstream.create_or_update_stream(config.clone()).await {
+                Ok(_) => return Ok(()),
+                Err(e) if tries < 3 && created_meanwhile(&e) => continue,
+                Err(e) => {
+                    return Err(BusError::Stream {
+                        stream: name.to_owned(),
+                        reason: e.to_string(),
+                    });
+                }
+            }
+        }
     }
 
     /// A publisher that keeps up to `max_in_flight` publishes waiting for their acks.
@@ -286,6 +296,15 @@ impl Bus {
             max_in_flight: max_in_flight.max(1),
         }
     }
+}
+
+/// True when a create lost the race to another creator of the same stream.
+fn created_meanwhile(e: &jetstream::context::CreateStreamError) -> bool {
+    matches!(
+        e.kind(),
+        jetstream::context::CreateStreamErrorKind::JetStream(js)
+            if js.error_code() == jetstream::ErrorCode::STREAM_NAME_EXIST
+    )
 }
 
 async fn wait_connected(client: &async_nats::Client, within: Duration) -> Result<(), String> {

@@ -330,6 +330,38 @@ async fn ensure_streams_is_idempotent() {
     assert_eq!(stream.info().await.unwrap().config.max_bytes, 1 << 20);
 }
 
+/// Services start together and each creates the streams with limits of its
+/// own: every one of them must get its stream, none an "already in use".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn services_creating_the_same_streams_at_once_all_succeed() {
+    let nats = TestNats::start().unwrap();
+    let mut buses = Vec::new();
+    for _ in 0..8 {
+        buses.push(bus_for(&nats).await);
+    }
+    for round in 0..10 {
+        let name = format!("RACE{round}");
+        let subjects = format!("race{round}.>");
+        let tasks: Vec<_> = buses
+            .iter()
+            .enumerate()
+            .map(|(n, bus)| {
+                let (bus, name, subjects) = (bus.clone(), name.clone(), subjects.clone());
+                tokio::spawn(async move {
+                    let limits = StreamLimits {
+                        max_bytes: (1 << 20) * (n as u64 + 1),
+                        ..Default::default()
+                    };
+                    bus.ensure_stream(&name, &subjects, &limits).await
+                })
+            })
+            .collect();
+        for task in tasks {
+            task.await.unwrap().unwrap();
+        }
+    }
+}
+
 #[tokio::test]
 async fn connecting_to_nothing_names_the_url() {
     let port = espan::testkit::free_port().unwrap();
