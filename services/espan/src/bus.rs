@@ -235,14 +235,22 @@ impl Bus {
     }
 
     /// Creates `ESPANS`, `TRACES` and `DEADLETTER` if missing, or updates their
-    /// limits; safe to call from every service at every start.
+    /// limits: for the one service whose settings own the limits (the linker).
     pub async fn ensure_streams(&self, limits: &StreamLimits) -> Result<(), BusError> {
-        for (name, subjects) in [
-            (ESPANS_STREAM, ESPANS_SUBJECTS),
-            (TRACES_STREAM, TRACES_SUBJECTS),
-            (DEADLETTER_STREAM, DEADLETTER_SUBJECTS),
-        ] {
+        for (name, subjects) in ALL_STREAMS {
             self.ensure_stream(name, subjects, limits).await?;
+        }
+        Ok(())
+    }
+
+    /// Creates the streams that do not exist yet and leaves the others as their
+    /// owner configured them: for services that only need the streams to be
+    /// there (probes, exporters), so that their start never undoes the
+    /// linker's limits (its duplicate window, above all).
+    pub async fn create_missing_streams(&self, limits: &StreamLimits) -> Result<(), BusError> {
+        for (name, subjects) in ALL_STREAMS {
+            self.create_stream_if_missing(name, subjects, limits)
+                .await?;
         }
         Ok(())
     }
@@ -254,20 +262,7 @@ impl Bus {
         subjects: &str,
         limits: &StreamLimits,
     ) -> Result<(), BusError> {
-        let config = stream::Config {
-            name: name.to_owned(),
-            subjects: vec![subjects.to_owned()],
-            storage: stream::StorageType::File,
-            max_bytes: if limits.max_bytes == 0 {
-                -1
-            } else {
-                limits.max_bytes as i64
-            },
-            max_age: limits.max_age,
-            duplicate_window: limits.duplicate_window,
-            discard: stream::DiscardPolicy::New,
-            ..Default::default()
-        };
+        let config = stream_config(name, subjects, limits);
         // Services start together: another one may create the stream between
         // our "update: not found" and our "create", and with limits of its own
         // the create is refused as "name already in use". The stream is there
@@ -278,13 +273,26 @@ impl Bus {
             match self.jetstream.create_or_update_stream(config.clone()).await {
                 Ok(_) => return Ok(()),
                 Err(e) if tries < 3 && created_meanwhile(&e) => continue,
-                Err(e) => {
-                    return Err(BusError::Stream {
-                        stream: name.to_owned(),
-                        reason: e.to_string(),
-                    });
-                }
+                Err(e) => return Err(stream_error(name, e)),
             }
+        }
+    }
+
+    /// Creates one stream unless it exists (with whatever limits it has).
+    pub async fn create_stream_if_missing(
+        &self,
+        name: &str,
+        subjects: &str,
+        limits: &StreamLimits,
+    ) -> Result<(), BusError> {
+        match self
+            .jetstream
+            .create_stream(stream_config(name, subjects, limits))
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) if created_meanwhile(&e) => Ok(()),
+            Err(e) => Err(stream_error(name, e)),
         }
     }
 
@@ -298,7 +306,39 @@ impl Bus {
     }
 }
 
-/// True when a create lost the race to another creator of the same stream.
+/// Every stream espan uses, with its subjects.
+const ALL_STREAMS: [(&str, &str); 3] = [
+    (ESPANS_STREAM, ESPANS_SUBJECTS),
+    (TRACES_STREAM, TRACES_SUBJECTS),
+    (DEADLETTER_STREAM, DEADLETTER_SUBJECTS),
+];
+
+fn stream_config(name: &str, subjects: &str, limits: &StreamLimits) -> stream::Config {
+    stream::Config {
+        name: name.to_owned(),
+        subjects: vec![subjects.to_owned()],
+        storage: stream::StorageType::File,
+        max_bytes: if limits.max_bytes == 0 {
+            -1
+        } else {
+            limits.max_bytes as i64
+        },
+        max_age: limits.max_age,
+        duplicate_window: limits.duplicate_window,
+        discard: stream::DiscardPolicy::New,
+        ..Default::default()
+    }
+}
+
+fn stream_error(name: &str, e: jetstream::context::CreateStreamError) -> BusError {
+    BusError::Stream {
+        stream: name.to_owned(),
+        reason: e.to_string(),
+    }
+}
+
+/// True when a create found the stream there already, made by another service
+/// (with limits of its own: with the same ones JetStream just says yes).
 fn created_meanwhile(e: &jetstream::context::CreateStreamError) -> bool {
     matches!(
         e.kind(),

@@ -330,6 +330,44 @@ async fn ensure_streams_is_idempotent() {
     assert_eq!(stream.info().await.unwrap().config.max_bytes, 1 << 20);
 }
 
+/// A probe or exporter starting after the linker leaves the linker's limits;
+/// a stream nobody made yet gets the starter's.
+#[tokio::test]
+async fn creating_missing_streams_leaves_existing_limits() {
+    let nats = TestNats::start().unwrap();
+    let bus = bus_for(&nats).await;
+    // bus_for made every stream: ESPANS plays the one nobody made yet.
+    bus.jetstream()
+        .delete_stream(bus::ESPANS_STREAM)
+        .await
+        .unwrap();
+    let owner = StreamLimits {
+        max_bytes: 1 << 20,
+        duplicate_window: Duration::from_secs(600),
+        ..Default::default()
+    };
+    bus.ensure_stream(bus::TRACES_STREAM, bus::TRACES_SUBJECTS, &owner)
+        .await
+        .unwrap();
+    let starter = StreamLimits {
+        max_bytes: 3 << 20,
+        ..Default::default()
+    };
+    bus.create_missing_streams(&starter).await.unwrap();
+    bus.create_missing_streams(&starter).await.unwrap();
+    let config = |name: &'static str| {
+        let bus = bus.clone();
+        async move {
+            let mut stream = bus.jetstream().get_stream(name).await.unwrap();
+            stream.info().await.unwrap().config.clone()
+        }
+    };
+    let traces = config(bus::TRACES_STREAM).await;
+    assert_eq!(traces.max_bytes, 1 << 20);
+    assert_eq!(traces.duplicate_window, Duration::from_secs(600));
+    assert_eq!(config(bus::ESPANS_STREAM).await.max_bytes, 3 << 20);
+}
+
 /// Services start together and each creates the streams with limits of its
 /// own: every one of them must get its stream, none an "already in use".
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

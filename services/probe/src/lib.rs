@@ -76,7 +76,9 @@ pub async fn start(settings: Settings) -> anyhow::Result<RunningProbe> {
     let bus = Bus::connect(&settings.nats_url, "espan-probe", Duration::from_secs(10))
         .await
         .with_context(|| format!("NATS at {} (trace_server)", settings.nats_url))?;
-    bus.ensure_streams(&StreamLimits {
+    // The linker owns the streams' limits; these apply only to streams the
+    // probe is first to create.
+    bus.create_missing_streams(&StreamLimits {
         max_bytes: settings.stream_max_bytes,
         ..StreamLimits::default()
     })
