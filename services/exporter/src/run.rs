@@ -93,12 +93,7 @@ pub async fn start(settings: &Settings, shutdown: Shutdown) -> Result<Running, R
 
     let mut tasks = Vec::new();
     if let Some(otlp) = &settings.otlp {
-        let config = StackConfig {
-            timeout: otlp.timeout,
-            concurrency: settings.concurrency,
-            retry_initial: settings.retry_initial,
-            retry_max: settings.retry_max,
-        };
+        let config = stack_config(settings, otlp.timeout);
         let sink_metrics = metrics.sink("otlp");
         let fail = |reason| RunError::Sink {
             sink: "otlp",
@@ -137,12 +132,7 @@ pub async fn start(settings: &Settings, shutdown: Shutdown) -> Result<Running, R
         tasks.push(("otlp", tokio::spawn(exporter.run(shutdown.clone()))));
     }
     if let Some(settings_dataway) = &settings.dataway {
-        let config = StackConfig {
-            timeout: settings_dataway.timeout,
-            concurrency: settings.concurrency,
-            retry_initial: settings.retry_initial,
-            retry_max: settings.retry_max,
-        };
+        let config = stack_config(settings, settings_dataway.timeout);
         let sink_metrics = metrics.sink("dataway");
         let fail = |reason| RunError::Sink {
             sink: "dataway",
@@ -168,6 +158,16 @@ pub async fn start(settings: &Settings, shutdown: Shutdown) -> Result<Running, R
         tasks,
         health,
     })
+}
+
+/// A sink's tower settings: its own timeout, the shared rest.
+fn stack_config(settings: &Settings, timeout: std::time::Duration) -> StackConfig {
+    StackConfig {
+        timeout,
+        concurrency: settings.concurrency,
+        retry_initial: settings.retry_initial,
+        retry_max: settings.retry_max,
+    }
 }
 
 fn sink_spec(settings: &Settings, name: &'static str, encoding: Encoding) -> SinkSpec {
@@ -197,10 +197,8 @@ pub async fn ensure_missing_streams(bus: &Bus) -> Result<(), bus::BusError> {
         (bus::TRACES_STREAM, bus::TRACES_SUBJECTS),
         (bus::DEADLETTER_STREAM, bus::DEADLETTER_SUBJECTS),
     ] {
-        if bus.jetstream().get_stream(name).await.is_err() {
-            bus.ensure_stream(name, subjects, &StreamLimits::default())
-                .await?;
-        }
+        bus.create_stream_if_missing(name, subjects, &StreamLimits::default())
+            .await?;
     }
     Ok(())
 }
