@@ -9,7 +9,7 @@
 
 use std::time::{Duration, Instant};
 
-use espan::bus::{self, Bus, ConsumerSpec, Delivery, Handler, HandlerError, StreamLimits};
+use espan::bus::{self, ConsumerSpec, Delivery, Handler, HandlerError, StreamLimits};
 use espan::testkit::TestNats;
 use espan::wire::{self, ESpanBatch};
 use futures::StreamExt;
@@ -99,10 +99,7 @@ impl Handler<ESpanBatch> for Count {
 
 async fn bus_rates(batches: usize) {
     let nats = TestNats::start().expect("nats-server (run scripts/setup.sh)");
-    let bus = Bus::connect(&nats.url(), "bench", Duration::from_secs(5))
-        .await
-        .unwrap();
-    bus.ensure_streams(&StreamLimits::default()).await.unwrap();
+    let bus = nats.bus("bench", &StreamLimits::default()).await.unwrap();
     let payloads: Vec<bytes::Bytes> = (0..batches as u64)
         .map(|seq| wire::encode_espan_batch(&wire::sample::batch(seq, SPANS_PER_BATCH)))
         .collect();

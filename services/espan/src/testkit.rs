@@ -37,6 +37,18 @@ impl TestNats {
         format!("nats://127.0.0.1:{}", self.port)
     }
 
+    /// A connection named `name` with espan's streams made (or updated) with
+    /// `limits`: what a test or bench of any service starts from.
+    pub async fn bus(
+        &self,
+        name: &str,
+        limits: &crate::bus::StreamLimits,
+    ) -> Result<crate::bus::Bus, crate::bus::BusError> {
+        let bus = crate::bus::Bus::connect(&self.url(), name, Duration::from_secs(10)).await?;
+        bus.ensure_streams(limits).await?;
+        Ok(bus)
+    }
+
     /// The port it listens on (kept across restarts).
     pub fn port(&self) -> u16 {
         self.port

@@ -17,11 +17,7 @@ fn decode(bytes: &[u8]) -> Result<ESpanBatch, String> {
 }
 
 async fn bus_for(nats: &TestNats) -> Bus {
-    let bus = Bus::connect(&nats.url(), "test", Duration::from_secs(5))
-        .await
-        .unwrap();
-    bus.ensure_streams(&StreamLimits::default()).await.unwrap();
-    bus
+    nats.bus("test", &StreamLimits::default()).await.unwrap()
 }
 
 /// Collects batches; fails the first `fail_first` groups, or every group when

@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use espan::bus::{self, Bus};
+use espan::bus;
 use espan::shutdown;
 use espan::testkit::TestNats;
 use espan::wire::{self, LinkedSpan, Trace, TraceBatch};
@@ -245,16 +245,13 @@ async fn run_sink(
     let receiver = start_receiver(kind);
     let count = receiver.count.clone();
     let nats = TestNats::start().unwrap();
-    let bus = Bus::connect(&nats.url(), "bench", Duration::from_secs(10))
-        .await
-        .unwrap();
     // Small streams: the default 10 GiB each is more than a test machine's
     // disk may let JetStream reserve.
     let limits = bus::StreamLimits {
         max_bytes: 256 << 20,
         ..Default::default()
     };
-    bus.ensure_streams(&limits).await.unwrap();
+    let bus = nats.bus("bench", &limits).await.unwrap();
     let batches = spans.div_ceil(SPANS_PER_TRACE * TRACES_PER_BATCH);
     let mut publisher = bus.publisher(256);
     for seq in 0..batches {

@@ -311,16 +311,13 @@ struct Setup {
 
 async fn setup() -> Setup {
     let nats = TestNats::start().unwrap();
-    let bus = Bus::connect(&nats.url(), "test", Duration::from_secs(10))
-        .await
-        .unwrap();
     // Small streams: the default 10 GiB each is more than a test machine's
     // disk may let JetStream reserve.
     let limits = bus::StreamLimits {
         max_bytes: 256 << 20,
         ..Default::default()
     };
-    bus.ensure_streams(&limits).await.unwrap();
+    let bus = nats.bus("test", &limits).await.unwrap();
     Setup {
         nats,
         bus,

@@ -10,7 +10,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use espan::bus::{self, Bus, StreamLimits};
+use espan::bus::{self, StreamLimits};
 use espan::testkit::TestNats;
 use espan::wire::{self, ESpan, ESpanBatch};
 use espan_linker::metrics::Metrics;
@@ -94,10 +94,7 @@ async fn run(traces: usize) {
     let spans: Vec<ESpan> = synth.spans.iter().map(|s| s.span.clone()).collect();
     let total = spans.len();
     let nats = TestNats::start().expect("nats-server (scripts/setup.sh installs it)");
-    let bus = Bus::connect(&nats.url(), "bench", Duration::from_secs(5))
-        .await
-        .unwrap();
-    bus.ensure_streams(&StreamLimits::default()).await.unwrap();
+    let bus = nats.bus("bench", &StreamLimits::default()).await.unwrap();
 
     // Fill ESPANS first (the probes' side, not timed as linker work).
     let started = Instant::now();

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use espan::bus::{Bus, StreamLimits};
+use espan::bus::StreamLimits;
 use espan::testkit::TestNats;
 use espan_linker::engine::{Engine, EngineConfig};
 use espan_linker::synth::{self, SynthConfig};
@@ -83,15 +83,11 @@ async fn kill_9_in_the_middle_loses_and_repeats_nothing() {
     assert!(expected_spans > total_spans / 2, "most traces are kept");
 
     let nats = TestNats::start().unwrap();
-    let bus = Bus::connect(&nats.url(), "test", Duration::from_secs(5))
-        .await
-        .unwrap();
-    bus.ensure_streams(&StreamLimits {
+    let limits = StreamLimits {
         duplicate_window: Duration::from_secs(600),
         ..Default::default()
-    })
-    .await
-    .unwrap();
+    };
+    let bus = nats.bus("test", &limits).await.unwrap();
     let db = tempfile::tempdir().unwrap();
     let mut linker = start_linker(&nats, db.path());
 
