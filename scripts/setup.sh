@@ -7,7 +7,7 @@
 #   much that async-nats 0.51 targets (2.10+ consumer API).
 # - scripts/setup.d/*.sh: what each part adds (eBPF toolchain, Python receivers…).
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 NATS_VERSION=2.15.1
 log() { printf '[setup] %s\n' "$*" >&2; }

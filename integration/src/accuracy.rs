@@ -392,6 +392,7 @@ mod tests {
             start_ns: 0,
             end_ns: 0,
             attributes: HashMap::new(),
+            received_at: 0.0,
         }
     }
 

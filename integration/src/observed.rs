@@ -24,6 +24,9 @@ pub struct ExportedSpan {
     pub start_ns: u64,
     pub end_ns: u64,
     pub attributes: HashMap<String, String>,
+    /// When the receiver accepted the request that first carried it (s since
+    /// the epoch).
+    pub received_at: f64,
 }
 
 impl ExportedSpan {
@@ -40,6 +43,9 @@ pub struct Exported {
     pub copies: HashMap<String, u32>,
     /// Requests the receiver refused (only when a test makes it refuse).
     pub refused_requests: usize,
+    /// Later copies that differ from the first in trace or parent: the span
+    /// linked again differently, not merely sent again.
+    pub inconsistent_copies: u32,
 }
 
 impl Exported {
@@ -100,6 +106,8 @@ pub fn read_exported(path: &Path) -> Result<Exported> {
         Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
     };
     let mut out = Exported::default();
+    // span id → its index in `out.spans`.
+    let mut first: HashMap<String, usize> = HashMap::new();
     for line in raw.lines() {
         let Ok(record) = serde_json::from_str::<Value>(line) else {
             continue;
@@ -108,6 +116,7 @@ pub fn read_exported(path: &Path) -> Result<Exported> {
             out.refused_requests += 1;
             continue;
         }
+        let received_at = record.get("at").and_then(Value::as_f64).unwrap_or(0.0);
         let resource_spans = record
             .pointer("/request/resource_spans")
             .and_then(Value::as_array)
@@ -140,11 +149,20 @@ pub fn read_exported(path: &Path) -> Result<Exported> {
                         start_ns: number(&span, "start_time_unix_nano"),
                         end_ns: number(&span, "end_time_unix_nano"),
                         attributes,
+                        received_at,
                     };
                     let n = out.copies.entry(s.span_id.clone()).or_insert(0);
                     *n += 1;
                     if *n == 1 {
+                        first.insert(s.span_id.clone(), out.spans.len());
                         out.spans.push(s);
+                    } else {
+                        let earlier = &out.spans[first[&s.span_id]];
+                        if (&earlier.trace_id, &earlier.parent_span_id)
+                            != (&s.trace_id, &s.parent_span_id)
+                        {
+                            out.inconsistent_copies += 1;
+                        }
                     }
                 }
             }

@@ -23,6 +23,7 @@ pub struct Metrics {
     dropped_by_backend: Family<SinkLabel, Counter>,
     invalid: Family<SinkLabel, Counter>,
     dead_lettered: Family<SinkLabel, Counter>,
+    redelivered: Family<SinkLabel, Counter>,
     queue_depth: Family<SinkLabel, Gauge>,
     in_flight: Family<SinkLabel, Gauge>,
 }
@@ -68,6 +69,14 @@ impl Metrics {
             metrics.dead_lettered.clone(),
         );
         prefix.register(
+            "spans_redelivered",
+            "Spans of TRACES messages delivered again that this process had not exported: held \
+             unacked by an exporter that stopped or crashed, or whose ack was lost. Exported again; \
+             those a crashed exporter had in flight at the backend may arrive there twice \
+             (OTLP has no idempotency key), so this bounds the duplicates",
+            metrics.redelivered.clone(),
+        );
+        prefix.register(
             "queue_depth",
             "TRACES messages waiting for this sink: not yet delivered plus delivered and unacked",
             metrics.queue_depth.clone(),
@@ -91,6 +100,7 @@ impl Metrics {
             dropped_by_backend: self.dropped_by_backend.get_or_create(&label).clone(),
             invalid: self.invalid.get_or_create(&label).clone(),
             dead_lettered: self.dead_lettered.get_or_create(&label).clone(),
+            redelivered: self.redelivered.get_or_create(&label).clone(),
             queue_depth: self.queue_depth.get_or_create(&label).clone(),
             in_flight: self.in_flight.get_or_create(&label).clone(),
         }
@@ -114,6 +124,8 @@ pub struct SinkMetrics {
     pub invalid: Counter,
     /// Undecodable messages dead-lettered.
     pub dead_lettered: Counter,
+    /// Spans of redelivered messages this process had not exported.
+    pub redelivered: Counter,
     /// Messages waiting.
     pub queue_depth: Gauge,
     /// Spans being sent.

@@ -327,8 +327,8 @@ impl Driver {
     /// a copy of one exported lately is acked, anything else is decoded and
     /// batched.
     async fn take(&mut self, message: jetstream::Message) -> Result<(), String> {
-        let stream_seq = match message.info() {
-            Ok(info) => info.stream_sequence,
+        let (stream_seq, delivered) = match message.info() {
+            Ok(info) => (info.stream_sequence, info.delivered),
             Err(error) => {
                 // Not a JetStream delivery we can ack: leave it, it comes back.
                 tracing::warn!(sink = self.spec.name, %error, subject = %message.subject, "message without delivery info; skipped");
@@ -353,6 +353,14 @@ impl Driver {
                 return Ok(());
             }
         };
+        if delivered > 1 {
+            // Not exported by this process: another exporter held it, or its
+            // ack was lost. Sent again; the count bounds possible duplicates.
+            self.sender
+                .metrics
+                .redelivered
+                .inc_by(batch.span_count() as u64);
+        }
         if let Some(first) = batch.rejected.first() {
             let invalid = batch.rejected.len() as u64;
             self.sender.metrics.invalid.inc_by(invalid);

@@ -1171,9 +1171,10 @@ async fn requests_leave_when_full_or_after_the_batch_timeout() {
 
 /// A backend that takes requests and never answers: at shutdown the requests
 /// already sent end at their timeout, the ones still waiting for a slot are
-/// not sent, and every message is left for the next start.
+/// not sent, and every message is left for the next start, which sends it and
+/// counts it as redelivered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn shutdown_with_a_silent_backend_takes_one_try() {
+async fn shutdown_with_a_silent_backend_takes_one_try_and_the_next_start_resends() {
     let s = setup().await;
     let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = silent.local_addr().unwrap().port();
@@ -1186,6 +1187,8 @@ async fn shutdown_with_a_silent_backend_takes_one_try() {
     let mut settings = settings(&s.nats);
     Sink::Http.configure(&mut settings, port);
     settings.batch_max_spans = 5;
+    // What was held comes back soon after the stop.
+    settings.ack_wait = Duration::from_secs(3);
     let timeout = settings.otlp.as_ref().unwrap().timeout;
     let exporter = Exporter::start(&settings).await;
     // Ten requests of five spans; four in flight at once.
@@ -1216,6 +1219,26 @@ async fn shutdown_with_a_silent_backend_takes_one_try() {
         info.ack_floor.stream_sequence, 0,
         "nothing was acked: every message comes back"
     );
+
+    // The next exporter sends them all, and counts them as redelivered: the
+    // bound on what a backend may have received twice.
+    let receiver = Sink::Http.start_receiver(&[], 0, s.dir.path());
+    Sink::Http.configure(&mut settings, receiver.port);
+    let next = Exporter::start(&settings).await;
+    let want = span_ids(&batches);
+    wait_until("every span from the next exporter", || {
+        Sink::Http.received_ids(&receiver).len() >= want.len()
+    })
+    .await;
+    wait_drained(&s.bus, "exporter-otlp").await;
+    assert_eq!(Sink::Http.received_ids(&receiver), want);
+    let text = next.metrics().await;
+    assert_eq!(
+        metric(&text, "espan_exporter_spans_redelivered_total", "otlp"),
+        want.len() as f64,
+        "every span came in a redelivered message"
+    );
+    next.stop().await;
 }
 
 /// Two sinks, one dead: the other still gets everything (one consumer each).
