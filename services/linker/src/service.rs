@@ -171,9 +171,14 @@ enum Job {
         traces: Vec<FinishedTrace<RawSpan>>,
         finished_ns: u64,
     },
-    /// Delete the stored batches below `keep_from` (`retired` of them were
-    /// reported retired by the engine).
-    Retire { keep_from: u64, retired: u64 },
+    /// Record the spans forgotten, then delete the
+    /// stored batches below `keep_from` (`retired` of them were reported
+    /// retired by the engine).
+    Retire {
+        keep_from: u64,
+        retired: u64,
+        forgotten: Vec<(u64, u64)>,
+    },
 }
 
 /// The engine task's end of the output queue.
@@ -206,6 +211,7 @@ impl ToOutput {
         ingested_up_to: u64,
     ) -> anyhow::Result<()> {
         let retired = engine.take_retired_tags();
+        let forgotten = engine.take_forgotten();
         let keep_from = engine
             .live_tags()
             .min()
@@ -213,7 +219,11 @@ impl ToOutput {
             .min(ingested_up_to + 1);
         let retired = retired.iter().filter(|t| **t < keep_from).count() as u64;
         self.0
-            .send(Job::Retire { keep_from, retired })
+            .send(Job::Retire {
+                keep_from,
+                retired,
+                forgotten,
+            })
             .await
             .map_err(|_| anyhow::anyhow!("the output task stopped"))
     }
@@ -229,6 +239,8 @@ struct Output {
     boot_id: u64,
     next_seq: u64,
     deleted_below: u64,
+    /// The next `forgotten` row id.
+    next_forgotten: u64,
     shutdown: Shutdown,
 }
 
@@ -267,9 +279,13 @@ impl Output {
                         finished_ns = finished_ns.max(at);
                         pending.extend(traces.iter().map(encode));
                     }
-                    Job::Retire { keep_from, retired } => {
+                    Job::Retire {
+                        keep_from,
+                        retired,
+                        forgotten,
+                    } => {
                         self.round(&mut pending, finished_ns, &mut storing).await?;
-                        self.retire(keep_from, retired).await;
+                        self.retire(keep_from, retired, forgotten).await?;
                     }
                 }
                 if pending.len() >= ROUND || n + 1 == last {
@@ -354,9 +370,38 @@ impl Output {
         Ok(())
     }
 
-    /// Deletes stored batches below `keep_from`, the oldest one the engine
-    /// still needs (everything finished before was published by now).
-    async fn retire(&mut self, keep_from: u64, retired: u64) {
+    /// Records the spans forgotten, then deletes stored batches below
+    /// `keep_from`, the oldest one the engine still needs (everything finished
+    /// before was published by now). The record comes first: a rebuild must
+    /// leave out every span of a forgotten trace, or the ones it found would
+    /// come out again, apart from the rest.
+    async fn retire(
+        &mut self,
+        keep_from: u64,
+        retired: u64,
+        forgotten: Vec<(u64, u64)>,
+    ) -> anyhow::Result<()> {
+        if !forgotten.is_empty() {
+            let mut delay = Duration::from_millis(100);
+            loop {
+                match self
+                    .store
+                    .put_forgotten(self.next_forgotten, &forgotten)
+                    .await
+                {
+                    Ok(()) => break,
+                    Err(error) if !self.shutdown.is_triggered() => {
+                        tracing::warn!(%error, "recording forgotten spans failed; retrying");
+                        tokio::time::sleep(delay).await;
+                        delay = (delay * 2).min(Duration::from_secs(5));
+                    }
+                    // Nothing deleted: a rebuild sees the whole traces again,
+                    // and their messages' ids make JetStream drop them.
+                    Err(error) => return Err(error.into()),
+                }
+            }
+            self.next_forgotten += 1;
+        }
         if keep_from > self.deleted_below {
             match self.store.delete_batches_below(keep_from).await {
                 Ok(()) => {
@@ -366,6 +411,7 @@ impl Output {
                 Err(error) => tracing::warn!(%error, "deleting retired batches failed; will retry"),
             }
         }
+        Ok(())
     }
 }
 
@@ -406,6 +452,11 @@ pub async fn run(
     let config = engine_config(&settings);
     config.check().context("linker settings")?;
     let mut engine: Engine<RawSpan> = Engine::new(config);
+    engine.track_forgotten(true);
+    let (forgotten, next_forgotten) = store
+        .forgotten_spans()
+        .await
+        .context("reading the forgotten spans")?;
     let (jobs, queued) = mpsc::channel(OUTPUT_QUEUE);
     let output = Output {
         bus: bus.clone(),
@@ -416,6 +467,7 @@ pub async fn run(
         boot_id: rand::random(),
         next_seq: store.next_trace_batch_seq().await?,
         deleted_below: 0,
+        next_forgotten,
         shutdown: shutdown.clone(),
     };
     let output_task = tokio::spawn(output.run(queued));
@@ -429,6 +481,7 @@ pub async fn run(
     let mut ingested_up_to = 0;
     let mut engine_clock = 0u64;
     let replayed = stored.len();
+    let mut left_out = 0u64;
     for stored in stored {
         let batch = match raw::read_span_batch(&stored.data) {
             Ok(batch) => batch,
@@ -441,6 +494,14 @@ pub async fn run(
         // spans go in, so a replay finishes the same traces the same way.
         let finished = engine.advance(stored.received_ns);
         output.emit(finished, stored.received_ns).await?;
+        // Spans forgotten before the stop stay forgotten (see Engine::
+        // take_forgotten): the rebuilt window is the one that ran.
+        let mut batch = batch;
+        let before = batch.spans.len();
+        batch
+            .spans
+            .retain(|span| !forgotten.contains(&(stored.seq, span.facts.span_id)));
+        left_out += (before - batch.spans.len()) as u64;
         ingest(&mut engine, batch, stored.seq, stored.received_ns);
         ingested_up_to = ingested_up_to.max(stored.seq);
         engine_clock = engine_clock.max(stored.received_ns);
@@ -449,6 +510,7 @@ pub async fn run(
         tracing::info!(
             batches = replayed,
             spans = engine.stats().spans_in,
+            forgotten_left_out = left_out,
             "window rebuilt from the store"
         );
     }

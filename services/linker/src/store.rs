@@ -7,6 +7,10 @@
 //!   sequence, so a redelivered message lands on the same row). Written before
 //!   the JetStream ack; on start the open window is rebuilt from these rows;
 //!   deleted in id ranges once the engine no longer needs them.
+//! - `forgotten`: spans the engine forgot (trace finished, past late retention)
+//!   as packed (batch, span id) pairs, one row per flush tick; a rebuild leaves
+//!   them out of the batches still stored, or they would come out again as a
+//!   trace of their own. Deleted with their batches.
 //! - `tracebatch`: the kept traces of one flush, encoded as a `TraceBatch`, with
 //!   an index on `finished_ns` for `traces --since` and for retention.
 //! - `traceid`: one small row per kept trace and `tracebatch` row holding a part
@@ -110,6 +114,22 @@ struct BatchRow {
     data: surrealdb::types::Bytes,
 }
 
+/// Spans the engine forgot: (batch seq, span id) pairs, 16 bytes each, little-endian. `max_seq` says when the row can go.
+#[derive(SurrealValue)]
+#[surreal(crate = "surrealdb::types")]
+struct ForgottenRow {
+    id: u64,
+    max_seq: u64,
+    data: surrealdb::types::Bytes,
+}
+
+#[derive(SurrealValue)]
+#[surreal(crate = "surrealdb::types")]
+struct ForgottenOut {
+    seq: u64,
+    data: surrealdb::types::Bytes,
+}
+
 #[derive(SurrealValue)]
 #[surreal(crate = "surrealdb::types")]
 struct BatchOut {
@@ -174,6 +194,7 @@ DEFINE TABLE IF NOT EXISTS batch SCHEMALESS;
 DEFINE TABLE IF NOT EXISTS tracebatch SCHEMALESS;
 DEFINE INDEX IF NOT EXISTS tracebatch_finished ON tracebatch FIELDS finished_ns;
 DEFINE TABLE IF NOT EXISTS traceid SCHEMALESS;
+DEFINE TABLE IF NOT EXISTS forgotten SCHEMALESS;
 ";
 
 fn query_error(operation: &'static str) -> impl Fn(surrealdb::Error) -> StoreError {
@@ -296,15 +317,84 @@ impl Store {
             .collect()
     }
 
-    /// Deletes the messages with a sequence below `seq`, as one range.
+    /// Deletes the messages with a sequence below `seq`, as one range, then
+    /// the records of forgotten spans that only concern them.
     pub async fn delete_batches_below(&self, seq: u64) -> Result<(), StoreError> {
         if seq == 0 {
             return Ok(());
         }
-        // Record-id ranges are scanned in key order; the bounds are our own integers.
-        let sql = format!("DELETE batch:0..{seq} RETURN NONE");
+        // Record-id ranges are scanned in key order; the bounds are our own
+        // integers. A crash between the two leaves records about batches that
+        // are gone: harmless, and deleted next time.
+        let sql = format!(
+            "DELETE batch:0..{seq} RETURN NONE; DELETE forgotten WHERE max_seq < {seq} RETURN NONE"
+        );
         self.run("delete batches", &sql, vec![]).await?;
         Ok(())
+    }
+
+    /// Records spans the engine forgot, as (batch seq, span id), in row `id`:
+    /// a rebuild leaves them out.
+    pub async fn put_forgotten(&self, id: u64, spans: &[(u64, u64)]) -> Result<(), StoreError> {
+        let Some(max_seq) = spans.iter().map(|(seq, _)| *seq).max() else {
+            return Ok(());
+        };
+        let mut data = Vec::with_capacity(spans.len() * 16);
+        for (seq, span_id) in spans {
+            data.extend_from_slice(&seq.to_le_bytes());
+            data.extend_from_slice(&span_id.to_le_bytes());
+        }
+        let row = ForgottenRow {
+            id,
+            max_seq,
+            data: Bytes::from(data).into(),
+        };
+        self.run(
+            "put forgotten spans",
+            "INSERT INTO forgotten $row RETURN NONE",
+            vec![("row", row.into_value())],
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Every recorded forgotten span as (batch seq, span id), and the next
+    /// free row id.
+    pub async fn forgotten_spans(
+        &self,
+    ) -> Result<(std::collections::HashSet<(u64, u64)>, u64), StoreError> {
+        let mut response = self
+            .run(
+                "read forgotten spans",
+                "SELECT record::id(id) AS seq, data FROM forgotten",
+                vec![],
+            )
+            .await?;
+        let rows: Vec<ForgottenOut> = response
+            .take(0)
+            .map_err(query_error("read forgotten spans"))?;
+        let mut spans = std::collections::HashSet::new();
+        let mut next_id = 1;
+        for row in rows {
+            next_id = next_id.max(row.seq + 1);
+            let data = row.data.into_inner();
+            if data.len() % 16 != 0 {
+                return Err(StoreError::Corrupt {
+                    what: "forgotten",
+                    id: row.seq.to_string(),
+                    reason: format!(
+                        "{} bytes is not a whole number of 16-byte pairs",
+                        data.len()
+                    ),
+                });
+            }
+            for pair in data.chunks_exact(16) {
+                let seq = u64::from_le_bytes(pair[..8].try_into().expect("8 bytes"));
+                let span_id = u64::from_le_bytes(pair[8..].try_into().expect("8 bytes"));
+                spans.insert((seq, span_id));
+            }
+        }
+        Ok((spans, next_id))
     }
 
     /// Rows in `batch` (for metrics and tests).
@@ -619,6 +709,37 @@ mod tests {
             .collect();
         assert_eq!(left, vec![4, 5]);
         assert_eq!(store.batch_count().await.unwrap(), 2);
+    }
+
+    #[tokio::test]
+    async fn forgotten_spans_survive_a_reopen_and_go_with_their_batches() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), &SyncMode::default()).await.unwrap();
+        let (none, next) = store.forgotten_spans().await.unwrap();
+        assert!(none.is_empty());
+        assert_eq!(next, 1);
+        store.put_forgotten(1, &[(3, 30), (5, 50)]).await.unwrap();
+        store
+            .put_forgotten(2, &[(7, 70), (8, u64::MAX)])
+            .await
+            .unwrap();
+        store.put_forgotten(3, &[]).await.unwrap();
+        drop(store);
+
+        let store = Store::open(dir.path(), &SyncMode::default()).await.unwrap();
+        let (spans, next) = store.forgotten_spans().await.unwrap();
+        let mut spans: Vec<_> = spans.into_iter().collect();
+        spans.sort();
+        assert_eq!(spans, vec![(3, 30), (5, 50), (7, 70), (8, u64::MAX)]);
+        assert_eq!(next, 3, "an empty record writes no row");
+        // A row goes once every batch it names is gone.
+        store.delete_batches_below(6).await.unwrap();
+        let (spans, _) = store.forgotten_spans().await.unwrap();
+        assert_eq!(spans.len(), 2);
+        store.delete_batches_below(9).await.unwrap();
+        let (spans, next) = store.forgotten_spans().await.unwrap();
+        assert!(spans.is_empty());
+        assert_eq!(next, 1);
     }
 
     #[tokio::test]

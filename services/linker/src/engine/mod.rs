@@ -301,6 +301,11 @@ pub struct Engine<P = ESpan> {
     tag_slots: Map<u64, u32>,
     last_tag: Option<(u64, u32)>,
     retired: Vec<u64>,
+    /// Spans forgotten since the last [`Engine::take_forgotten`], as (tag,
+    /// span id): a rebuild from the tagged batches must leave them out.
+    forgotten: Vec<(u64, u64)>,
+    /// Whether to fill `forgotten` (only a caller that takes it does).
+    track_forgotten: bool,
     stats: EngineStats,
 }
 
@@ -350,6 +355,8 @@ impl<P> Engine<P> {
             tag_slots: Map::default(),
             last_tag: None,
             retired: Vec::new(),
+            forgotten: Vec::new(),
+            track_forgotten: false,
             stats: EngineStats::default(),
         }
     }
@@ -508,6 +515,25 @@ impl<P> Engine<P> {
         tags
     }
 
+    /// Keep a list of the spans forgotten, for [`Engine::take_forgotten`]
+    /// (off by default: unused, it would grow).
+    pub fn track_forgotten(&mut self, on: bool) {
+        self.track_forgotten = on;
+        if !on {
+            self.forgotten = Vec::new();
+        }
+    }
+
+    /// Spans forgotten since the last call (their trace finished and past
+    /// `late_retention`), as (tag, span id). Rebuilding the window from the
+    /// tagged batches, a caller must skip these while any batch of theirs is
+    /// left: ingested again, they would form a trace of their own, without the
+    /// rest of their trace (whose batches may be gone), and be emitted twice.
+    /// Only after [`Engine::track_forgotten`].
+    pub fn take_forgotten(&mut self) -> Vec<(u64, u64)> {
+        std::mem::take(&mut self.forgotten)
+    }
+
     fn intern_host(&mut self, name: &str) -> u32 {
         // Batches come from one host at a time: the last one is the usual answer.
         if let Some(last) = self.host_names.get(self.last_host as usize)
@@ -659,6 +685,10 @@ impl<P> Engine<P> {
             let p = &mut self.nodes[peer as usize];
             p.peer = NONE;
             p.blocked = true;
+        }
+        if self.track_forgotten {
+            // A rebuild from its batch must not bring it back.
+            self.forgotten.push((self.tags[tag as usize].tag, span_id));
         }
         self.untag(tag);
         let node = &mut self.nodes[n as usize];

@@ -671,6 +671,40 @@ fn tags_stay_live_until_late_retention_then_retire() {
 }
 
 #[test]
+fn forgotten_spans_are_reported_with_their_tags_when_tracked() {
+    let mut untracked = Engine::new(keep_all());
+    let mut e = Engine::new(keep_all());
+    e.track_forgotten(true);
+    for engine in [&mut untracked, &mut e] {
+        let [c, s] = call("a", 1, "b", 2, (5, 6), T0);
+        engine.ingest(c, 10, T0);
+        engine.ingest(s, 11, T0);
+        // Another trace in batch 11, still open when the first is forgotten.
+        engine.ingest(
+            span("b", 7, SpanKind::Server, (8, 9), T0, T0 + MS),
+            11,
+            T0 + 25 * SEC,
+        );
+    }
+    e.advance(T0 + 20 * SEC);
+    assert!(
+        e.take_forgotten().is_empty(),
+        "finished, kept for late joins"
+    );
+    e.advance(T0 + 41 * SEC);
+    let mut forgotten = e.take_forgotten();
+    forgotten.sort();
+    assert_eq!(forgotten, vec![(10, 1), (11, 2)]);
+    assert!(e.is_live(11), "batch 11 still holds the open trace");
+    assert!(e.take_forgotten().is_empty(), "each once");
+    untracked.advance(T0 + 41 * SEC);
+    assert!(
+        untracked.take_forgotten().is_empty(),
+        "not tracked: nothing kept"
+    );
+}
+
+#[test]
 fn a_trace_stays_open_while_spans_keep_joining() {
     let mut e = Engine::new(keep_all());
     let root = span("a", 1, SpanKind::Server, (1, 2), T0, T0 + 100 * SEC);
