@@ -103,6 +103,11 @@ struct StoreHandler {
     store_full: Arc<AtomicBool>,
     shutdown: Shutdown,
     last_stamp: u64,
+    /// The stamp of the last group handed to the engine task.
+    last_sent: u64,
+    /// The stamp of the group being stored or on its way to the engine, if
+    /// newer than `last_sent`: flush ticks must not overtake it.
+    stamped: Arc<AtomicU64>,
 }
 
 impl Handler<Consumed> for StoreHandler {
@@ -119,6 +124,7 @@ impl Handler<Consumed> for StoreHandler {
         // the wall clock does.
         let received_ns = now_ns().max(self.last_stamp + 1);
         self.last_stamp = received_ns;
+        self.stamped.store(received_ns, Ordering::Release);
         let rows: Vec<StoredBatch> = deliveries
             .iter()
             .map(|d| StoredBatch {
@@ -128,10 +134,11 @@ impl Handler<Consumed> for StoreHandler {
             })
             .collect();
         let started = Instant::now();
-        self.store
-            .put_batches(&rows)
-            .await
-            .map_err(|e| HandlerError(e.to_string()))?;
+        if let Err(error) = self.store.put_batches(&rows).await {
+            // Not coming: ticks need not wait for it.
+            self.stamped.store(self.last_sent, Ordering::Release);
+            return Err(HandlerError(error.to_string()));
+        }
         self.metrics
             .store_write_seconds
             .observe(started.elapsed().as_secs_f64());
@@ -152,6 +159,7 @@ impl Handler<Consumed> for StoreHandler {
         }
         // Stored: safe to ack even if the engine task is gone (a restart replays it).
         let _ = self.to_engine.send(ingest).await;
+        self.last_sent = received_ns;
         Ok(())
     }
 }
@@ -433,6 +441,18 @@ fn encode(trace: &FinishedTrace<RawSpan>) -> Encoded {
     }
 }
 
+/// Where a flush tick moves the engine's clock. Not past a group stamped but
+/// not taken yet (being stored, or queued): its stamp moves the clock when it
+/// comes, as it will when a rebuild replays it. Ticks also lag the wall clock
+/// by a margin, for a group being stamped right now.
+fn tick_clock(engine_clock: u64, stamped: &AtomicU64, last_taken: u64) -> u64 {
+    if stamped.load(Ordering::Acquire) > last_taken {
+        engine_clock
+    } else {
+        engine_clock.max(now_ns().saturating_sub(TICK_MARGIN_NS))
+    }
+}
+
 /// Runs the linker until `shutdown`.
 pub async fn run(
     settings: Settings,
@@ -517,6 +537,9 @@ pub async fn run(
     health.set_ok();
 
     let (to_engine, mut from_consumer) = mpsc::channel::<Vec<Ingest>>(64);
+    let stamped = Arc::new(AtomicU64::new(engine_clock));
+    // The stamp of the last group the engine took.
+    let mut last_taken = engine_clock;
     let store_full = Arc::new(AtomicBool::new(false));
     let mut spec = ConsumerSpec::new(bus::ESPANS_STREAM, &settings.name);
     spec.batch = settings.consume_batch;
@@ -533,6 +556,8 @@ pub async fn run(
             store_full: store_full.clone(),
             shutdown: shutdown.clone(),
             last_stamp: engine_clock,
+            last_sent: engine_clock,
+            stamped: stamped.clone(),
         };
         let observer = Observer(metrics.clone());
         let shutdown = shutdown.clone();
@@ -545,9 +570,12 @@ pub async fn run(
     flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut housekeeping = tokio::time::interval(Duration::from_secs(5));
     let store_bytes = Arc::new(AtomicU64::new(store.disk_bytes()));
-    // Messages a crashed predecessor took but did not ack come back after
-    // ack_wait: hold open traces until then, or they would finish without them.
-    let hold_until = Instant::now() + settings.ack_wait + Duration::from_secs(1);
+    // The engine's clock moves only with the stamps of the groups it takes
+    // and with ticks that no stamped group is waiting behind, so a rebuild,
+    // which advances to each stored batch's stamp, finishes the same traces
+    // the same way (and publishes them under the same msg ids). Messages a
+    // crashed predecessor took but did not store come back after ack_wait and
+    // join their traces as late parts, under the same trace ids.
     let stop = shutdown.clone().wait();
     tokio::pin!(stop);
     loop {
@@ -556,22 +584,16 @@ pub async fn run(
             received = from_consumer.recv() => {
                 let Some(group) = received else { break };
                 for next in group {
-                    if Instant::now() >= hold_until {
-                        let finished = engine.advance(next.received_ns);
-                        output.emit(finished, next.received_ns).await?;
-                    }
+                    let finished = engine.advance(next.received_ns);
+                    output.emit(finished, next.received_ns).await?;
+                    last_taken = last_taken.max(next.received_ns);
                     ingest(&mut engine, next.batch, next.seq, next.received_ns);
                     ingested_up_to = ingested_up_to.max(next.seq);
                     engine_clock = engine_clock.max(next.received_ns);
                 }
             }
             _ = flush.tick() => {
-                if Instant::now() < hold_until {
-                    continue;
-                }
-                // Ticks lag the wall clock by a margin, so a batch stamped just
-                // before a tick but still being stored is not overtaken by it.
-                let now = engine_clock.max(now_ns().saturating_sub(TICK_MARGIN_NS));
+                let now = tick_clock(engine_clock, &stamped, last_taken);
                 engine_clock = now;
                 let finished = engine.advance(now);
                 output.emit(finished, now).await?;
@@ -604,7 +626,7 @@ pub async fn run(
         }
     }
     // Flush what is finished; open traces stay in the store for the next start.
-    let now = engine_clock.max(now_ns().saturating_sub(TICK_MARGIN_NS));
+    let now = tick_clock(engine_clock, &stamped, last_taken);
     let finished = engine.advance(now);
     output.emit(finished, now).await.ok();
     drop(output);

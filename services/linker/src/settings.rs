@@ -102,9 +102,9 @@ pub struct Options {
     #[arg(long, env = "ESPAN_CONSUME_BATCH", value_name = "N")]
     pub consume_batch: Option<String>,
     /// How long JetStream waits for an ack before it redelivers a message. After a
-    /// crash, unacked messages come back after this long, and the linker holds
-    /// its open traces that long after starting, so keep it well below the
-    /// window. [default: 5s]
+    /// crash, unacked messages come back after this long, and their spans join
+    /// traces finished meanwhile as late parts, so keep it well below
+    /// late_retention. [default: 5s]
     #[arg(long, env = "ESPAN_ACK_WAIT", value_name = "DURATION")]
     pub ack_wait: Option<String>,
     /// Bytes each JetStream stream may hold (the server must have room for all
