@@ -272,6 +272,17 @@ impl Store {
         response.check().map_err(query_error(operation))
     }
 
+    /// Runs one `SELECT` and takes its rows.
+    async fn select<T: SurrealValue>(
+        &self,
+        operation: &'static str,
+        sql: &str,
+        vars: Vec<(&'static str, Value)>,
+    ) -> Result<Vec<T>, StoreError> {
+        let mut response = self.run(operation, sql, vars).await?;
+        response.take(0).map_err(query_error(operation))
+    }
+
     /// Stores consumed messages; a message stored before (redelivered after a
     /// crash) is left as it is.
     pub async fn put_batches(&self, batches: &[StoredBatch]) -> Result<(), StoreError> {
@@ -298,14 +309,13 @@ impl Store {
 
     /// Every stored message, by stream sequence: the open window to rebuild.
     pub async fn window_batches(&self) -> Result<Vec<StoredBatch>, StoreError> {
-        let mut response = self
-            .run(
+        let rows: Vec<BatchOut> = self
+            .select(
                 "read window",
                 "SELECT record::id(id) AS seq, received_ns, codec, data FROM batch ORDER BY seq",
                 vec![],
             )
             .await?;
-        let rows: Vec<BatchOut> = response.take(0).map_err(query_error("read window"))?;
         rows.into_iter()
             .map(|r| {
                 Ok(StoredBatch {
@@ -363,16 +373,13 @@ impl Store {
     pub async fn forgotten_spans(
         &self,
     ) -> Result<(std::collections::HashSet<(u64, u64)>, u64), StoreError> {
-        let mut response = self
-            .run(
+        let rows: Vec<ForgottenOut> = self
+            .select(
                 "read forgotten spans",
                 "SELECT record::id(id) AS seq, data FROM forgotten",
                 vec![],
             )
             .await?;
-        let rows: Vec<ForgottenOut> = response
-            .take(0)
-            .map_err(query_error("read forgotten spans"))?;
         let mut spans = std::collections::HashSet::new();
         let mut next_id = 1;
         for row in rows {
@@ -404,23 +411,19 @@ impl Store {
 
     async fn count(&self, table: &'static str) -> Result<u64, StoreError> {
         let sql = format!("SELECT count() AS seq FROM {table} GROUP ALL");
-        let mut response = self.run("count", &sql, vec![]).await?;
-        let rows: Vec<MaxOut> = response.take(0).map_err(query_error("count"))?;
+        let rows: Vec<MaxOut> = self.select("count", &sql, vec![]).await?;
         Ok(rows.first().map_or(0, |r| r.seq))
     }
 
     /// The next free `tracebatch` id (after a restart, continue after the last).
     pub async fn next_trace_batch_seq(&self) -> Result<u64, StoreError> {
-        let mut response = self
-            .run(
+        let rows: Vec<MaxOut> = self
+            .select(
                 "read last trace batch",
                 "SELECT record::id(id) AS seq FROM tracebatch ORDER BY seq DESC LIMIT 1",
                 vec![],
             )
             .await?;
-        let rows: Vec<MaxOut> = response
-            .take(0)
-            .map_err(query_error("read last trace batch"))?;
         Ok(rows.first().map_or(1, |r| r.seq + 1))
     }
 
@@ -496,14 +499,9 @@ impl Store {
     /// The traces finished at or after `since_ns`, in finishing order (a trace
     /// with late parts appears once per part).
     pub async fn traces_since(&self, since_ns: u64) -> Result<Vec<Trace>, StoreError> {
-        let mut response = self
-            .run(
-                "list traces",
-                "SELECT record::id(id) AS seq, codec, data FROM tracebatch WHERE finished_ns >= $since ORDER BY seq",
-                vec![("since", since_ns.into_value())],
-            )
+        let rows: Vec<DataOut> = self
+            .select("list traces", "SELECT record::id(id) AS seq, codec, data FROM tracebatch WHERE finished_ns >= $since ORDER BY seq", vec![("since", since_ns.into_value())])
             .await?;
-        let rows: Vec<DataOut> = response.take(0).map_err(query_error("list traces"))?;
         let mut out = Vec::new();
         for row in rows {
             out.extend(decode_traces(&row)?);
@@ -523,18 +521,12 @@ impl Store {
             "SELECT VALUE record::id(id)[1] FROM traceid:['{id}', 0]..=['{id}', {}]",
             i64::MAX
         );
-        let mut response = self.run("find trace", &sql, vec![]).await?;
-        let batches: Vec<u64> = response.take(0).map_err(query_error("find trace"))?;
+        let batches: Vec<u64> = self.select("find trace", &sql, vec![]).await?;
         let mut parts = Vec::new();
         for seq in batches {
-            let mut response = self
-                .run(
-                    "read trace batch",
-                    "SELECT record::id(id) AS seq, codec, data FROM type::record('tracebatch', $seq)",
-                    vec![("seq", seq.into_value())],
-                )
-                .await?;
-            let rows: Vec<DataOut> = response.take(0).map_err(query_error("read trace batch"))?;
+            let rows: Vec<DataOut> = self
+            .select("read trace batch", "SELECT record::id(id) AS seq, codec, data FROM type::record('tracebatch', $seq)", vec![("seq", seq.into_value())])
+            .await?;
             for row in rows {
                 parts.extend(
                     decode_traces(&row)?
@@ -550,14 +542,13 @@ impl Store {
     /// the `tracebatch` rows by their indexed time, then their id rows. Returns
     /// the number of traces deleted.
     pub async fn expire_traces(&self, before_ns: u64) -> Result<u64, StoreError> {
-        let mut response = self
-            .run(
+        let rows: Vec<SeqIdsOut> = self
+            .select(
                 "expire traces",
                 "SELECT record::id(id) AS seq, ids FROM tracebatch WHERE finished_ns < $before",
                 vec![("before", before_ns.into_value())],
             )
             .await?;
-        let rows: Vec<SeqIdsOut> = response.take(0).map_err(query_error("expire traces"))?;
         let count = rows.iter().map(|r| r.ids.len() as u64).sum();
         if count == 0 {
             return Ok(0);
