@@ -16,6 +16,7 @@ pub mod api;
 pub mod cli;
 pub mod engine;
 pub mod metrics;
+mod output;
 pub mod raw;
 pub mod service;
 pub mod settings;

@@ -8,11 +8,11 @@
 //!   JetStream holds the backlog);
 //! - the engine task links, and hands what it finishes to the output task, again
 //!   over a bounded channel;
-//! - the output task publishes the kept traces to TRACES (one message per trace
-//!   part with a `Nats-Msg-Id`, so one re-sent after a restart is stored once,
-//!   many in flight at once), stores them, and deletes the stored batches the
-//!   engine no longer needs, always after everything finished before was
-//!   published (jobs are done in order).
+//! - the output task ([`crate::output`]) publishes the kept traces to TRACES
+//!   (many to a message, grouped by due time, with a `Nats-Msg-Id` naming its
+//!   traces, so one re-sent after a restart is stored once), stores them, and
+//!   deletes the stored batches the engine no longer needs, always after
+//!   everything finished before was published (jobs are done in order).
 //!
 //! On start the open window is rebuilt from the stored batches, replayed with
 //! their original receive times, so the same traces come out with the same ids.
@@ -28,20 +28,17 @@ use espan::shutdown::Shutdown;
 use espan::telemetry::Health;
 use tokio::sync::mpsc;
 
-use crate::engine::{Engine, EngineConfig, Finished, FinishedTrace};
+use crate::engine::{Engine, EngineConfig};
 use crate::metrics::Metrics;
+use crate::output::{OUTPUT_QUEUE, Output, ToOutput};
 use crate::raw::{self, RawSpan, SpanBatch};
 use crate::settings::Settings;
-use crate::store::{Store, StoredBatch, trace_id_hex};
+use crate::store::{Store, StoredBatch};
 
 pub use crate::raw::trace_msg_id;
 
 /// How far flush ticks stay behind the wall clock (see the engine loop).
 const TICK_MARGIN_NS: u64 = 1_000_000_000;
-
-/// Output jobs queued at most (each is one consumed message's finished traces,
-/// or a flush tick's).
-const OUTPUT_QUEUE: usize = 256;
 
 /// Wall clock, ns since the epoch: the engine's clock.
 pub fn now_ns() -> u64 {
@@ -172,275 +169,6 @@ impl bus::ConsumeObserver for Observer {
     }
 }
 
-/// What the engine task asks of the output task, done in order.
-enum Job {
-    /// Publish (and store) the kept traces, finished at `finished_ns`.
-    Emit {
-        traces: Vec<FinishedTrace<RawSpan>>,
-        finished_ns: u64,
-    },
-    /// Record the spans forgotten, then delete the
-    /// stored batches below `keep_from` (`retired` of them were reported
-    /// retired by the engine).
-    Retire {
-        keep_from: u64,
-        retired: u64,
-        forgotten: Vec<(u64, u64)>,
-    },
-}
-
-/// The engine task's end of the output queue.
-struct ToOutput(mpsc::Sender<Job>);
-
-impl ToOutput {
-    /// Hands over the kept traces of `finished`.
-    async fn emit(&self, finished: Vec<Finished<RawSpan>>, finished_ns: u64) -> anyhow::Result<()> {
-        let traces: Vec<_> = finished
-            .into_iter()
-            .filter(|f| f.sampled)
-            .map(|f| f.trace)
-            .collect();
-        if traces.is_empty() {
-            return Ok(());
-        }
-        self.0
-            .send(Job::Emit {
-                traces,
-                finished_ns,
-            })
-            .await
-            .map_err(|_| anyhow::anyhow!("the output task stopped"))
-    }
-
-    /// Asks for the stored batches the engine no longer needs to be deleted.
-    async fn retire(
-        &self,
-        engine: &mut Engine<RawSpan>,
-        ingested_up_to: u64,
-    ) -> anyhow::Result<()> {
-        let retired = engine.take_retired_tags();
-        let forgotten = engine.take_forgotten();
-        let keep_from = engine
-            .live_tags()
-            .min()
-            .unwrap_or(ingested_up_to + 1)
-            .min(ingested_up_to + 1);
-        let retired = retired.iter().filter(|t| **t < keep_from).count() as u64;
-        self.0
-            .send(Job::Retire {
-                keep_from,
-                retired,
-                forgotten,
-            })
-            .await
-            .map_err(|_| anyhow::anyhow!("the output task stopped"))
-    }
-}
-
-/// Publishes and stores what the engine finishes, and retires stored batches.
-struct Output {
-    bus: Bus,
-    store: Arc<Store>,
-    metrics: Metrics,
-    subject: String,
-    linker: String,
-    boot_id: u64,
-    next_seq: u64,
-    deleted_below: u64,
-    /// The next `forgotten` row id.
-    next_forgotten: u64,
-    shutdown: Shutdown,
-}
-
-/// One trace message, ready to publish.
-struct Encoded {
-    /// The `Trace` message (also what the store keeps).
-    body: Vec<u8>,
-    msg_id: String,
-    id: String,
-    spans: u64,
-}
-
-/// Traces published in one round (one flush of acks) and stored in one row, at
-/// most: bounds how long a round takes when a flush finishes many at once.
-const ROUND: usize = 2048;
-
-impl Output {
-    /// Does jobs until the engine task is done, in order: traces are published
-    /// in rounds of up to [`ROUND`], and a retirement happens only after every
-    /// trace handed over before it was published. Storing a round's traces
-    /// (for `espan-linker trace`, not needed to publish) runs while the next
-    /// round is published.
-    async fn run(mut self, mut jobs: mpsc::Receiver<Job>) -> anyhow::Result<()> {
-        let mut queued = Vec::new();
-        let mut pending: Vec<Encoded> = Vec::new();
-        let mut finished_ns = 0;
-        let mut storing: Option<tokio::task::JoinHandle<()>> = None;
-        while jobs.recv_many(&mut queued, OUTPUT_QUEUE).await > 0 {
-            let last = queued.len();
-            for (n, job) in queued.drain(..).enumerate() {
-                match job {
-                    Job::Emit {
-                        traces,
-                        finished_ns: at,
-                    } => {
-                        finished_ns = finished_ns.max(at);
-                        pending.extend(traces.iter().map(encode));
-                    }
-                    Job::Retire {
-                        keep_from,
-                        retired,
-                        forgotten,
-                    } => {
-                        self.round(&mut pending, finished_ns, &mut storing).await?;
-                        self.retire(keep_from, retired, forgotten).await?;
-                    }
-                }
-                if pending.len() >= ROUND || n + 1 == last {
-                    self.round(&mut pending, finished_ns, &mut storing).await?;
-                }
-            }
-        }
-        if let Some(task) = storing {
-            task.await.ok();
-        }
-        Ok(())
-    }
-
-    /// Publishes `pending` (retrying until JetStream has them all, since their
-    /// batches may be deleted afterwards), then has them stored.
-    async fn round(
-        &mut self,
-        pending: &mut Vec<Encoded>,
-        finished_ns: u64,
-        storing: &mut Option<tokio::task::JoinHandle<()>>,
-    ) -> anyhow::Result<()> {
-        if pending.is_empty() {
-            return Ok(());
-        }
-        let traces = std::mem::take(pending);
-        let seq = self.next_seq;
-        self.next_seq += 1;
-        let mut delay = Duration::from_millis(100);
-        loop {
-            match self.publish(&traces, seq).await {
-                Ok(()) => break,
-                Err(error) if !self.shutdown.is_triggered() => {
-                    tracing::warn!(%error, traces = traces.len(), "publishing traces failed; retrying");
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(5));
-                }
-                // Not published and not retired: the next start replays them.
-                Err(error) => return Err(error.into()),
-            }
-        }
-        self.metrics.traces_published.inc_by(traces.len() as u64);
-        // One store write at a time, in order.
-        if let Some(previous) = storing.take() {
-            previous.await.ok();
-        }
-        let store = self.store.clone();
-        *storing = Some(tokio::spawn(async move {
-            let data = raw::trace_batch("", 0, seq, traces.iter().map(|t| t.body.as_slice()));
-            let spans = traces.iter().map(|t| t.spans).sum();
-            let ids = traces.into_iter().map(|t| t.id).collect();
-            if let Err(error) = store
-                .put_trace_batch(seq, finished_ns, ids, spans, data)
-                .await
-            {
-                // Already delivered downstream; only `espan-linker trace` misses them.
-                tracing::error!(%error, "storing finished traces failed");
-            }
-        }));
-        Ok(())
-    }
-
-    async fn publish(&mut self, traces: &[Encoded], seq: u64) -> Result<(), bus::BusError> {
-        let mut publisher = self.bus.publisher(4096);
-        for (n, trace) in traces.iter().enumerate() {
-            let payload = raw::trace_batch(
-                &self.linker,
-                self.boot_id,
-                seq,
-                std::iter::once(trace.body.as_slice()),
-            );
-            publisher
-                .publish(
-                    n as u64,
-                    self.subject.clone(),
-                    trace.msg_id.clone(),
-                    payload,
-                    None,
-                )
-                .await?;
-        }
-        publisher.flush().await?;
-        Ok(())
-    }
-
-    /// Records the spans forgotten, then deletes stored batches below
-    /// `keep_from`, the oldest one the engine still needs (everything finished
-    /// before was published by now). The record comes first: a rebuild must
-    /// leave out every span of a forgotten trace, or the ones it found would
-    /// come out again, apart from the rest.
-    async fn retire(
-        &mut self,
-        keep_from: u64,
-        retired: u64,
-        forgotten: Vec<(u64, u64)>,
-    ) -> anyhow::Result<()> {
-        if !forgotten.is_empty() {
-            let mut delay = Duration::from_millis(100);
-            loop {
-                match self
-                    .store
-                    .put_forgotten(self.next_forgotten, &forgotten)
-                    .await
-                {
-                    Ok(()) => break,
-                    Err(error) if !self.shutdown.is_triggered() => {
-                        tracing::warn!(%error, "recording forgotten spans failed; retrying");
-                        tokio::time::sleep(delay).await;
-                        delay = (delay * 2).min(Duration::from_secs(5));
-                    }
-                    // Nothing deleted: a rebuild sees the whole traces again,
-                    // and their messages' ids make JetStream drop them.
-                    Err(error) => return Err(error.into()),
-                }
-            }
-            self.next_forgotten += 1;
-        }
-        if keep_from > self.deleted_below {
-            match self.store.delete_batches_below(keep_from).await {
-                Ok(()) => {
-                    self.metrics.store_batches_deleted.inc_by(retired);
-                    self.deleted_below = keep_from;
-                }
-                Err(error) => tracing::warn!(%error, "deleting retired batches failed; will retry"),
-            }
-        }
-        Ok(())
-    }
-}
-
-fn encode(trace: &FinishedTrace<RawSpan>) -> Encoded {
-    let mut body = Vec::with_capacity(
-        trace
-            .spans
-            .iter()
-            .map(|s| s.span.bytes.len() + 16)
-            .sum::<usize>()
-            + 32,
-    );
-    raw::encode_trace(trace, &mut body);
-    Encoded {
-        body,
-        msg_id: trace_msg_id(trace),
-        id: trace_id_hex(trace.trace_id_high, trace.trace_id_low),
-        spans: trace.spans.len() as u64,
-    }
-}
-
 /// Where a flush tick moves the engine's clock. Not past a group stamped but
 /// not taken yet (being stored, or queued): its stamp moves the clock when it
 /// comes, as it will when a rebuild replays it. Ticks also lag the wall clock
@@ -487,6 +215,7 @@ pub async fn run(
         boot_id: rand::random(),
         next_seq: store.next_trace_batch_seq().await?,
         deleted_below: 0,
+        retired: Vec::new(),
         next_forgotten,
         shutdown: shutdown.clone(),
     };
@@ -597,7 +326,7 @@ pub async fn run(
                 engine_clock = now;
                 let finished = engine.advance(now);
                 output.emit(finished, now).await?;
-                output.retire(&mut engine, ingested_up_to).await?;
+                output.retire(&mut engine, ingested_up_to, now).await?;
                 metrics.observe_engine(&engine.stats());
             }
             _ = housekeeping.tick() => {

@@ -119,6 +119,7 @@ impl<P> Engine<P> {
             },
             sampled,
             tags,
+            due_ns,
         }
     }
 

@@ -39,7 +39,7 @@ mod due;
 mod facts;
 mod finish;
 mod groups;
-mod hash;
+pub(crate) mod hash;
 mod index;
 pub mod trace_id;
 
@@ -89,6 +89,9 @@ pub struct Finished<P = ESpan> {
     pub sampled: bool,
     /// The tags of the batches these spans came from, sorted, without repeats.
     pub tags: Vec<u64>,
+    /// When it became due (its last join + window, linker clock): the same
+    /// however often the engine was advanced, so a replay finds the same.
+    pub due_ns: u64,
 }
 
 /// A finished trace, field for field the wire's `Trace` but holding each span as
