@@ -77,6 +77,13 @@ const CORES: f64 = 2.0;
 const SPANS_PER_BATCH: usize = 500;
 
 fn main() {
+    // The linker's warnings (RUST_LOG=debug for more) go to stderr.
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
     let traces = std::env::var("ESPAN_BENCH_TRACES")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -171,6 +178,8 @@ async fn run(traces: usize) {
     let consumer = stream
         .create_consumer(async_nats::jetstream::consumer::pull::Config {
             durable_name: Some("bench".into()),
+            // A message the reader's client dropped comes back soon.
+            ack_wait: Duration::from_secs(2),
             ..Default::default()
         })
         .await
@@ -197,14 +206,29 @@ async fn run(traces: usize) {
     };
     // Traces whose app headers said "drop" are dropped even at sampling 1.
     let expected = || total - metrics.spans_dropped_by_sampling.get() as usize;
+    // A redelivered message is counted once.
+    let mut seen = std::collections::HashSet::new();
+    let mut read_errors = 0u64;
     while out_spans < expected() {
         match tokio::time::timeout(Duration::from_secs(20), messages.next()).await {
             Ok(Some(Ok(m))) => {
                 m.ack().await.ok();
+                let seq = m.info().map(|i| i.stream_sequence).unwrap_or(0);
+                if !seen.insert(seq) {
+                    continue;
+                }
                 // Counted without decoding each span (this is the exporter's
                 // side, on the same two cores).
                 out_spans += count_spans(&m.payload);
                 spans_out.store(out_spans as u64, Ordering::Relaxed);
+            }
+            // The reader falling behind (a slow-consumer or heartbeat error)
+            // is not the linker's loss: go on reading.
+            Ok(Some(Err(error))) => {
+                read_errors += 1;
+                if read_errors <= 3 {
+                    eprintln!("  bench's TRACES reader: {error}");
+                }
             }
             _ => break,
         }
@@ -279,7 +303,8 @@ async fn run(traces: usize) {
     );
     println!(
         "  spans out {out_spans} of {total} (lost: {}); linker: spans in {}, rejected {}, duplicates {}, \
-         dropped by sampling {}, still in the window {}, traces published {}",
+         dropped by sampling {}, still in the window {}, traces published {} \
+         (messages JetStream already held: {}), held for their bucket {}",
         expected().saturating_sub(out_spans),
         metrics.spans_in.get(),
         metrics.spans_rejected.get(),
@@ -287,5 +312,7 @@ async fn run(traces: usize) {
         metrics.spans_dropped_by_sampling.get(),
         metrics.spans_in_window.get(),
         metrics.traces_published.get(),
+        metrics.trace_messages_already_stored.get(),
+        metrics.traces_held.get(),
     );
 }

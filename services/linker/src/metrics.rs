@@ -27,6 +27,8 @@ pub struct Metrics {
     pub spans_in_window: Gauge,
     pub traces_in_window: Gauge,
     pub traces_published: Counter,
+    pub trace_messages_already_stored: Counter,
+    pub traces_held: Gauge,
     pub dead_lettered: Counter,
     pub store_write_seconds: Histogram,
     pub store_bytes: Gauge,
@@ -55,6 +57,8 @@ impl Metrics {
             spans_in_window: Gauge::default(),
             traces_in_window: Gauge::default(),
             traces_published: Counter::default(),
+            trace_messages_already_stored: Counter::default(),
+            traces_held: Gauge::default(),
             dead_lettered: Counter::default(),
             store_write_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 14)),
             store_bytes: Gauge::default(),
@@ -136,8 +140,20 @@ impl Metrics {
         );
         r.register(
             "traces_published",
-            "Trace messages acknowledged by TRACES",
+            "Traces (and late parts) acknowledged by TRACES",
             m.traces_published.clone(),
+        );
+        r.register(
+            "trace_messages_already_stored",
+            "TRACES messages JetStream acknowledged as duplicates of one it holds (same msg id): \
+             expected when a restart finishes traces it had published before",
+            m.trace_messages_already_stored.clone(),
+        );
+        r.register(
+            "traces_held",
+            "Kept traces waiting for the rest of their due-time bucket (at most 100 ms) before they \
+             are published together",
+            m.traces_held.clone(),
         );
         r.register(
             "dead_lettered",

@@ -205,6 +205,8 @@ impl Output {
                         self.retire(keep_from.min(held_from), forgotten).await?;
                     }
                 }
+                let waiting: usize = held.values().map(|b| b.traces.len()).sum();
+                self.metrics.traces_held.set(waiting as i64);
                 let traces: usize = pending.iter().map(|m| m.traces.len()).sum();
                 if traces >= ROUND || n + 1 == last {
                     self.round(&mut pending, clock, &mut storing).await?;
@@ -277,7 +279,7 @@ impl Output {
                 seq,
                 message.traces.iter().map(|t| t.body.as_slice()),
             );
-            publisher
+            let acked = publisher
                 .publish(
                     n as u64,
                     self.subject.clone(),
@@ -286,9 +288,16 @@ impl Output {
                     None,
                 )
                 .await?;
+            self.count_already_stored(&acked);
         }
-        publisher.flush().await?;
+        let acked = publisher.flush().await?;
+        self.count_already_stored(&acked);
         Ok(())
+    }
+
+    fn count_already_stored(&self, acked: &[bus::Acked]) {
+        let copies = acked.iter().filter(|a| a.duplicate).count() as u64;
+        self.metrics.trace_messages_already_stored.inc_by(copies);
     }
 
     /// Records the spans forgotten, then deletes stored batches below
