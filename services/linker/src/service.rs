@@ -379,7 +379,9 @@ pub async fn run(
 mod tests {
     use bytes::Bytes;
 
-    use super::trace_msg_id;
+    use std::sync::atomic::AtomicU64;
+
+    use super::{TICK_MARGIN_NS, now_ns, tick_clock, trace_msg_id};
     use crate::engine::{FinishedTrace, Linked};
     use crate::raw::RawSpan;
 
@@ -411,5 +413,20 @@ mod tests {
         assert_eq!(a, trace_msg_id(&part(&[9, 7, 3], false)));
         assert_ne!(a, trace_msg_id(&part(&[7, 3, 9], true)));
         assert_eq!(a, "00000000000000010000000000000002-0000000000000003");
+    }
+
+    #[test]
+    fn a_tick_waits_for_a_stamped_group_the_engine_has_not_taken() {
+        let engine_clock = 1_000;
+        // Stamped at 2_000, the engine's last group at 1_500: one is on its way.
+        let stamped = AtomicU64::new(2_000);
+        assert_eq!(tick_clock(engine_clock, &stamped, 1_500), engine_clock);
+        // Taken: the tick follows the wall clock, a margin behind.
+        let before = now_ns() - TICK_MARGIN_NS;
+        let moved = tick_clock(engine_clock, &stamped, 2_000);
+        assert!(moved >= before && moved <= now_ns() - TICK_MARGIN_NS);
+        // Never back.
+        let ahead = now_ns() + 10 * TICK_MARGIN_NS;
+        assert_eq!(tick_clock(ahead, &stamped, 2_000), ahead);
     }
 }
