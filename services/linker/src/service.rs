@@ -199,6 +199,15 @@ pub async fn run(
 
     let config = engine_config(&settings);
     config.check().context("linker settings")?;
+    if settings.late_retention <= settings.ack_wait {
+        // What a crashed predecessor took but did not store comes back after
+        // ack_wait; later than late_retention, it can no longer join its trace.
+        tracing::warn!(
+            late_retention = ?settings.late_retention,
+            ack_wait = ?settings.ack_wait,
+            "late_retention is not above ack_wait: after a crash, spans redelivered then start traces of their own"
+        );
+    }
     let mut engine: Engine<RawSpan> = Engine::new(config);
     engine.track_forgotten(true);
     let (forgotten, next_forgotten) = store
