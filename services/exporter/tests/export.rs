@@ -416,6 +416,25 @@ async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
     panic!("gave up waiting: {what}");
 }
 
+/// Waits until `receiver` holds as many spans as `want` and the sink's
+/// consumer has nothing left, then checks it holds exactly `want`: nothing
+/// lost, nothing twice.
+async fn assert_received_exactly(
+    sink: Sink,
+    receiver: &Receiver,
+    bus: &Bus,
+    want: &[String],
+    what: &str,
+) {
+    wait_until(what, || sink.received_ids(receiver).len() >= want.len()).await;
+    wait_drained(bus, &format!("exporter-{}", sink.label())).await;
+    assert_eq!(
+        sink.received_ids(receiver),
+        want,
+        "{what}: nothing lost, nothing twice"
+    );
+}
+
 /// Waits until the durable consumer has nothing undelivered or unacked.
 async fn wait_drained(bus: &Bus, durable: &str) {
     let stream = bus
@@ -829,17 +848,7 @@ async fn busy_backend_gets_every_span_once(sink: Sink, code: u16, times: usize) 
     let mut batches: Vec<TraceBatch> = (0..4).map(|b| volume_batch(b, 3, 5)).collect();
     let want = span_ids(&batches);
     publish(&s.bus, &mut batches).await;
-    wait_until("every span", || {
-        sink.received_ids(&receiver).len() >= want.len()
-    })
-    .await;
-    wait_drained(&s.bus, &format!("exporter-{}", sink.label())).await;
-
-    assert_eq!(
-        sink.received_ids(&receiver),
-        want,
-        "every span exactly once"
-    );
+    assert_received_exactly(sink, &receiver, &s.bus, &want, "every span").await;
     let refused = receiver
         .records()
         .iter()
@@ -928,16 +937,14 @@ async fn outage_loses_nothing(sink: Sink) {
     let mut all = first.clone();
     all.extend(during);
     let want = span_ids(&all);
-    wait_until("every span after the outage", || {
-        sink.received_ids(&receiver).len() >= want.len()
-    })
+    assert_received_exactly(
+        sink,
+        &receiver,
+        &s.bus,
+        &want,
+        "every span after the outage",
+    )
     .await;
-    wait_drained(&s.bus, &format!("exporter-{}", sink.label())).await;
-    assert_eq!(
-        sink.received_ids(&receiver),
-        want,
-        "nothing lost, nothing twice"
-    );
     exporter.stop().await;
 }
 
@@ -1082,12 +1089,7 @@ async fn malformed_messages_are_counted_and_the_rest_exported() {
             .await
             .unwrap();
     }
-    wait_until("the valid spans", || {
-        Sink::Http.received_ids(&receiver).len() >= want.len()
-    })
-    .await;
-    wait_drained(&s.bus, "exporter-otlp").await;
-    assert_eq!(Sink::Http.received_ids(&receiver), want);
+    assert_received_exactly(Sink::Http, &receiver, &s.bus, &want, "the valid spans").await;
 
     let text = exporter.metrics().await;
     assert_eq!(
@@ -1143,12 +1145,7 @@ async fn requests_leave_when_full_or_after_the_batch_timeout() {
     let mut batches: Vec<TraceBatch> = (0..5).map(|b| volume_batch(b, 1, 2)).collect();
     let want = span_ids(&batches);
     publish(&s.bus, &mut batches).await;
-    wait_until("every span", || {
-        Sink::Http.received_ids(&receiver).len() >= want.len()
-    })
-    .await;
-    wait_drained(&s.bus, "exporter-otlp").await;
-    assert_eq!(Sink::Http.received_ids(&receiver), want);
+    assert_received_exactly(Sink::Http, &receiver, &s.bus, &want, "every span").await;
 
     let mut requests: Vec<(f64, usize)> = receiver
         .records()
@@ -1226,12 +1223,14 @@ async fn shutdown_with_a_silent_backend_takes_one_try_and_the_next_start_resends
     Sink::Http.configure(&mut settings, receiver.port);
     let next = Exporter::start(&settings).await;
     let want = span_ids(&batches);
-    wait_until("every span from the next exporter", || {
-        Sink::Http.received_ids(&receiver).len() >= want.len()
-    })
+    assert_received_exactly(
+        Sink::Http,
+        &receiver,
+        &s.bus,
+        &want,
+        "every span from the next exporter",
+    )
     .await;
-    wait_drained(&s.bus, "exporter-otlp").await;
-    assert_eq!(Sink::Http.received_ids(&receiver), want);
     let text = next.metrics().await;
     assert_eq!(
         metric(&text, "espan_exporter_spans_redelivered_total", "otlp"),
@@ -1333,12 +1332,14 @@ async fn the_binary_reads_the_otel_variables_and_stops_on_sigterm() {
     let mut batches: Vec<TraceBatch> = (0..2).map(|b| volume_batch(b, 2, 3)).collect();
     let want = span_ids(&batches);
     publish(&s.bus, &mut batches).await;
-    wait_until("every span via the binary", || {
-        Sink::Grpc.received_ids(&receiver).len() >= want.len()
-    })
+    assert_received_exactly(
+        Sink::Grpc,
+        &receiver,
+        &s.bus,
+        &want,
+        "every span via the binary",
+    )
     .await;
-    wait_drained(&s.bus, "exporter-otlp").await;
-    assert_eq!(Sink::Grpc.received_ids(&receiver), want);
     assert_eq!(receiver.records()[0]["headers"]["x-test"], "from env");
 
     let pid = child.id().unwrap() as i32;
