@@ -279,7 +279,7 @@ impl Bus {
     }
 
     /// Creates one stream unless it exists (with whatever limits it has).
-    pub async fn create_stream_if_missing(
+    async fn create_stream_if_missing(
         &self,
         name: &str,
         subjects: &str,

@@ -78,7 +78,8 @@ pub async fn start(settings: &Settings, shutdown: Shutdown) -> Result<Running, R
         Duration::from_secs(30),
     )
     .await?;
-    ensure_missing_streams(&bus).await?;
+    // Existing streams keep their limits: they belong to the linker.
+    bus.create_missing_streams(&StreamLimits::default()).await?;
 
     let mut registry = Registry::default();
     let metrics = Metrics::register(&mut registry);
@@ -187,18 +188,4 @@ fn sink_spec(settings: &Settings, name: &'static str, encoding: Encoding) -> Sin
         linger: settings.batch_timeout,
         encoding,
     }
-}
-
-/// Creates TRACES and DEADLETTER when they do not exist yet. Existing streams
-/// are left as they are: their limits belong to whoever configured them (the
-/// linker), not to a reader.
-pub async fn ensure_missing_streams(bus: &Bus) -> Result<(), bus::BusError> {
-    for (name, subjects) in [
-        (bus::TRACES_STREAM, bus::TRACES_SUBJECTS),
-        (bus::DEADLETTER_STREAM, bus::DEADLETTER_SUBJECTS),
-    ] {
-        bus.create_stream_if_missing(name, subjects, &StreamLimits::default())
-            .await?;
-    }
-    Ok(())
 }
