@@ -181,12 +181,7 @@ impl Output {
                     Job::Emit { traces, clock: at } => {
                         clock = clock.max(at);
                         for kept in traces {
-                            let bucket = held.entry(kept.due_ns / BUCKET_NS).or_insert(Bucket {
-                                traces: Vec::new(),
-                                min_tag: u64::MAX,
-                            });
-                            bucket.min_tag = bucket.min_tag.min(kept.min_tag);
-                            bucket.traces.push(encode(&kept.trace));
+                            hold(&mut held, kept.due_ns, kept.min_tag, encode(&kept.trace));
                         }
                         take_complete(&mut held, clock, &mut pending);
                     }
@@ -235,19 +230,12 @@ impl Output {
         let messages = std::mem::take(pending);
         let seq = self.next_seq;
         self.next_seq += 1;
-        let mut delay = Duration::from_millis(100);
-        loop {
-            match self.publish(&messages, seq).await {
-                Ok(()) => break,
-                Err(error) if !self.shutdown.is_triggered() => {
-                    tracing::warn!(%error, messages = messages.len(), "publishing traces failed; retrying");
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(5));
-                }
-                // Not published and not retired: the next start replays them.
-                Err(error) => return Err(error.into()),
-            }
-        }
+        // Given up only at shutdown: not published and not retired, the next
+        // start replays them.
+        retried(&self.shutdown, "publishing traces", || {
+            self.publish(&messages, seq)
+        })
+        .await?;
         let traces: Vec<Encoded> = messages.into_iter().flat_map(|m| m.traces).collect();
         self.metrics.traces_published.inc_by(traces.len() as u64);
         // One store write at a time, in order.
@@ -270,7 +258,7 @@ impl Output {
         Ok(())
     }
 
-    async fn publish(&mut self, messages: &[Message], seq: u64) -> Result<(), bus::BusError> {
+    async fn publish(&self, messages: &[Message], seq: u64) -> Result<(), bus::BusError> {
         let mut publisher = self.bus.publisher(4096);
         for (n, message) in messages.iter().enumerate() {
             let payload = raw::trace_batch(
@@ -307,24 +295,14 @@ impl Output {
     /// come out again, apart from the rest.
     async fn retire(&mut self, keep_from: u64, forgotten: Vec<(u64, u64)>) -> anyhow::Result<()> {
         if !forgotten.is_empty() {
-            let mut delay = Duration::from_millis(100);
-            loop {
-                match self
-                    .store
-                    .put_forgotten(self.next_forgotten, &forgotten)
-                    .await
-                {
-                    Ok(()) => break,
-                    Err(error) if !self.shutdown.is_triggered() => {
-                        tracing::warn!(%error, "recording forgotten spans failed; retrying");
-                        tokio::time::sleep(delay).await;
-                        delay = (delay * 2).min(Duration::from_secs(5));
-                    }
-                    // Nothing deleted: a rebuild sees the whole traces again,
-                    // and their messages' ids make JetStream drop them.
-                    Err(error) => return Err(error.into()),
-                }
-            }
+            // Given up only at shutdown, with nothing deleted: a rebuild sees
+            // the whole traces again, and their messages' ids make JetStream
+            // drop them.
+            let id = self.next_forgotten;
+            retried(&self.shutdown, "recording forgotten spans", || {
+                self.store.put_forgotten(id, &forgotten)
+            })
+            .await?;
             self.next_forgotten += 1;
         }
         if keep_from > self.deleted_below {
@@ -359,6 +337,38 @@ fn encode(trace: &FinishedTrace<RawSpan>) -> Encoded {
         id: trace_id_hex(trace.trace_id_high, trace.trace_id_low),
         spans: trace.spans.len() as u64,
     }
+}
+
+/// Runs `op` until it succeeds, waiting longer after each failure (100 ms
+/// doubling to 5 s); gives up only once `shutdown` fired.
+async fn retried<F, Fut, E>(shutdown: &Shutdown, what: &str, mut op: F) -> Result<(), E>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
+{
+    let mut delay = Duration::from_millis(100);
+    loop {
+        match op().await {
+            Ok(()) => return Ok(()),
+            Err(error) if !shutdown.is_triggered() => {
+                tracing::warn!(%error, "{what} failed; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+            Err(error) => return Err(error),
+        }
+    }
+}
+
+/// Holds an encoded kept trace in the bucket of its due time.
+fn hold(held: &mut BTreeMap<u64, Bucket>, due_ns: u64, min_tag: u64, trace: Encoded) {
+    let bucket = held.entry(due_ns / BUCKET_NS).or_insert(Bucket {
+        traces: Vec::new(),
+        min_tag: u64::MAX,
+    });
+    bucket.min_tag = bucket.min_tag.min(min_tag);
+    bucket.traces.push(trace);
 }
 
 /// Moves every bucket whose due times are all at or before `clock` (so every
@@ -413,14 +423,6 @@ mod tests {
         }
     }
 
-    fn hold(held: &mut BTreeMap<u64, Bucket>, due_ns: u64, trace: Encoded) {
-        let bucket = held.entry(due_ns / BUCKET_NS).or_insert(Bucket {
-            traces: Vec::new(),
-            min_tag: u64::MAX,
-        });
-        bucket.traces.push(trace);
-    }
-
     fn names(messages: &[Message]) -> Vec<(String, Vec<String>)> {
         messages
             .iter()
@@ -434,9 +436,9 @@ mod tests {
     #[test]
     fn a_bucket_goes_out_once_every_trace_due_in_it_is_finished() {
         let mut held = BTreeMap::new();
-        hold(&mut held, 5 * BUCKET_NS + 10, encoded("a", 10));
-        hold(&mut held, 6 * BUCKET_NS - 1, encoded("b", 10));
-        hold(&mut held, 6 * BUCKET_NS, encoded("c", 10));
+        hold(&mut held, 5 * BUCKET_NS + 10, 0, encoded("a", 10));
+        hold(&mut held, 6 * BUCKET_NS - 1, 0, encoded("b", 10));
+        hold(&mut held, 6 * BUCKET_NS, 0, encoded("c", 10));
         let mut out = Vec::new();
         take_complete(&mut held, 6 * BUCKET_NS - 2, &mut out);
         assert!(
@@ -456,7 +458,7 @@ mod tests {
             let mut held = BTreeMap::new();
             for &i in order {
                 // 200 KiB each: three messages of at most 512 KiB.
-                hold(&mut held, 7 * BUCKET_NS, encoded(ids[i], 200 << 10));
+                hold(&mut held, 7 * BUCKET_NS, 0, encoded(ids[i], 200 << 10));
             }
             let mut out = Vec::new();
             take_complete(&mut held, u64::MAX, &mut out);
@@ -468,8 +470,8 @@ mod tests {
         assert_eq!(first[0].1, vec!["t1", "t2"]);
         // A different set of traces is a different message.
         let mut held = BTreeMap::new();
-        hold(&mut held, 7 * BUCKET_NS, encoded("t1", 200 << 10));
-        hold(&mut held, 7 * BUCKET_NS, encoded("t2x", 200 << 10));
+        hold(&mut held, 7 * BUCKET_NS, 0, encoded("t1", 200 << 10));
+        hold(&mut held, 7 * BUCKET_NS, 0, encoded("t2x", 200 << 10));
         let mut out = Vec::new();
         take_complete(&mut held, u64::MAX, &mut out);
         assert_ne!(names(&out)[0].0, first[0].0);
@@ -478,8 +480,8 @@ mod tests {
     #[test]
     fn a_trace_larger_than_a_message_goes_alone() {
         let mut held = BTreeMap::new();
-        hold(&mut held, 0, encoded("big", MESSAGE_BYTES * 2));
-        hold(&mut held, 0, encoded("small", 10));
+        hold(&mut held, 0, 0, encoded("big", MESSAGE_BYTES * 2));
+        hold(&mut held, 0, 0, encoded("small", 10));
         let mut out = Vec::new();
         take_complete(&mut held, BUCKET_NS, &mut out);
         let names = names(&out);
