@@ -261,6 +261,15 @@ fn port_of(e: &Option<espan::wire::Endpoint>) -> u32 {
     e.as_ref().map_or(0, |e| e.port)
 }
 
+/// A traced Python `http.server` named `service` on a free port, once the
+/// probe follows it: its port and its process.
+async fn traced_python_http_server(h: &Harness, service: &str) -> (u16, Proc) {
+    let port = free_port().unwrap();
+    let srv = python_http_server(port, &h.traced(service));
+    h.wait_traced(1).await;
+    (port, srv)
+}
+
 /// Python's own `http.server` (HTTP/1.0: it answers and closes), listening.
 fn python_http_server(port: u16, env: &[(String, String)]) -> Proc {
     let srv = Proc(
@@ -288,9 +297,7 @@ async fn curl_against_python_http_server() {
         return;
     }
     let mut h = Harness::start(|_| {}).await;
-    let port = free_port().unwrap();
-    let _srv = python_http_server(port, &h.traced("pyserver"));
-    h.wait_traced(1).await;
+    let (port, _srv) = traced_python_http_server(&h, "pyserver").await;
     let out = curl(
         &format!("http://127.0.0.1:{port}/missing?q=1"),
         &env_refs(&h.traced("curl")),
@@ -372,9 +379,7 @@ async fn a_read_that_also_takes_the_fin_keeps_its_sequence_number() {
     // http.server (HTTP/1.0) answers and closes; the client reads the answer and
     // the FIN in one read, which moves the kernel's copied_seq one past the bytes.
     let mut h = Harness::start(|_| {}).await;
-    let port = free_port().unwrap();
-    let _srv = python_http_server(port, &h.traced("fin-server"));
-    h.wait_traced(1).await;
+    let (port, _srv) = traced_python_http_server(&h, "fin-server").await;
     let mut client = closing(
         &["client", &port.to_string(), "/fin"],
         &env_refs(&h.traced("fin-client")),
