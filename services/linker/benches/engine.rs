@@ -5,14 +5,18 @@
 //! `taskset -c 1 cargo bench -p espan-linker --bench engine` (pinned to one core
 //! for a per-core rate). Env: `ENGINE_BENCH_SPANS` (default 2,000,000),
 //! `ENGINE_BENCH_WINDOW_S`, `ENGINE_BENCH_ONLY_THROUGHPUT`, `ENGINE_BENCH_ESPAN`
-//! (also time the engine with decoded `ESpan`s as payload).
+//! (also time the engine with decoded `ESpan`s as payload), `ENGINE_BENCH_BASELINE=0`
+//! (skip the one-span-at-a-time baseline).
 //!
 //! The input is encoded beforehand as ESPANS messages of 500 spans (the probes'
 //! work). Passes:
 //! 1. throughput, as the service runs the engine: per message, reading it
 //!    (`raw::read_span_batch`) is timed apart as decoding; the engine's time is
-//!    `ingest_with` of each span (its bytes as payload) and `advance` after each
-//!    message; dropping the finished traces is the caller's work, measured apart;
+//!    `ingest_batch` of its spans (their bytes as payload) and `advance` after
+//!    each message; dropping the finished traces is the caller's work, measured
+//!    apart. First the same with `ingest_with` of one span at a time, the
+//!    baseline the printed ratio is against (each message is stamped with its
+//!    last span's arrival, as the service stamps it with its receive time);
 //! 2. accuracy and steady-state memory: the same, keeping `(span, parent)`, and
 //!    a digest of the output that names it across builds of the engine;
 //! 3. memory per open span: spans ingested with no `advance`, so all stay open.
@@ -153,43 +157,37 @@ fn main() {
             inb as f64 / t.elapsed().as_secs_f64() / 1e6
         );
     }
-    let mut engine: Engine<RawSpan> = Engine::new(engine_config.clone());
-    let mut t = Times::default();
-    let mut now = 0;
-    for (b, (message, chunk)) in messages.iter().zip(synth.spans.chunks(BATCH)).enumerate() {
-        let c0 = thread_cpu_ns();
-        let read = raw::read_span_batch(&Bytes::copy_from_slice(message)).unwrap();
-        let c1 = thread_cpu_ns();
-        let hosts: Vec<_> = read.hosts.iter().map(|h| engine.host_id(h)).collect();
-        for (span, s) in read.spans.into_iter().zip(chunk) {
-            now = now.max(s.arrive_ns);
-            let host = hosts[span.host as usize];
-            engine.ingest_with(host, &span.facts, span.raw, b as u64, now);
-        }
-        let c2 = thread_cpu_ns();
-        let out = engine.advance(now);
-        engine.take_retired_tags();
-        let c3 = thread_cpu_ns();
-        t.traces += out.len();
-        drop(out);
-        let c4 = thread_cpu_ns();
-        t.add(c0, c1, c2, c3, c4);
+    // Each message is stamped with its last span's arrival, as the service
+    // stamps a message with its receive time.
+    let stamps: Vec<u64> = synth
+        .spans
+        .chunks(BATCH)
+        .map(|c| c.iter().map(|s| s.arrive_ns).max().unwrap_or(0))
+        .collect();
+    // The baseline, in this process: the same spans one `ingest_with` at a
+    // time, which cannot look ahead.
+    // `ENGINE_BENCH_BASELINE=0` skips it (for a profile of the service's way).
+    let base_rate = (std::env::var("ENGINE_BENCH_BASELINE").as_deref() != Ok("0")).then(|| {
+        throughput(&messages, &stamps, &engine_config, Feed::OneByOne)
+            .report(n, "bytes as received, one span at a time")
+    });
+    let t = throughput(&messages, &stamps, &engine_config, Feed::Batch);
+    let rate = t.report(
+        n,
+        "bytes as received, a message at a time (the service's way)",
+    );
+    if let Some(base_rate) = base_rate {
+        println!(
+            "  {:.2}x the one-span-at-a-time baseline above",
+            rate / base_rate
+        );
     }
-    let c0 = thread_cpu_ns();
-    let out = engine.advance(now + 100_000_000_000);
-    let c1 = thread_cpu_ns();
-    t.traces += out.len();
-    drop(out);
-    t.add(c0, c0, c0, c1, thread_cpu_ns());
-    t.report(n, "bytes as received (the service's payload)");
     println!(
         "decoding (reading each message, validating its spans, not counted above): {:.0} spans/s; \
          decoding and engine together: {:.0} spans/s per core",
         n as f64 / t.decode,
         n as f64 / (t.decode + t.ingest + t.advance)
     );
-    print_stats(&engine.stats());
-    drop(engine);
 
     // Pass 1b: the same with decoded `ESpan`s as payload (`Engine::ingest`),
     // each batch cloned just before it goes in (untimed, as a decode would make
@@ -202,8 +200,8 @@ fn main() {
             let c0 = thread_cpu_ns();
             let batch: Vec<ESpan> = chunk.iter().map(|s| s.span.clone()).collect();
             let c1 = thread_cpu_ns();
-            for (span, s) in batch.into_iter().zip(chunk) {
-                now = now.max(s.arrive_ns);
+            now = stamps[b];
+            for span in batch {
                 engine.ingest(span, b as u64, now);
             }
             let c2 = thread_cpu_ns();
@@ -239,14 +237,9 @@ fn main() {
     let mut digest = 0u64;
     let (mut peak_open, mut peak_bytes, mut peak_retained) = (0u64, 0isize, 0u64);
     let mut now = 0;
-    for (b, (message, chunk)) in messages.iter().zip(synth.spans.chunks(BATCH)).enumerate() {
-        let read = raw::read_span_batch(&Bytes::copy_from_slice(message)).unwrap();
-        let hosts: Vec<_> = read.hosts.iter().map(|h| engine.host_id(h)).collect();
-        for (span, s) in read.spans.into_iter().zip(chunk) {
-            now = now.max(s.arrive_ns);
-            let host = hosts[span.host as usize];
-            engine.ingest_with(host, &span.facts, span.raw, b as u64, now);
-        }
+    for (b, message) in messages.iter().enumerate() {
+        now = stamps[b];
+        ingest_message(&mut engine, message, b as u64, now, Feed::Batch);
         let before = live();
         let open = engine.stats().spans_in_window;
         if open > peak_open {
@@ -310,12 +303,7 @@ fn main() {
     let base = live();
     let mut engine: Engine<RawSpan> = Engine::new(engine_config.clone());
     for message in &messages[..k / BATCH] {
-        let read = raw::read_span_batch(&Bytes::copy_from_slice(message)).unwrap();
-        let hosts: Vec<_> = read.hosts.iter().map(|h| engine.host_id(h)).collect();
-        for span in read.spans {
-            let host = hosts[span.host as usize];
-            engine.ingest_with(host, &span.facts, span.raw, 0, 1);
-        }
+        ingest_message(&mut engine, message, 0, 1, Feed::Batch);
     }
     let bytes = live() - base;
     let held: usize = messages[..k / BATCH].iter().map(Bytes::len).sum();
@@ -341,6 +329,71 @@ fn main() {
         std::mem::size_of::<ESpan>()
     );
     drop(engine);
+}
+
+/// How a pass hands a message's spans to the engine.
+#[derive(Clone, Copy, PartialEq)]
+enum Feed {
+    /// `ingest_with` per span.
+    OneByOne,
+    /// `ingest_batch` per message.
+    Batch,
+}
+
+/// Reads one ESPANS message (copied, as the bus hands it over) and ingests its
+/// spans.
+fn ingest_message(engine: &mut Engine<RawSpan>, message: &Bytes, tag: u64, now: u64, feed: Feed) {
+    let read = raw::read_span_batch(&Bytes::copy_from_slice(message)).unwrap();
+    feed_spans(engine, read, tag, now, feed);
+}
+
+fn feed_spans(engine: &mut Engine<RawSpan>, read: raw::SpanBatch, tag: u64, now: u64, feed: Feed) {
+    let hosts: Vec<_> = read.hosts.iter().map(|h| engine.host_id(h)).collect();
+    let spans = read
+        .spans
+        .into_iter()
+        .map(|span| (hosts[span.host as usize], span.facts, span.raw));
+    match feed {
+        Feed::OneByOne => {
+            for (host, facts, raw) in spans {
+                engine.ingest_with(host, &facts, raw, tag, now);
+            }
+        }
+        Feed::Batch => engine.ingest_batch(spans, tag, now),
+    }
+}
+
+/// Pass 1: the engine's time on every message as the service runs it. The
+/// service's reading of a message is timed apart as decoding; the engine's time
+/// is ingesting the spans and `advance` after each message; dropping the
+/// finished traces is the caller's work, timed apart.
+fn throughput(messages: &[Bytes], stamps: &[u64], config: &EngineConfig, feed: Feed) -> Times {
+    let mut engine: Engine<RawSpan> = Engine::new(config.clone());
+    let mut t = Times::default();
+    for (b, message) in messages.iter().enumerate() {
+        let now = stamps[b];
+        let c0 = thread_cpu_ns();
+        let read = raw::read_span_batch(&Bytes::copy_from_slice(message)).unwrap();
+        let c1 = thread_cpu_ns();
+        feed_spans(&mut engine, read, b as u64, now, feed);
+        let c2 = thread_cpu_ns();
+        let out = engine.advance(now);
+        engine.take_retired_tags();
+        let c3 = thread_cpu_ns();
+        t.traces += out.len();
+        drop(out);
+        let c4 = thread_cpu_ns();
+        t.add(c0, c1, c2, c3, c4);
+    }
+    let last = stamps.last().copied().unwrap_or(0);
+    let c0 = thread_cpu_ns();
+    let out = engine.advance(last + 100_000_000_000);
+    let c1 = thread_cpu_ns();
+    t.traces += out.len();
+    drop(out);
+    t.add(c0, c0, c0, c1, thread_cpu_ns());
+    print_stats(&engine.stats());
+    t
 }
 
 /// CPU seconds of a throughput pass, by part (this thread's own time: on a
@@ -425,10 +478,16 @@ fn digest_of(f: &Finished<RawSpan>) -> u64 {
     h.finish()
 }
 
-/// This thread's time on a CPU so far (Linux `schedstat`), when readable.
+/// This thread's time on a CPU so far (`CLOCK_THREAD_CPUTIME_ID`: a cheap call,
+/// where reading `/proc/thread-self/schedstat` cost ~10 µs five times a message).
 fn thread_cpu_ns() -> Option<u64> {
-    let text = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
-    text.split_whitespace().next()?.parse().ok()
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec for the call's duration.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    (rc == 0).then(|| ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64)
 }
 
 /// Heap bytes of a span's strings and vectors (what its clone allocates; the

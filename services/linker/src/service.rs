@@ -81,15 +81,11 @@ struct Ingest {
 /// Feeds one message's spans to the engine.
 fn ingest(engine: &mut Engine<RawSpan>, batch: SpanBatch, tag: u64, now_ns: u64) {
     let hosts: Vec<_> = batch.hosts.iter().map(|h| engine.host_id(h)).collect();
-    for span in batch.spans {
-        engine.ingest_with(
-            hosts[span.host as usize],
-            &span.facts,
-            span.raw,
-            tag,
-            now_ns,
-        );
-    }
+    let spans = batch
+        .spans
+        .into_iter()
+        .map(|span| (hosts[span.host as usize], span.facts, span.raw));
+    engine.ingest_batch(spans, tag, now_ns);
 }
 
 /// Stores consumed messages before they are acked.

@@ -46,7 +46,8 @@ impl<P> Engine<P> {
 
     /// Puts span `n` in its call chain and returns its partner when the match is
     /// unambiguous. Withdraws edges that a second candidate makes ambiguous.
-    pub(super) fn match_call(&mut self, n: u32) -> Option<u32> {
+    /// `hash` is the call key's ([`call_key`]).
+    pub(super) fn match_call(&mut self, n: u32, hash: u64) -> Option<u32> {
         let node = &self.nodes[n as usize];
         let key = (node.req_seq, node.resp_seq);
         let kind = node.kind;
@@ -57,7 +58,7 @@ impl<P> Engine<P> {
         // One probe: the current head comes out, `n` goes in as the new head.
         let nodes = &self.nodes;
         let head = self.by_call.put(
-            call_key(key.0, key.1),
+            hash,
             |m| {
                 let m = &nodes[m as usize];
                 (m.req_seq, m.resp_seq) == key

@@ -4,8 +4,9 @@
 use std::cmp::Reverse;
 
 use super::groups::Attach;
+use super::prefetch::prefetch;
 use super::trace_id::{self, AppDecision, TraceId};
-use super::{Engine, Finished, FinishedTrace, Home, Kind, Linked, NONE, Record};
+use super::{AHEAD, Engine, Finished, FinishedTrace, Home, Kind, Linked, NONE, Record, hash};
 
 impl<P> Engine<P> {
     /// Finishes group `g`, due at `due_ns`. Retention counts from the due time,
@@ -201,24 +202,48 @@ impl<P> Engine<P> {
 
     /// Forgets finished traces older than `late_retention`.
     pub(super) fn expire(&mut self, now_ns: u64) {
+        let mut expiring = std::mem::take(&mut self.expiring);
         while let Some(&Reverse((finished_at, r))) = self.retained.peek() {
             if finished_at.saturating_add(self.retention_ns) > now_ns {
                 break;
             }
             self.retained.pop();
             let nodes = std::mem::take(&mut self.records[r as usize].nodes);
-            // These nodes were last touched a retention ago and are cold: reading
-            // them in one independent sweep lets the misses overlap, where
-            // `free_node` alone would take them one at a time.
-            let warm = nodes
-                .iter()
-                .fold(0u64, |acc, &n| acc ^ self.nodes[n as usize].span_id);
-            std::hint::black_box(warm);
-            for &n in &nodes {
-                self.free_node(n);
-            }
+            expiring.extend_from_slice(&nodes);
             self.give_list(nodes);
             self.free_records.push(r);
+        }
+        // These nodes and their index slots were last touched a retention ago
+        // and are cold: each is asked for well ahead (the node first, then, once
+        // it is in, the slots its keys hash to), so the misses overlap where
+        // `free_node` alone would take them one after the other.
+        for &n in expiring.iter().take(2 * AHEAD) {
+            prefetch(&self.nodes[n as usize]);
+        }
+        for &n in expiring.iter().take(AHEAD) {
+            self.prefetch_index_slots(n);
+        }
+        for (k, &n) in expiring.iter().enumerate() {
+            if let Some(&m) = expiring.get(k + 2 * AHEAD) {
+                prefetch(&self.nodes[m as usize]);
+            }
+            if let Some(&m) = expiring.get(k + AHEAD) {
+                self.prefetch_index_slots(m);
+            }
+            self.free_node(n);
+        }
+        expiring.clear();
+        self.expiring = expiring;
+    }
+
+    /// The index slots `free_node(n)` will visit.
+    fn prefetch_index_slots(&self, n: u32) {
+        let node = &self.nodes[n as usize];
+        self.by_span
+            .prefetch(hash::span_key(node.host, node.span_id));
+        if node.in_calls {
+            self.by_call
+                .prefetch(hash::call_key(node.req_seq, node.resp_seq));
         }
     }
 }

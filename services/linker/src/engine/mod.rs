@@ -41,6 +41,7 @@ mod finish;
 mod groups;
 pub(crate) mod hash;
 mod index;
+mod prefetch;
 pub mod trace_id;
 
 #[cfg(test)]
@@ -62,6 +63,7 @@ use due::DueQueue;
 use groups::Group;
 use hash::Map;
 use index::NodeIndex;
+use prefetch::prefetch;
 
 /// A host name as the engine numbers it ([`Engine::host_id`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -309,8 +311,43 @@ pub struct Engine<P = ESpan> {
     forgotten: Vec<(u64, u64)>,
     /// Whether to fill `forgotten` (only a caller that takes it does).
     track_forgotten: bool,
+    /// [`Engine::ingest_batch`]'s spans and their index hashes, kept for the
+    /// next batch (no allocation per batch).
+    batch: Vec<(u32, SpanFacts, P)>,
+    batch_keys: Vec<SpanKeys>,
+    /// `expire`'s nodes to forget, kept for the next call.
+    expiring: Vec<u32>,
     stats: EngineStats,
 }
+
+/// The hashes of a span's keys in the indexes, computed for a whole batch before
+/// any is probed, so that each can be prefetched ahead.
+#[derive(Clone, Copy)]
+struct SpanKeys {
+    span: u64,
+    call: u64,
+    /// Of its local parent's `(host, span_id)`; 0 when it names none.
+    parent: u64,
+}
+
+impl SpanKeys {
+    fn of(host: u32, facts: &SpanFacts) -> Self {
+        Self {
+            span: hash::span_key(host, facts.span_id),
+            call: hash::call_key(facts.req_seq, facts.resp_seq),
+            parent: if facts.local_parent_id == 0 {
+                0
+            } else {
+                hash::span_key(host, facts.local_parent_id)
+            },
+        }
+    }
+}
+
+/// How many spans ahead [`Engine::ingest_batch`] asks for index slots, and (half
+/// as far) for the nodes those slots name. Enough to cover a miss's latency with
+/// the work of the spans in between, few enough that the lines are still in L1.
+const AHEAD: usize = 16;
 
 impl Engine<ESpan> {
     /// Takes one span. `tag` is the caller's name for where it came from (the
@@ -318,7 +355,8 @@ impl Engine<ESpan> {
     pub fn ingest(&mut self, span: ESpan, tag: u64, now_ns: u64) -> Ingested {
         let facts = SpanFacts::of(&span);
         let host = self.intern_host(&span.host);
-        self.insert(host, &facts, span, tag, now_ns)
+        let keys = SpanKeys::of(host, &facts);
+        self.insert(host, &facts, span, tag, now_ns, keys)
     }
 }
 
@@ -360,6 +398,9 @@ impl<P> Engine<P> {
             retired: Vec::new(),
             forgotten: Vec::new(),
             track_forgotten: false,
+            batch: Vec::new(),
+            batch_keys: Vec::new(),
+            expiring: Vec::new(),
             stats: EngineStats::default(),
         }
     }
@@ -386,12 +427,78 @@ impl<P> Engine<P> {
         tag: u64,
         now_ns: u64,
     ) -> Ingested {
-        let host = if (host.0 as usize) < self.host_names.len() {
+        let host = self.known_host(host);
+        let keys = SpanKeys::of(host, facts);
+        self.insert(host, facts, payload, tag, now_ns, keys)
+    }
+
+    /// Takes the spans of one batch (all under `tag`, at `now_ns`), as
+    /// [`Engine::ingest_with`] of each in turn would, only faster: the index
+    /// slots and nodes each span will probe are asked for several spans ahead,
+    /// so their cache misses overlap. The outcome of each span is in the stats.
+    pub fn ingest_batch(
+        &mut self,
+        spans: impl IntoIterator<Item = (HostId, SpanFacts, P)>,
+        tag: u64,
+        now_ns: u64,
+    ) {
+        let mut batch = std::mem::take(&mut self.batch);
+        let mut keys = std::mem::take(&mut self.batch_keys);
+        for (host, facts, payload) in spans {
+            let host = self.known_host(host);
+            keys.push(SpanKeys::of(host, &facts));
+            batch.push((host, facts, payload));
+        }
+        for k in keys.iter().take(AHEAD) {
+            self.prefetch_slots(k);
+        }
+        for (i, (host, facts, payload)) in batch.drain(..).enumerate() {
+            if let Some(k) = keys.get(i + AHEAD) {
+                self.prefetch_slots(k);
+            }
+            if let Some(k) = keys.get(i + AHEAD / 2) {
+                self.prefetch_nodes(k, AHEAD / 2);
+            }
+            self.insert(host, &facts, payload, tag, now_ns, keys[i]);
+        }
+        keys.clear();
+        self.batch = batch;
+        self.batch_keys = keys;
+    }
+
+    /// Stage one of the lookahead: the index slots a span will probe.
+    fn prefetch_slots(&self, keys: &SpanKeys) {
+        self.by_span.prefetch(keys.span);
+        self.by_call.prefetch(keys.call);
+        if keys.parent != 0 {
+            self.by_span.prefetch(keys.parent);
+        }
+    }
+
+    /// Stage two, once the slots are in: the nodes they name (the span's call
+    /// partner and local parent, most likely) and the free node the span will
+    /// take, about `ahead` spans from now.
+    fn prefetch_nodes(&self, keys: &SpanKeys, ahead: usize) {
+        if let Some(n) = self.by_call.likely(keys.call) {
+            prefetch(&self.nodes[n as usize]);
+        }
+        if keys.parent != 0
+            && let Some(n) = self.by_span.likely(keys.parent)
+        {
+            prefetch(&self.nodes[n as usize]);
+        }
+        if let Some(&n) = self.free_nodes.iter().rev().nth(ahead) {
+            prefetch(&self.nodes[n as usize]);
+        }
+    }
+
+    /// `host` if this engine gave it out, else the unknown host.
+    fn known_host(&mut self, host: HostId) -> u32 {
+        if (host.0 as usize) < self.host_names.len() {
             host.0
         } else {
             self.intern_host("") // not from this engine: an unknown host
-        };
-        self.insert(host, facts, payload, tag, now_ns)
+        }
     }
 
     fn insert(
@@ -401,10 +508,11 @@ impl<P> Engine<P> {
         payload: P,
         tag: u64,
         now_ns: u64,
+        keys: SpanKeys,
     ) -> Ingested {
         self.stats.spans_in += 1;
         let span_id = facts.span_id;
-        let hash = hash::span_key(host, span_id);
+        let hash = keys.span;
         // One probe on the usual path: insert the index the node will take.
         let slot = self
             .free_nodes
@@ -439,13 +547,13 @@ impl<P> Engine<P> {
 
         match self.nodes[n as usize].kind {
             Kind::Client => {
-                self.find_local_parent(n);
-                if let Some(server) = self.match_call(n) {
+                self.find_local_parent(n, keys.parent);
+                if let Some(server) = self.match_call(n, keys.call) {
                     self.link_call(server, n);
                 }
             }
             Kind::Server => {
-                if let Some(client) = self.match_call(n) {
+                if let Some(client) = self.match_call(n, keys.call) {
                     self.link_call(n, client);
                 }
             }
@@ -703,22 +811,19 @@ impl<P> Engine<P> {
         self.free_nodes.push(n);
     }
 
-    /// The node of `(host, span_id)`, if known.
-    fn find_span(&self, host: u32, span_id: u64) -> Option<u32> {
-        self.by_span.get(hash::span_key(host, span_id), |m| {
-            let m = &self.nodes[m as usize];
-            m.span_id == span_id && m.host == host
-        })
-    }
-
     /// Links a waiting CLIENT span to its local parent, or queues it.
-    fn find_local_parent(&mut self, n: u32) {
+    /// `parent_hash` is the span key of its `local_parent_id`.
+    fn find_local_parent(&mut self, n: u32, parent_hash: u64) {
         let node = &self.nodes[n as usize];
         let (host, parent_id, pid) = (node.host, node.local_parent_id, node.pid);
         if parent_id == 0 {
             return;
         }
-        let Some(p) = self.find_span(host, parent_id) else {
+        let found = self.by_span.get(parent_hash, |m| {
+            let m = &self.nodes[m as usize];
+            m.span_id == parent_id && m.host == host
+        });
+        let Some(p) = found else {
             let head = self.awaited.entry((host, parent_id)).or_insert(NONE);
             let node = &mut self.nodes[n as usize];
             node.next_waiting = *head;
