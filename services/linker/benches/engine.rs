@@ -16,7 +16,10 @@
 //!    each message; dropping the finished traces is the caller's work, measured
 //!    apart. First the same with `ingest_with` of one span at a time, the
 //!    baseline the printed ratio is against (each message is stamped with its
-//!    last span's arrival, as the service stamps it with its receive time);
+//!    last span's arrival, as the service stamps it with its receive time).
+//!    The rate that counts is the steady one, once the window and the late
+//!    retention are full (as in a linker that has run for a while); the whole
+//!    run's is printed too, with the first touch of every page the window fills;
 //! 2. accuracy and steady-state memory: the same, keeping `(span, parent)`, and
 //!    a digest of the output that names it across builds of the engine;
 //! 3. memory per open span: spans ingested with no `advance`, so all stay open.
@@ -370,11 +373,18 @@ fn feed_spans(engine: &mut Engine<RawSpan>, read: raw::SpanBatch, tag: u64, now:
 fn throughput(messages: &[Bytes], stamps: &[u64], config: &EngineConfig, feed: Feed) -> Times {
     let mut engine: Engine<RawSpan> = Engine::new(config.clone());
     let mut t = Times::default();
+    // Steady state: the window and the late retention have filled (the engine
+    // holds as much as it ever will, its tables have stopped growing), as in a
+    // linker that has been running for a while.
+    let steady_from = stamps.first().copied().unwrap_or(0)
+        + (config.window + config.late_retention).as_nanos() as u64
+        + 5_000_000_000;
     for (b, message) in messages.iter().enumerate() {
         let now = stamps[b];
         let c0 = thread_cpu_ns();
         let read = raw::read_span_batch(&Bytes::copy_from_slice(message)).unwrap();
         let c1 = thread_cpu_ns();
+        let spans = read.spans.len();
         feed_spans(&mut engine, read, b as u64, now, feed);
         let c2 = thread_cpu_ns();
         let out = engine.advance(now);
@@ -384,6 +394,12 @@ fn throughput(messages: &[Bytes], stamps: &[u64], config: &EngineConfig, feed: F
         drop(out);
         let c4 = thread_cpu_ns();
         t.add(c0, c1, c2, c3, c4);
+        if now >= steady_from
+            && let (Some(c1), Some(c3)) = (c1, c3)
+        {
+            t.steady_spans += spans;
+            t.steady += (c3 - c1) as f64 / 1e9;
+        }
     }
     let last = stamps.last().copied().unwrap_or(0);
     let c0 = thread_cpu_ns();
@@ -405,6 +421,9 @@ struct Times {
     advance: f64,
     drop: f64,
     traces: usize,
+    /// Spans and engine seconds once the window is full (see `throughput`).
+    steady_spans: usize,
+    steady: f64,
 }
 
 impl Times {
@@ -427,24 +446,31 @@ impl Times {
     }
 
     /// Prints the engine's rate (ingest + advance) and returns it.
+    /// Prints the engine's rates (ingest + advance) and returns the steady one.
     fn report(&self, n: usize, payload: &str) -> f64 {
         let cpu = self.ingest + self.advance;
         let rate = n as f64 / cpu;
+        let steady = if self.steady_spans > 0 {
+            self.steady_spans as f64 / self.steady
+        } else {
+            rate // a pass that does not time its steady state apart
+        };
         println!(
-            "engine, payload = {payload}: {rate:.0} spans/s per core ({cpu:.2} s on CPU: ingest {:.2} s, \
-             advance {:.2} s; {} traces and late parts out); {:.0}x DataKit's {DATAKIT_PER_CORE} spans/s per core; \
-             target 1,000,000: {}",
-            self.ingest,
-            self.advance,
-            self.traces,
-            rate / DATAKIT_PER_CORE,
-            if rate >= 1e6 { "met" } else { "MISSED" }
+            "engine, payload = {payload}: {steady:.0} spans/s per core once the window is full \
+             ({:.0}x DataKit's {DATAKIT_PER_CORE} spans/s per core; target 1,000,000: {})",
+            steady / DATAKIT_PER_CORE,
+            if steady >= 1e6 { "met" } else { "MISSED" }
+        );
+        println!(
+            "  whole run, the window filling (memory touched for the first time) included: {rate:.0} \
+             spans/s ({cpu:.2} s on CPU: ingest {:.2} s, advance {:.2} s; {} traces and late parts out)",
+            self.ingest, self.advance, self.traces,
         );
         println!(
             "  dropping the finished traces (the caller's work, not counted): {:.2} s on CPU",
             self.drop
         );
-        rate
+        steady
     }
 }
 
