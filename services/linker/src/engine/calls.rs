@@ -16,7 +16,7 @@
 //! and a server that sent one carry different pairs and do not match.
 
 use super::hash::call_key;
-use super::{Engine, Home, Kind, NONE, SameHostTuple};
+use super::{BLOCKED, Engine, IN_CALLS, Kind, NONE, SameHostTuple};
 
 impl<P> Engine<P> {
     /// Whether client `c` and server `s` can be the two sides of one call.
@@ -50,7 +50,7 @@ impl<P> Engine<P> {
     pub(super) fn match_call(&mut self, n: u32, hash: u64) -> Option<u32> {
         let node = &self.nodes[n as usize];
         let key = (node.req_seq, node.resp_seq);
-        let kind = node.kind;
+        let kind = node.kind();
         if key == (0, 0) {
             self.stats.no_seq += 1;
             return None;
@@ -75,13 +75,13 @@ impl<P> Engine<P> {
                 if first == NONE {
                     first = at;
                 }
-                taken |= m.blocked || m.peer != NONE;
+                taken |= m.blocked() || m.peer != NONE;
             }
             at = next;
         }
         let node = &mut self.nodes[n as usize];
         node.next_same_key = head;
-        node.in_calls = true;
+        node.set_flag(IN_CALLS, true);
 
         if count == 0 {
             return None;
@@ -92,14 +92,14 @@ impl<P> Engine<P> {
             return Some(first);
         }
         // Ambiguous: nobody on this key that matches `n` keeps or takes an edge.
-        self.nodes[n as usize].blocked = true;
+        self.nodes[n as usize].set_flag(BLOCKED, true);
         let mut at = head;
         while at != NONE {
             let next = self.nodes[at as usize].next_same_key;
             if self.is_candidate(kind, n, at) {
                 self.stats.ambiguous += 1;
                 self.withdraw(at);
-                self.nodes[at as usize].blocked = true;
+                self.nodes[at as usize].set_flag(BLOCKED, true);
             }
             at = next;
         }
@@ -107,7 +107,7 @@ impl<P> Engine<P> {
     }
 
     fn is_candidate(&self, kind: Kind, n: u32, m: u32) -> bool {
-        match (kind, self.nodes[m as usize].kind) {
+        match (kind, self.nodes[m as usize].kind()) {
             (Kind::Client, Kind::Server) => self.compatible(n, m),
             (Kind::Server, Kind::Client) => self.compatible(m, n),
             _ => false,
@@ -121,15 +121,15 @@ impl<P> Engine<P> {
         if q == NONE {
             return;
         }
-        let finished = |n: u32| matches!(self.nodes[n as usize].home, Home::Finished(_));
+        let finished = |n: u32| self.nodes[n as usize].is_finished();
         if finished(m) && finished(q) {
             return;
         }
         self.stats.ambiguous += 1;
         self.nodes[m as usize].peer = NONE;
         self.nodes[q as usize].peer = NONE;
-        self.nodes[q as usize].blocked = true;
-        let server = if self.nodes[m as usize].kind == Kind::Server {
+        self.nodes[q as usize].set_flag(BLOCKED, true);
+        let server = if self.nodes[m as usize].kind() == Kind::Server {
             m
         } else {
             q
@@ -142,7 +142,7 @@ impl<P> Engine<P> {
         if self.link(server, client) {
             return;
         }
-        if matches!(self.nodes[server as usize].home, Home::Finished(_)) {
+        if self.nodes[server as usize].is_finished() {
             // The server went out as a root before its client came.
             self.stats.late_parent_missed += 1;
         } else {

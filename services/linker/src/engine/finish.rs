@@ -14,22 +14,19 @@ impl<P> Engine<P> {
     /// how often the caller advances.
     pub(super) fn finish(&mut self, g: u32, due_ns: u64) -> Finished<P> {
         let (mut members, attach) = self.release_group(g);
-        // The root first, then by start: a stable, readable order. The keys are
-        // read in one sweep of independent loads (the nodes were last touched a
-        // window ago), which also brings in each payload for the loop below.
+        // The nodes were last touched a window ago: ask for all of them (and
+        // their cold halves, for the loop below) before reading any, so the
+        // misses overlap. (`advance` has usually asked already.)
+        self.prefetch_members(&members);
+        // The root first, then by start: a stable, readable order.
         let mut keyed = std::mem::take(&mut self.sort_scratch);
         keyed.clear();
-        let mut warm = 0u64;
         for &m in &members {
             let n = &self.nodes[m as usize];
-            if let Some(Some(p)) = self.payloads.get(n.payload as usize) {
-                warm ^= std::ptr::from_ref(p) as u64;
-            }
             // A group is one tree: its one root (parent NONE) sorts first.
             let start = if n.parent == NONE { 0 } else { n.start_ns };
             keyed.push((start, n.span_id, n.host, m));
         }
-        std::hint::black_box(warm);
         // Ties on the start are rare: compare the rest only then.
         keyed.sort_unstable_by(|a, b| {
             a.0.cmp(&b.0)
@@ -58,27 +55,24 @@ impl<P> Engine<P> {
         for &m in &members {
             let parent_id = self.parent_id(m, attach.as_ref());
             let node = &mut self.nodes[m as usize];
-            node.home = Home::Finished(r);
-            let tag = self.tags[node.tag as usize].tag;
-            if tags.last() != Some(&tag) {
-                tags.push(tag);
-            }
+            node.set_home(Home::Finished(r));
             if parent_id != 0 {
-                match node.kind {
+                match node.kind() {
                     Kind::Server => self.stats.linked_cross_process += 1,
                     _ => self.stats.linked_local += 1,
                 }
             }
-            let app = std::mem::replace(&mut node.app, NONE);
-            let payload = std::mem::replace(&mut node.payload, NONE);
+            let cold = &mut self.cold[m as usize];
+            let tag = self.tags[cold.tag as usize].tag;
+            if tags.last() != Some(&tag) {
+                tags.push(tag);
+            }
+            let app = std::mem::replace(&mut cold.app, NONE);
             if app != NONE {
                 self.free_apps.push(app);
             }
-            if payload != NONE {
-                self.free_payloads.push(payload);
-                if let Some(span) = self.payloads[payload as usize].take() {
-                    spans.push(Linked { span, parent_id });
-                }
+            if let Some(span) = cold.payload.take() {
+                spans.push(Linked { span, parent_id });
             }
         }
         tags.sort_unstable();
@@ -142,7 +136,7 @@ impl<P> Engine<P> {
         let mut best: Option<((usize, u64, u64), TraceId)> = None;
         for &m in members {
             let node = &self.nodes[m as usize];
-            let Some(ctx) = self.apps.get(node.app as usize) else {
+            let Some(ctx) = self.apps.get(self.cold[m as usize].app as usize) else {
                 continue;
             };
             app.add(ctx.sampling);
@@ -219,6 +213,7 @@ impl<P> Engine<P> {
         // `free_node` alone would take them one after the other.
         for &n in expiring.iter().take(2 * AHEAD) {
             prefetch(&self.nodes[n as usize]);
+            prefetch(&self.cold[n as usize]);
         }
         for &n in expiring.iter().take(AHEAD) {
             self.prefetch_index_slots(n);
@@ -226,6 +221,7 @@ impl<P> Engine<P> {
         for (k, &n) in expiring.iter().enumerate() {
             if let Some(&m) = expiring.get(k + 2 * AHEAD) {
                 prefetch(&self.nodes[m as usize]);
+                prefetch(&self.cold[m as usize]);
             }
             if let Some(&m) = expiring.get(k + AHEAD) {
                 self.prefetch_index_slots(m);
@@ -236,12 +232,20 @@ impl<P> Engine<P> {
         self.expiring = expiring;
     }
 
+    /// Asks for the nodes of a group about to be finished, both halves.
+    pub(super) fn prefetch_members(&self, members: &[u32]) {
+        for &m in members {
+            prefetch(&self.nodes[m as usize]);
+            prefetch(&self.cold[m as usize]);
+        }
+    }
+
     /// The index slots `free_node(n)` will visit.
     fn prefetch_index_slots(&self, n: u32) {
         let node = &self.nodes[n as usize];
         self.by_span
             .prefetch(hash::span_key(node.host, node.span_id));
-        if node.in_calls {
+        if node.in_calls() {
             self.by_call
                 .prefetch(hash::call_key(node.req_seq, node.resp_seq));
         }

@@ -80,7 +80,7 @@ impl<P> Engine<P> {
             }
         };
         for &m in &members {
-            self.nodes[m as usize].home = Home::Open(g);
+            self.nodes[m as usize].set_home(Home::Open(g));
         }
         let group = &mut self.groups[g as usize];
         group.members = members;
@@ -119,13 +119,13 @@ impl<P> Engine<P> {
     /// when the edge would close a cycle, the child already hangs under a finished
     /// trace, or the child itself is finished.
     pub(super) fn link(&mut self, child: u32, parent: u32) -> bool {
-        let Home::Open(gc) = self.nodes[child as usize].home else {
+        let Home::Open(gc) = self.nodes[child as usize].home() else {
             return false;
         };
         if self.nodes[child as usize].parent != NONE || self.groups[gc as usize].attach.is_some() {
             return false;
         }
-        match self.nodes[parent as usize].home {
+        match self.nodes[parent as usize].home() {
             Home::Open(gp) => {
                 if gp == gc {
                     return false; // the parent is in the child's own tree
@@ -163,7 +163,7 @@ impl<P> Engine<P> {
         let attach = self.groups[gp as usize].attach;
         let (small_members, _) = self.release_group(small);
         for &m in &small_members {
-            self.nodes[m as usize].home = Home::Open(big);
+            self.nodes[m as usize].set_home(Home::Open(big));
         }
         let group = &mut self.groups[big as usize];
         group.members.extend_from_slice(&small_members);
@@ -178,10 +178,10 @@ impl<P> Engine<P> {
     /// the finished trace its group hangs under). The subtree under `s` becomes a
     /// group of its own.
     pub(super) fn cut_above(&mut self, s: u32) {
-        let Home::Open(g) = self.nodes[s as usize].home else {
+        let Home::Open(g) = self.nodes[s as usize].home() else {
             return;
         };
-        if self.nodes[s as usize].kind != Kind::Server {
+        if self.nodes[s as usize].kind() != Kind::Server {
             return;
         }
         if self.nodes[s as usize].parent == NONE {

@@ -204,39 +204,122 @@ enum Home {
     Finished(u32),
 }
 
-/// What the engine keeps per span. The payload goes out with the trace; the rest
-/// stays until `late_retention` has passed.
+/// [`Home`] packed in 32 bits: the top bit says finished.
+const FINISHED_BIT: u32 = 1 << 31;
+
+/// Linux's largest pid is below 2^22 (`PID_MAX_LIMIT`); the bits above hold
+/// the node's flags.
+const PID_BITS: u32 = 22;
+const PID_MASK: u32 = (1 << PID_BITS) - 1;
+const KIND_SHIFT: u32 = PID_BITS; // two bits
+const BLOCKED: u32 = 1 << (PID_BITS + 2);
+const IN_CALLS: u32 = 1 << (PID_BITS + 3);
+const WAITING: u32 = 1 << (PID_BITS + 4);
+
+/// What matching, linking and finishing read of a span, in one cache line: a
+/// probe of the window is one miss, not two or three. The rest is in [`Cold`].
+/// It stays until `late_retention` has passed.
+#[repr(align(64))]
 struct Node {
     span_id: u64,
-    local_parent_id: u64,
     start_ns: u64,
     end_ns: u64,
-    local_fp: u64,
-    remote_fp: u64,
+    /// The endpoints' fingerprints folded to 32 bits: compared only between
+    /// spans of one host whose 64 bits of sequence numbers and times agree.
+    local_fp: u32,
+    remote_fp: u32,
     req_seq: u32,
     resp_seq: u32,
     host: u32,
-    pid: u32,
-    /// Its batch's slot in `tags`.
-    tag: u32,
-    /// Index of the payload in `payloads` while open, NONE once sent.
-    payload: u32,
-    /// Index of the app context in `apps` while open, NONE when it had none.
-    app: u32,
+    /// The pid (low [`PID_BITS`]), the kind and the flags.
+    pid_flags: u32,
     /// Parent in the same open group (NONE for a root; an edge into a finished
     /// trace is the group's `attach`, never an index).
     parent: u32,
     /// The call partner this span was matched with.
     peer: u32,
-    /// Next span with the same call key / waiting for the same local parent.
+    /// Next span with the same call key.
     next_same_key: u32,
-    next_waiting: u32,
-    home: Home,
-    kind: Kind,
+    /// [`Home`], packed.
+    home: u32,
+}
+
+// One cache line, or the point of the split is lost.
+const _: () = assert!(std::mem::size_of::<Node>() == 64);
+
+impl Node {
+    fn home(&self) -> Home {
+        if self.home & FINISHED_BIT == 0 {
+            Home::Open(self.home)
+        } else {
+            Home::Finished(self.home & !FINISHED_BIT)
+        }
+    }
+
+    fn set_home(&mut self, home: Home) {
+        self.home = match home {
+            Home::Open(g) => g & !FINISHED_BIT,
+            Home::Finished(r) => r | FINISHED_BIT,
+        };
+    }
+
+    fn is_finished(&self) -> bool {
+        self.home & FINISHED_BIT != 0
+    }
+
+    fn pid(&self) -> u32 {
+        self.pid_flags & PID_MASK
+    }
+
+    fn kind(&self) -> Kind {
+        match (self.pid_flags >> KIND_SHIFT) & 3 {
+            0 => Kind::Client,
+            1 => Kind::Server,
+            _ => Kind::Other,
+        }
+    }
+
+    fn flag(&self, flag: u32) -> bool {
+        self.pid_flags & flag != 0
+    }
+
+    fn set_flag(&mut self, flag: u32, on: bool) {
+        if on {
+            self.pid_flags |= flag;
+        } else {
+            self.pid_flags &= !flag;
+        }
+    }
+
     /// More than one candidate matched: this span takes no call edge.
-    blocked: bool,
-    in_calls: bool,
-    waiting: bool,
+    fn blocked(&self) -> bool {
+        self.flag(BLOCKED)
+    }
+
+    /// It is in its call key's chain.
+    fn in_calls(&self) -> bool {
+        self.flag(IN_CALLS)
+    }
+
+    /// It waits in `awaited` for its local parent.
+    fn waiting(&self) -> bool {
+        self.flag(WAITING)
+    }
+}
+
+/// What only finishing, forgetting and waiting for a local parent read of a
+/// span: a line of its own, beside its [`Node`] (same index).
+#[repr(align(64))]
+struct Cold<P> {
+    /// The span as it came in, while open; None once sent.
+    payload: Option<P>,
+    local_parent_id: u64,
+    /// Its batch's slot in `tags`.
+    tag: u32,
+    /// Index of the app context in `apps` while open, NONE when it had none.
+    app: u32,
+    /// Next span waiting for the same local parent.
+    next_waiting: u32,
 }
 
 /// A finished trace's order, after its root: by start (span id and host break
@@ -266,10 +349,9 @@ pub struct Engine<P = ESpan> {
     skew_ns: u64,
     slack_ns: u64,
     nodes: Vec<Node>,
+    /// Beside each node (same index), the rest of its span.
+    cold: Vec<Cold<P>>,
     free_nodes: Vec<u32>,
-    /// Open spans' payloads, in slots reused without allocating.
-    payloads: Vec<Option<P>>,
-    free_payloads: Vec<u32>,
     /// Open spans' app contexts (most spans have none).
     apps: Vec<AppContext>,
     free_apps: Vec<u32>,
@@ -315,8 +397,10 @@ pub struct Engine<P = ESpan> {
     /// next batch (no allocation per batch).
     batch: Vec<(u32, SpanFacts, P)>,
     batch_keys: Vec<SpanKeys>,
-    /// `expire`'s nodes to forget, kept for the next call.
+    /// `expire`'s nodes to forget, and `advance`'s groups due, kept for the
+    /// next call.
     expiring: Vec<u32>,
+    ready: Vec<(u32, u32, u64)>,
     stats: EngineStats,
 }
 
@@ -372,8 +456,7 @@ impl<P> Engine<P> {
             config,
             nodes: Vec::new(),
             free_nodes: Vec::new(),
-            payloads: Vec::new(),
-            free_payloads: Vec::new(),
+            cold: Vec::new(),
             apps: Vec::new(),
             free_apps: Vec::new(),
             groups: Vec::new(),
@@ -401,6 +484,7 @@ impl<P> Engine<P> {
             batch: Vec::new(),
             batch_keys: Vec::new(),
             expiring: Vec::new(),
+            ready: Vec::new(),
             stats: EngineStats::default(),
         }
     }
@@ -489,6 +573,7 @@ impl<P> Engine<P> {
         }
         if let Some(&n) = self.free_nodes.iter().rev().nth(ahead) {
             prefetch(&self.nodes[n as usize]);
+            prefetch(&self.cold[n as usize]);
         }
     }
 
@@ -545,9 +630,9 @@ impl<P> Engine<P> {
         debug_assert_eq!(n, slot);
         self.new_group(n, now_ns);
 
-        match self.nodes[n as usize].kind {
+        match self.nodes[n as usize].kind() {
             Kind::Client => {
-                self.find_local_parent(n, keys.parent);
+                self.find_local_parent(n, facts.local_parent_id, keys.parent);
                 if let Some(server) = self.match_call(n, keys.call) {
                     self.link_call(server, n);
                 }
@@ -561,7 +646,7 @@ impl<P> Engine<P> {
         }
         self.adopt_waiting(n, waiting);
 
-        let Home::Open(g) = self.nodes[n as usize].home else {
+        let Home::Open(g) = self.nodes[n as usize].home() else {
             return Ingested::Open; // not reachable: a new span is open
         };
         let group = &mut self.groups[g as usize];
@@ -577,26 +662,48 @@ impl<P> Engine<P> {
     pub fn advance(&mut self, now_ns: u64) -> Vec<Finished<P>> {
         let mut out = Vec::new();
         let mut not_yet = Vec::new();
+        let mut ready = std::mem::take(&mut self.ready);
         while let Some(bucket) = self.due.take_due(now_ns) {
             for &(g, generation) in &bucket {
-                let group = &self.groups[g as usize];
-                if !group.live || group.generation != generation {
+                if !self.is_current(g, generation) {
                     continue; // merged away or finished since
                 }
-                let due = group.last_join.saturating_add(self.window_ns);
+                let due = self.groups[g as usize]
+                    .last_join
+                    .saturating_add(self.window_ns);
                 if due > now_ns {
                     not_yet.push((due, g, generation)); // joined since, or later in this bucket
                     continue;
                 }
-                out.push(self.finish(g, due));
+                ready.push((g, generation, due));
             }
             self.due.recycle(bucket);
+            for k in 0..ready.len() {
+                // The next group's nodes load while this one finishes.
+                if let Some(&(next, generation, _)) = ready.get(k + 1)
+                    && self.is_current(next, generation)
+                {
+                    self.prefetch_members(&self.groups[next as usize].members);
+                }
+                let (g, generation, due) = ready[k];
+                if self.is_current(g, generation) {
+                    out.push(self.finish(g, due)); // (not a repeat of one just finished)
+                }
+            }
+            ready.clear();
         }
+        self.ready = ready;
         for (due, g, generation) in not_yet {
             self.due.push(due, g, generation);
         }
         self.expire(now_ns);
         out
+    }
+
+    /// Whether a due-queue entry still names a live group.
+    fn is_current(&self, g: u32, generation: u32) -> bool {
+        let group = &self.groups[g as usize];
+        group.live && group.generation == generation
     }
 
     /// Counters and gauges.
@@ -667,20 +774,10 @@ impl<P> Engine<P> {
     }
 
     fn add_node(&mut self, facts: &SpanFacts, payload: P, host: u32, tag: u64) -> u32 {
-        let kind = match SpanKind::try_from(facts.kind) {
-            Ok(SpanKind::Client) => Kind::Client,
-            Ok(SpanKind::Server) => Kind::Server,
-            _ => Kind::Other,
-        };
-        let payload = match self.free_payloads.pop() {
-            Some(p) => {
-                self.payloads[p as usize] = Some(payload);
-                p
-            }
-            None => {
-                self.payloads.push(Some(payload));
-                (self.payloads.len() - 1) as u32
-            }
+        let kind: u32 = match SpanKind::try_from(facts.kind) {
+            Ok(SpanKind::Client) => 0,
+            Ok(SpanKind::Server) => 1,
+            _ => 2,
         };
         let app = match facts.app {
             None => NONE,
@@ -695,38 +792,40 @@ impl<P> Engine<P> {
                 }
             },
         };
+        let fold = |fp: u64| (fp ^ (fp >> 32)) as u32;
         let node = Node {
             span_id: facts.span_id,
-            local_parent_id: facts.local_parent_id,
             start_ns: facts.start_ns,
             end_ns: facts.end_ns,
-            local_fp: facts.local_fp,
-            remote_fp: facts.remote_fp,
+            local_fp: fold(facts.local_fp),
+            remote_fp: fold(facts.remote_fp),
             req_seq: facts.req_seq,
             resp_seq: facts.resp_seq,
             host,
-            pid: facts.pid,
-            tag: self.tag_slot(tag),
-            payload,
-            app,
+            // A pid beyond Linux's limit can only be a probe's bug: folded.
+            pid_flags: (facts.pid & PID_MASK) | (kind << KIND_SHIFT),
             parent: NONE,
             peer: NONE,
             next_same_key: NONE,
+            home: NONE & !FINISHED_BIT,
+        };
+        let cold = Cold {
+            payload: Some(payload),
+            local_parent_id: facts.local_parent_id,
+            tag: self.tag_slot(tag),
+            app,
             next_waiting: NONE,
-            home: Home::Open(NONE),
-            kind,
-            blocked: false,
-            in_calls: false,
-            waiting: false,
         };
         self.stats.spans_in_window += 1;
         match self.free_nodes.pop() {
             Some(n) => {
                 self.nodes[n as usize] = node;
+                self.cold[n as usize] = cold;
                 n
             }
             None => {
                 self.nodes.push(node);
+                self.cold.push(cold);
                 (self.nodes.len() - 1) as u32
             }
         }
@@ -781,9 +880,12 @@ impl<P> Engine<P> {
     /// Forgets a finished span: indexes, chains, partner, tag.
     fn free_node(&mut self, n: u32) {
         let node = &self.nodes[n as usize];
-        let (host, span_id, tag, peer) = (node.host, node.span_id, node.tag, node.peer);
-        let call_key = node.in_calls.then_some((node.req_seq, node.resp_seq));
-        let waiting_key = node.waiting.then_some((host, node.local_parent_id));
+        let (host, span_id, peer) = (node.host, node.span_id, node.peer);
+        let call_key = node.in_calls().then_some((node.req_seq, node.resp_seq));
+        let waiting = node.waiting();
+        let cold = &self.cold[n as usize];
+        let tag = cold.tag;
+        let waiting_key = waiting.then_some((host, cold.local_parent_id));
         self.by_span.replace(hash::span_key(host, span_id), n, NONE);
         if let Some(key) = call_key {
             self.unchain_call(key, n);
@@ -795,7 +897,7 @@ impl<P> Engine<P> {
             // Its partner can no longer be checked against a newcomer: take no other.
             let p = &mut self.nodes[peer as usize];
             p.peer = NONE;
-            p.blocked = true;
+            p.set_flag(BLOCKED, true);
         }
         if self.track_forgotten {
             // A rebuild from its batch must not bring it back.
@@ -803,8 +905,7 @@ impl<P> Engine<P> {
         }
         self.untag(tag);
         let node = &mut self.nodes[n as usize];
-        node.in_calls = false;
-        node.waiting = false;
+        node.set_flag(IN_CALLS | WAITING, false);
         node.peer = NONE;
         node.parent = NONE;
         self.stats.spans_retained = self.stats.spans_retained.saturating_sub(1);
@@ -813,9 +914,9 @@ impl<P> Engine<P> {
 
     /// Links a waiting CLIENT span to its local parent, or queues it.
     /// `parent_hash` is the span key of its `local_parent_id`.
-    fn find_local_parent(&mut self, n: u32, parent_hash: u64) {
+    fn find_local_parent(&mut self, n: u32, parent_id: u64, parent_hash: u64) {
         let node = &self.nodes[n as usize];
-        let (host, parent_id, pid) = (node.host, node.local_parent_id, node.pid);
+        let (host, pid) = (node.host, node.pid());
         if parent_id == 0 {
             return;
         }
@@ -825,14 +926,13 @@ impl<P> Engine<P> {
         });
         let Some(p) = found else {
             let head = self.awaited.entry((host, parent_id)).or_insert(NONE);
-            let node = &mut self.nodes[n as usize];
-            node.next_waiting = *head;
-            node.waiting = true;
+            self.cold[n as usize].next_waiting = *head;
+            self.nodes[n as usize].set_flag(WAITING, true);
             *head = n;
             return;
         };
         let parent = &self.nodes[p as usize];
-        if parent.kind != Kind::Server || parent.pid != pid || !self.link(n, p) {
+        if parent.kind() != Kind::Server || parent.pid() != pid || !self.link(n, p) {
             self.stats.rejected_local += 1;
         }
     }
@@ -842,17 +942,16 @@ impl<P> Engine<P> {
     fn adopt_waiting(&mut self, n: u32, head: u32) {
         let (pid, is_server) = {
             let node = &self.nodes[n as usize];
-            (node.pid, node.kind == Kind::Server)
+            (node.pid(), node.kind() == Kind::Server)
         };
         let mut w = head;
         while w != NONE {
+            let next = std::mem::replace(&mut self.cold[w as usize].next_waiting, NONE);
             let child = &mut self.nodes[w as usize];
-            let next = child.next_waiting;
-            child.next_waiting = NONE;
-            child.waiting = false;
-            if matches!(child.home, Home::Finished(_)) {
+            child.set_flag(WAITING, false);
+            if child.is_finished() {
                 self.stats.late_parent_missed += 1;
-            } else if !is_server || child.pid != pid || !self.link(w, n) {
+            } else if !is_server || child.pid() != pid || !self.link(w, n) {
                 self.stats.rejected_local += 1;
             }
             w = next;
@@ -863,7 +962,7 @@ impl<P> Engine<P> {
         let Some(head) = self.awaited.get_mut(&key) else {
             return;
         };
-        let next = self.nodes[n as usize].next_waiting;
+        let next = self.cold[n as usize].next_waiting;
         if *head == n {
             if next == NONE {
                 self.awaited.remove(&key);
@@ -874,9 +973,9 @@ impl<P> Engine<P> {
         }
         let mut at = *head;
         while at != NONE {
-            let after = self.nodes[at as usize].next_waiting;
+            let after = self.cold[at as usize].next_waiting;
             if after == n {
-                self.nodes[at as usize].next_waiting = next;
+                self.cold[at as usize].next_waiting = next;
                 return;
             }
             at = after;
