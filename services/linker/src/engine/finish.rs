@@ -14,10 +14,7 @@ impl<P> Engine<P> {
     /// how often the caller advances.
     pub(super) fn finish(&mut self, g: u32, due_ns: u64) -> Finished<P> {
         let (mut members, attach) = self.release_group(g);
-        // The nodes were last touched a window ago: ask for all of them (and
-        // their cold halves, for the loop below) before reading any, so the
-        // misses overlap. (`advance` has usually asked already.)
-        self.prefetch_members(&members);
+        // (`advance` asked for these nodes while it finished the group before.)
         // The root first, then by start: a stable, readable order.
         let mut keyed = std::mem::take(&mut self.sort_scratch);
         keyed.clear();
@@ -208,31 +205,29 @@ impl<P> Engine<P> {
             self.free_records.push(r);
         }
         // These nodes and their index slots were last touched a retention ago
-        // and are cold: each is asked for well ahead (the node first, then, once
-        // it is in, the slots its keys hash to), so the misses overlap where
-        // `free_node` alone would take them one after the other.
-        for &n in expiring.iter().take(2 * AHEAD) {
-            prefetch(&self.nodes[n as usize]);
-            prefetch(&self.cold[n as usize]);
-        }
-        for &n in expiring.iter().take(AHEAD) {
-            self.prefetch_index_slots(n);
-        }
-        for (k, &n) in expiring.iter().enumerate() {
-            if let Some(&m) = expiring.get(k + 2 * AHEAD) {
+        // and are cold. One pipeline: at step k the node k is asked for, then
+        // the slots of node k - AHEAD (whose node is in by now), and node
+        // k - 2 AHEAD is forgotten: the misses overlap where `free_node` alone
+        // would take them one after the other.
+        let behind = |k: usize, by: usize| k.checked_sub(by).and_then(|i| expiring.get(i));
+        for k in 0..expiring.len() + 2 * AHEAD {
+            if let Some(&m) = expiring.get(k) {
                 prefetch(&self.nodes[m as usize]);
                 prefetch(&self.cold[m as usize]);
             }
-            if let Some(&m) = expiring.get(k + AHEAD) {
+            if let Some(&m) = behind(k, AHEAD) {
                 self.prefetch_index_slots(m);
             }
-            self.free_node(n);
+            if let Some(&n) = behind(k, 2 * AHEAD) {
+                self.free_node(n);
+            }
         }
         expiring.clear();
         self.expiring = expiring;
     }
 
-    /// Asks for the nodes of a group about to be finished, both halves.
+    /// Asks for the nodes of a group about to be finished, both halves: they
+    /// were last touched a window ago.
     pub(super) fn prefetch_members(&self, members: &[u32]) {
         for &m in members {
             prefetch(&self.nodes[m as usize]);

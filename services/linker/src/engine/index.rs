@@ -58,22 +58,7 @@ impl NodeIndex {
     /// The first node whose stored hash bits are `hash`'s, key unchecked: what a
     /// lookup of `hash` will most likely read next, to prefetch it.
     pub(super) fn likely(&self, hash: u64) -> Option<u32> {
-        let hash = hash as u32;
-        if self.len == 0 {
-            return None;
-        }
-        let mask = self.mask();
-        let mut i = self.home(hash);
-        loop {
-            let slot = self.slots[i];
-            if slot == EMPTY {
-                return None;
-            }
-            if hash_of(slot) == hash {
-                return Some(node_of(slot));
-            }
-            i = (i + 1) & mask;
-        }
+        self.get(hash, |_| true)
     }
 
     /// Where the key is (`Ok`) or would go (`Err`).

@@ -198,12 +198,13 @@ pub struct EngineStats {
 
 const NONE: u32 = u32::MAX;
 
+/// Its number is what a [`Node`] keeps in two bits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
-    Client,
-    Server,
+    Client = 0,
+    Server = 1,
     /// Not valid on the wire; kept and emitted alone, never linked.
-    Other,
+    Other = 2,
 }
 
 /// Where a span is: in an open group, or finished in a record.
@@ -282,8 +283,8 @@ impl Node {
 
     fn kind(&self) -> Kind {
         match (self.pid_flags >> KIND_SHIFT) & 3 {
-            0 => Kind::Client,
-            1 => Kind::Server,
+            k if k == Kind::Client as u32 => Kind::Client,
+            k if k == Kind::Server as u32 => Kind::Server,
             _ => Kind::Other,
         }
     }
@@ -687,6 +688,9 @@ impl<P> Engine<P> {
                 ready.push((g, generation, due));
             }
             self.due.recycle(bucket);
+            if let Some(&(first, _, _)) = ready.first() {
+                self.prefetch_members(&self.groups[first as usize].members);
+            }
             for k in 0..ready.len() {
                 // The next group's nodes load while this one finishes.
                 if let Some(&(next, generation, _)) = ready.get(k + 1)
@@ -783,10 +787,10 @@ impl<P> Engine<P> {
     }
 
     fn add_node(&mut self, facts: &SpanFacts, payload: P, host: u32, tag: u64) -> u32 {
-        let kind: u32 = match SpanKind::try_from(facts.kind) {
-            Ok(SpanKind::Client) => 0,
-            Ok(SpanKind::Server) => 1,
-            _ => 2,
+        let kind = match SpanKind::try_from(facts.kind) {
+            Ok(SpanKind::Client) => Kind::Client,
+            Ok(SpanKind::Server) => Kind::Server,
+            _ => Kind::Other,
         };
         let app = match facts.app {
             None => NONE,
@@ -812,7 +816,7 @@ impl<P> Engine<P> {
             resp_seq: facts.resp_seq,
             host,
             // A pid beyond Linux's limit can only be a probe's bug: folded.
-            pid_flags: (facts.pid & PID_MASK) | (kind << KIND_SHIFT),
+            pid_flags: (facts.pid & PID_MASK) | ((kind as u32) << KIND_SHIFT),
             parent: NONE,
             peer: NONE,
             next_same_key: NONE,
