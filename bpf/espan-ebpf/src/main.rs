@@ -15,7 +15,8 @@
 use aya_ebpf::EbpfContext;
 use aya_ebpf::bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP};
 use aya_ebpf::helpers::generated::{
-    bpf_get_current_task_btf, bpf_probe_read_user as raw_read_user, bpf_task_pt_regs,
+    bpf_get_current_task_btf, bpf_probe_read_kernel as raw_read_kernel,
+    bpf_probe_read_user as raw_read_user, bpf_task_pt_regs,
 };
 use aya_ebpf::helpers::{
     bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_probe_read_user,
@@ -123,31 +124,35 @@ fn read_kernel<T: Copy>(addr: u64) -> Option<T> {
     unsafe { bpf_probe_read_kernel(addr as *const T) }.ok()
 }
 
-/// `struct iovec { void *iov_base; size_t iov_len; }` (user ABI): the first one.
-#[inline(always)]
-fn first_iovec(iov: u64) -> (u64, u64) {
-    // SAFETY: reading user memory through the helper, which checks the address.
-    match unsafe { bpf_probe_read_user(iov as *const [u64; 2]) } {
-        Ok(v) => (v[0], v[1]),
-        Err(_) => (0, 0),
-    }
+/// Most iovecs of one readv/writev/recvmsg/sendmsg whose bytes are captured.
+const MAX_IOVECS: u64 = 16;
+
+/// Where a syscall's bytes are in user memory.
+#[derive(Clone, Copy)]
+enum UserBytes {
+    /// Not a syscall whose buffer is known (sendfile, splice, io_uring, …).
+    Unknown,
+    /// One buffer: `(address, size)`.
+    Buffer(u64, u64),
+    /// An array of `count` iovecs (`struct iovec { void *iov_base; size_t
+    /// iov_len; }`, user ABI) at `address`: the bytes run through them in order.
+    Vector(u64, u64),
 }
 
-/// The user buffer of the syscall this transfer happens in, from the registers
-/// its entry saved: `(address, size)`, or `(0, 0)` when the syscall is not one
-/// whose buffer is known (sendfile, splice, io_uring, recvmmsg, …) or does not
-/// move bytes the way `direction` says.
+/// The bytes of the syscall this transfer happens in, from the registers its
+/// entry saved, or `Unknown` when the syscall is not one whose buffer is known
+/// or does not move bytes the way `direction` says.
 #[inline(always)]
-fn syscall_buffer(direction: u32) -> (u64, u64) {
+fn syscall_bytes(direction: u32) -> UserBytes {
     // SAFETY: helpers without preconditions; the result is only used as an
     // address for the reading helper.
     let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as u64;
     if regs == 0 {
-        return (0, 0);
+        return UserBytes::Unknown;
     }
     // dx, si, di, orig_ax: third, second, first argument, syscall number.
     let Some(r) = read_kernel::<[u64; 4]>(regs + global(&OFF_REGS_ARGS) as u64) else {
-        return (0, 0);
+        return UserBytes::Unknown;
     };
     let (nr, buf, size) = (r[3], r[1], r[0]);
     let nrs = global(&SYSCALL_NRS);
@@ -169,21 +174,71 @@ fn syscall_buffer(direction: u32) -> (u64, u64) {
     };
     // read/write, recvfrom/sendto: (fd, buf, len, …).
     if nr == nrs[plain] || nr == nrs[from_to] {
-        return (buf, size);
+        return UserBytes::Buffer(buf, size);
     }
-    // readv/writev: (fd, iov, iovcnt); only the first iovec is captured.
+    // readv/writev: (fd, iov, iovcnt).
     if nr == nrs[vec] {
-        return first_iovec(buf);
+        return UserBytes::Vector(buf, size);
     }
-    // recvmsg/sendmsg: (fd, msghdr, flags); `msg_iov` is at 16 in the user ABI.
+    // recvmsg/sendmsg: (fd, msghdr, flags); `msg_iov` and `msg_iovlen` are at 16
+    // and 24 in the user ABI.
     if nr == nrs[msg] {
-        // SAFETY: as in first_iovec.
-        return match unsafe { bpf_probe_read_user((buf + 16) as *const u64) } {
-            Ok(iov) => first_iovec(iov),
-            Err(_) => (0, 0),
+        // SAFETY: reading user memory through the helper, which checks the address.
+        return match unsafe { bpf_probe_read_user((buf + 16) as *const [u64; 2]) } {
+            Ok([iov, count]) => UserBytes::Vector(iov, count),
+            Err(_) => UserBytes::Unknown,
         };
     }
-    (0, 0)
+    UserBytes::Unknown
+}
+
+/// Per-CPU room where the first bytes of several iovecs are gathered (twice the
+/// largest capture, so that the verifier can see every copy stays inside).
+#[map]
+static GATHER: PerCpuArray<[u8; 2 * MAX_CAPTURE]> = PerCpuArray::with_max_entries(1, 0);
+
+/// Copies up to `want` (≤ MAX_CAPTURE) bytes from the `iovcnt` iovecs at `iov`
+/// into `dst`, in order; returns how many it copied (fewer when the iovecs hold
+/// fewer, or one could not be read).
+#[inline(always)]
+fn gather_iovecs(iov: u64, iovcnt: u64, want: u64, dst: *mut u8) -> u64 {
+    let mut off: u64 = 0;
+    let mut i: u64 = 0;
+    while i < MAX_IOVECS {
+        if i >= iovcnt || off >= want || off >= MAX_CAPTURE as u64 {
+            break;
+        }
+        // SAFETY: reading user memory through the helper, which checks the address.
+        let Ok([base, len]) = (unsafe { bpf_probe_read_user((iov + i * 16) as *const [u64; 2]) })
+        else {
+            break;
+        };
+        let mut n = want - off;
+        if n > len {
+            n = len;
+        }
+        if n > MAX_CAPTURE as u64 {
+            n = MAX_CAPTURE as u64;
+        }
+        if n > 0 {
+            // SAFETY: off < MAX_CAPTURE and n ≤ MAX_CAPTURE, so the copy stays
+            // inside the 2 × MAX_CAPTURE bytes at `dst`.
+            let rc = unsafe {
+                raw_read_user(
+                    dst.add(off as usize).cast::<core::ffi::c_void>(),
+                    n as u32,
+                    base as *const core::ffi::c_void,
+                )
+            };
+            if rc < 0 {
+                count(counter::COPY_FAILED);
+                break;
+            }
+        }
+        off += n;
+        i += 1;
+    }
+    off
 }
 
 // sock_{send,recv}_length(struct sock *sk, int ret, int flags); user space
@@ -277,50 +332,91 @@ fn try_sock_length(sk: u64, ret: i32, direction: u32) -> Result<(), i64> {
     }
 
     // Bytes to copy: what moved, what the buffer holds, what the config allows.
-    let (buf, buf_len) = syscall_buffer(direction);
-    if buf == 0 {
-        count(counter::NOT_CAPTURED);
-    }
     let mut n = len as u64;
-    if n > buf_len {
-        n = buf_len;
-    }
     let cap = global(&CAPTURE_BYTES) as u64;
     if n > cap {
         n = cap;
     }
+    let source = match syscall_bytes(direction) {
+        UserBytes::Unknown => {
+            count(counter::NOT_CAPTURED);
+            Source::User(0, 0)
+        }
+        UserBytes::Buffer(buf, size) => Source::User(buf, n.min(size)),
+        // One iovec is a buffer. Several (Node.js writes a response's head and
+        // body chunks as one writev) are gathered first, so the parser sees the
+        // bytes as they go on the wire, not just the first iovec's.
+        UserBytes::Vector(iov, 1) => match unsafe { bpf_probe_read_user(iov as *const [u64; 2]) } {
+            Ok([buf, size]) => Source::User(buf, n.min(size)),
+            Err(_) => Source::User(0, 0),
+        },
+        UserBytes::Vector(iov, iovcnt) => match GATHER.get_ptr_mut(0) {
+            Some(room) => {
+                let room = room.cast::<u8>();
+                Source::Kernel(room as u64, gather_iovecs(iov, iovcnt, n, room))
+            }
+            None => Source::User(0, 0),
+        },
+    };
     // The smallest reservation that holds them (see espan_common::CAPTURE_TIERS).
+    let n = source.len();
     if n <= 128 {
-        emit::<128>(&head, buf, n);
+        emit::<128>(&head, source);
     } else if n <= 512 {
-        emit::<512>(&head, buf, n);
+        emit::<512>(&head, source);
     } else if n <= 1024 {
-        emit::<1024>(&head, buf, n);
+        emit::<1024>(&head, source);
     } else if n <= 2048 {
-        emit::<2048>(&head, buf, n);
+        emit::<2048>(&head, source);
     } else {
-        emit::<MAX_CAPTURE>(&head, buf, n);
+        emit::<MAX_CAPTURE>(&head, source);
     }
     Ok(())
 }
 
+/// Where a record's payload is copied from: `(address, bytes)` in user memory, or
+/// in the per-CPU gather room.
+#[derive(Clone, Copy)]
+enum Source {
+    User(u64, u64),
+    Kernel(u64, u64),
+}
+
+impl Source {
+    #[inline(always)]
+    fn len(self) -> u64 {
+        match self {
+            Source::User(addr, n) if addr != 0 => n,
+            Source::User(..) => 0,
+            Source::Kernel(_, n) => n,
+        }
+    }
+}
+
 /// Reserves a record with `N` bytes of payload room, copies the header and up to
-/// `n` bytes from `buf`, submits it.
+/// `N` bytes of `source`, submits it.
 #[inline(always)]
-fn emit<const N: usize>(head: &DataEvent, buf: u64, n: u64) {
+fn emit<const N: usize>(head: &DataEvent, source: Source) {
     let Some(mut entry) = EVENTS.reserve::<Record<N>>(0) else {
         count(counter::RING_FULL);
         return;
     };
     let rec = entry.as_mut_ptr();
-    let mut n = if n > N as u64 { N as u64 } else { n };
+    let mut n = source.len();
+    if n > N as u64 {
+        n = N as u64;
+    }
     // SAFETY: `rec` points at a reserved Record<N>; the header is written whole,
     // the payload copy stays within its N bytes.
     unsafe {
         (*rec).head = *head;
         if n > 0 {
             let dst = core::ptr::addr_of_mut!((*rec).data).cast::<core::ffi::c_void>();
-            if raw_read_user(dst, n as u32, buf as *const core::ffi::c_void) < 0 {
+            let rc = match source {
+                Source::User(addr, _) => raw_read_user(dst, n as u32, addr as *const _),
+                Source::Kernel(addr, _) => raw_read_kernel(dst, n as u32, addr as *const _),
+            };
+            if rc < 0 {
                 count(counter::COPY_FAILED);
                 n = 0;
             }

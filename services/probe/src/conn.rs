@@ -52,6 +52,16 @@ impl Conn {
     pub fn feed(&mut self, dir: Direction, t: Transfer<'_>, out: &mut Vec<(Direction, Message)>) {
         self.last_ns = t.ts_ns;
         let mut done = Vec::new();
+        // A message left open without framing on the other side ended before
+        // this one starts.
+        let other = match dir {
+            Direction::Egress => &mut self.ingress,
+            Direction::Ingress => &mut self.egress,
+        };
+        if other.unframed() && crate::http1::looks_like_start(t.data) {
+            other.conclude(&mut done);
+            out.extend(done.drain(..).map(|m| (dir.opposite(), m)));
+        }
         match dir {
             Direction::Egress => self.egress.feed(t, &mut self.heads, &mut done),
             Direction::Ingress => self.ingress.feed(t, &mut self.heads, &mut done),
@@ -96,6 +106,19 @@ impl Conn {
         stream.next_seq().is_none_or(|next| next == seq)
     }
 
+    /// Ends messages left open without framing (see [`crate::http1`]) when the
+    /// connection has been quiet since before `quiet_since_ns`: true if any ended.
+    pub fn conclude_quiet(&mut self, quiet_since_ns: u64, out: &mut Vec<(Direction, Message)>) {
+        if self.last_ns >= quiet_since_ns {
+            return;
+        }
+        let mut done = Vec::new();
+        self.egress.conclude(&mut done);
+        out.extend(done.drain(..).map(|m| (Direction::Egress, m)));
+        self.ingress.conclude(&mut done);
+        out.extend(done.drain(..).map(|m| (Direction::Ingress, m)));
+    }
+
     /// Forgets which waiting requests were HEADs (their answers were lost).
     pub fn forget_heads(&mut self) {
         self.heads.clear();
@@ -108,6 +131,7 @@ impl Conn {
         p.malformed += q.malformed;
         p.truncated += q.truncated;
         p.gaps += q.gaps;
+        p.unframed += q.unframed;
         self.egress.problems = Default::default();
         self.ingress.problems = Default::default();
         p

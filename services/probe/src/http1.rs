@@ -9,6 +9,14 @@
 //! stream cannot be followed (malformed, a head cut off by the capture, a chunk
 //! size line not captured, a gap) the parser drops into `Lost` and picks the
 //! stream up again at the next transfer that starts like a message.
+//!
+//! A chunked body whose framing lies beyond the captured bytes (a large chunk
+//! followed by the next size line in the same transfer) is not lost: its message
+//! keeps its head and first byte's sequence number and stays open
+//! (`Body::Unframed`) until the stream shows where it ended: the next message
+//! starting a transfer in this direction, the other direction starting its next
+//! message ([`Stream::conclude`], HTTP/1.x is not pipelined in practice), or the
+//! connection's end.
 
 use espan::wire::{AppTrace, SamplingDecision, TraceFormat};
 
@@ -71,6 +79,9 @@ pub struct Problems {
     pub truncated: u64,
     /// A transfer did not start where the previous one ended (lost events).
     pub gaps: u64,
+    /// A chunked body's framing lay beyond the capture: its message ended where
+    /// the stream showed it (see the module doc).
+    pub unframed: u64,
 }
 
 #[derive(Debug)]
@@ -80,6 +91,9 @@ enum Body {
     Chunked(Chunk),
     /// A response without a length: ends when the connection closes.
     UntilClose,
+    /// Chunked, but the framing went beyond the captured bytes: ends where the
+    /// stream shows it (see the module doc).
+    Unframed,
 }
 
 #[derive(Debug)]
@@ -125,7 +139,7 @@ impl Default for Stream {
 /// follows then). Requests push, responses pop.
 pub type HeadQueue = std::collections::VecDeque<bool>;
 
-fn looks_like_start(data: &[u8]) -> bool {
+pub fn looks_like_start(data: &[u8]) -> bool {
     const STARTS: &[&[u8]] = &[
         b"HTTP/1.",
         b"GET ",
@@ -169,6 +183,19 @@ impl Stream {
         self.next_seq = Some(t.seq.wrapping_add(t.len));
         let len = t.len as usize;
         let mut pos = 0usize;
+        if matches!(self.state, State::Body(Body::Unframed)) {
+            if looks_like_start(data) {
+                // The open message ended with the previous transfer.
+                self.finish_unframed(out);
+            } else {
+                if let Some(m) = &mut self.current {
+                    m.bytes += u64::from(t.len);
+                    m.end_ns = t.ts_ns;
+                    m.last_tid = t.tid;
+                }
+                return;
+            }
+        }
         while pos < len {
             match &mut self.state {
                 State::Upgraded => return,
@@ -239,6 +266,7 @@ impl Stream {
                         self.finish(t, out);
                     }
                 }
+                State::Body(Body::Unframed) => return,
                 State::Body(Body::UntilClose) => {
                     if let Some(m) = &mut self.current {
                         m.bytes += (len - pos) as u64;
@@ -262,8 +290,16 @@ impl Stream {
                     }
                     Chunk::Size | Chunk::Trailer => {
                         if pos >= data.len() {
-                            self.problems.truncated += 1;
-                            self.lose();
+                            // The framing goes on beyond the capture: the
+                            // message stays open (see the module doc).
+                            self.problems.unframed += 1;
+                            if let Some(m) = &mut self.current {
+                                m.bytes += (len - pos) as u64;
+                                m.end_ns = t.ts_ns;
+                                m.last_tid = t.tid;
+                            }
+                            self.buf.clear();
+                            self.state = State::Body(Body::Unframed);
                             return;
                         }
                         // One line at a time.
@@ -394,6 +430,28 @@ impl Stream {
         self.state = State::Head;
     }
 
+    /// Ends an unframed message where the stream got to (its last transfer).
+    fn finish_unframed(&mut self, out: &mut Vec<Message>) {
+        if let Some(m) = self.current.take() {
+            out.push(m);
+        }
+        self.buf.clear();
+        self.state = State::Head;
+    }
+
+    /// True while a message whose end the stream has not shown is open.
+    pub fn unframed(&self) -> bool {
+        matches!(self.state, State::Body(Body::Unframed))
+    }
+
+    /// The other direction started its next message: a message left open
+    /// without framing ended before it (HTTP/1.x answers in turn).
+    pub fn conclude(&mut self, out: &mut Vec<Message>) {
+        if self.unframed() {
+            self.finish_unframed(out);
+        }
+    }
+
     fn lose(&mut self) {
         self.current = None;
         self.buf.clear();
@@ -410,7 +468,7 @@ impl Stream {
     /// leaves them readable) may still be read: completes a message that ends
     /// with the connection and keeps any other state.
     pub fn end(&mut self, out: &mut Vec<Message>) {
-        if let State::Body(Body::UntilClose) = self.state
+        if let State::Body(Body::UntilClose | Body::Unframed) = self.state
             && let Some(m) = self.current.take()
         {
             out.push(m);

@@ -111,6 +111,67 @@ fn chunked_response() {
     assert_eq!(m[1].seq, total as u32);
 }
 
+/// Node.js writes a chunked response as one writev: the head, then each
+/// chunk's size line, data and CRLF. Captured only in part, the framing of the
+/// later chunks is out of sight; the message stays open and ends where the
+/// stream shows it, with its own first byte's sequence number.
+#[test]
+fn chunked_body_beyond_the_capture_stays_open_until_the_stream_shows_its_end() {
+    let head = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n";
+    let body = [
+        b"b\r\nfirst part \r\nbb8\r\n".as_slice(),
+        &[b'x'; 3000],
+        b"\r\n0\r\n\r\n",
+    ]
+    .concat();
+    let first = [head.as_slice(), &body].concat();
+    let second = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+    let mut heads = HeadQueue::from([false, false]);
+    let mut stream = Stream::new();
+    // 200 bytes captured of the first transfer: the "bb8" chunk's data runs
+    // past the capture and the final "0" line with it.
+    let out = run(&mut stream, &mut heads, 5000, &[&first], 200);
+    assert!(out.is_empty(), "the end is not known yet");
+    assert!(stream.unframed());
+    assert_eq!(stream.problems.unframed, 1);
+    assert_eq!(stream.problems.truncated, 0);
+    // The next response starts a transfer: the first one ended before it.
+    let mut out = Vec::new();
+    let t = Transfer {
+        seq: 5000 + first.len() as u32,
+        len: second.len() as u32,
+        data: second,
+        ts_ns: 900,
+        tid: 7,
+    };
+    stream.feed(t, &mut heads, &mut out);
+    assert_eq!(out.len(), 2, "{out:#?}");
+    assert_eq!((out[0].seq, out[0].head.status), (5000, 200));
+    assert_eq!(out[0].bytes, first.len() as u64);
+    assert_eq!(out[0].end_ns, 100, "ended with its own last transfer");
+    assert_eq!(out[1].seq, 5000 + first.len() as u32);
+
+    // Or the connection's end shows it.
+    let mut stream = Stream::new();
+    let mut heads = HeadQueue::from([false]);
+    let out = run(&mut stream, &mut heads, 1, &[&first, &[b'y'; 10]], 200);
+    assert!(out.is_empty());
+    let mut out = Vec::new();
+    stream.end(&mut out);
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].bytes, first.len() as u64 + 10);
+    assert_eq!(out[0].end_ns, 101);
+
+    // Or the other direction starting its next message (Stream::conclude).
+    let mut stream = Stream::new();
+    let mut heads = HeadQueue::from([false]);
+    run(&mut stream, &mut heads, 1, &[&first], 200);
+    let mut out = Vec::new();
+    stream.conclude(&mut out);
+    assert_eq!(out.len(), 1);
+    assert!(!stream.unframed());
+}
+
 #[test]
 fn response_to_head_has_no_body_and_until_close_ends_at_close() {
     let mut heads: HeadQueue = [true, false].into();
