@@ -4,8 +4,12 @@
 //! is the SERVER side; written → CLIENT. Responses answer requests in order
 //! (HTTP/1.x pipelining keeps order). A thread that has read a server request
 //! and not yet answered it is "serving" that span; a client request written by
-//! that thread gets it as `local_parent_id`. When the thread serves several at
-//! once (event loops), the parent is ambiguous: it stays 0 and is counted.
+//! that thread gets it as `local_parent_id` (the thread rule). The rule is used
+//! only where it is sound ([`crate::runtime`]): never for Go, Node.js or a known
+//! event-loop server, and no longer for a process once one of its threads was
+//! seen serving two requests at once (an event loop the names did not reveal).
+//! Every client span left without a parent is counted with the reason
+//! ([`ParentUnset`]).
 //!
 //! A socket's CLOSE does not always come after the last bytes its process reads:
 //! on a reset the socket reaches CLOSE at once, and the bytes queued before it
@@ -15,17 +19,22 @@
 //! still complete its messages; then its unanswered requests become spans with
 //! an error.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 
 use espan::wire::{ESpan, Endpoint, Http, Protocol, SpanKind};
 
 use crate::conn::{Conn, Direction};
 use crate::http1::{Message, Transfer};
+use crate::runtime::Runtime;
 
 /// How long a connection closed with requests unanswered waits for bytes read
 /// after its CLOSE (ns).
 pub const LINGER_NS: u64 = 2_000_000_000;
+
+/// How long a connection stays quiet before a message left open without
+/// framing (see [`crate::http1`]) is taken as ended (ns).
+pub const UNFRAMED_QUIET_NS: u64 = 1_000_000_000;
 
 /// What the assembler counts.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -44,13 +53,63 @@ pub struct AssembleStats {
     pub evicted: u64,
     /// Transfers read from a socket after its CLOSE (queued before a reset).
     pub after_close: u64,
+    /// Chunked bodies whose framing lay beyond the capture (see [`crate::http1`]).
+    pub unframed: u64,
+    /// Client spans left without a parent, by [`ParentUnset`] reason.
+    pub parent_unset: [u64; ParentUnset::ALL.len()],
 }
 
-/// Names for a process's spans.
+/// Why a client span's `local_parent_id` is 0.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ParentUnset {
+    /// Its thread was serving no request (a root call, or a call handed to
+    /// another thread, such as a pool worker).
+    NotServing,
+    /// Its thread was serving several requests at once.
+    Ambiguous,
+    /// One of the process's threads was seen serving several requests at once
+    /// before: the thread rule is not sound for it.
+    Multiplexing,
+    /// The process runs on a runtime where a thread is not a request
+    /// ([`Runtime`]): Go, Node.js, a known event loop.
+    Runtime(Runtime),
+}
+
+impl ParentUnset {
+    /// Every reason, in the order of [`AssembleStats::parent_unset`].
+    pub const ALL: [ParentUnset; 6] = [
+        ParentUnset::NotServing,
+        ParentUnset::Ambiguous,
+        ParentUnset::Multiplexing,
+        ParentUnset::Runtime(Runtime::Go),
+        ParentUnset::Runtime(Runtime::NodeJs),
+        ParentUnset::Runtime(Runtime::EventLoop),
+    ];
+
+    /// Its metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            ParentUnset::NotServing => "not_serving",
+            ParentUnset::Ambiguous => "ambiguous",
+            ParentUnset::Multiplexing => "thread_multiplexes",
+            ParentUnset::Runtime(r) => r.label(),
+        }
+    }
+
+    fn index(self) -> usize {
+        ParentUnset::ALL
+            .iter()
+            .position(|r| *r == self)
+            .unwrap_or(0)
+    }
+}
+
+/// Names for a process's spans, and its runtime.
 #[derive(Debug, Clone, Default)]
 pub struct ProcInfo {
     pub comm: String,
     pub service: String,
+    pub runtime: Runtime,
 }
 
 /// One transfer on a connection, as decoded from a kernel record.
@@ -104,6 +163,8 @@ pub struct Assembler {
     conns: HashMap<u64, Entry>,
     /// tid → server spans it has read and not answered.
     serving: HashMap<u32, Vec<u64>>,
+    /// Processes one of whose threads served several requests at once.
+    multiplexing: HashSet<u32>,
     /// Added to CLOCK_MONOTONIC ns to get wall-clock ns.
     wall_offset: i128,
     host: String,
@@ -139,6 +200,7 @@ impl Assembler {
         Self {
             conns: HashMap::new(),
             serving: HashMap::new(),
+            multiplexing: HashSet::new(),
             wall_offset,
             host,
             stats: AssembleStats::default(),
@@ -221,6 +283,7 @@ impl Assembler {
         self.stats.malformed += p.malformed;
         self.stats.truncated += p.truncated;
         self.stats.gaps += p.gaps;
+        self.stats.unframed += p.unframed;
         for (dir, msg) in messages {
             self.on_message(d.sk, dir, msg, procs, out);
         }
@@ -261,13 +324,38 @@ impl Assembler {
             }
             let span_id = random_span_id();
             let mut parent = 0;
+            let pid = entry.conn.pid;
+            let runtime = entry.info.as_ref().map(|i| i.runtime).unwrap_or_default();
             match role {
-                Role::Server => self.serving.entry(msg.last_tid).or_default().push(span_id),
-                Role::Client => match self.serving.get(&msg.first_tid).map(Vec::as_slice) {
-                    Some([one]) => parent = *one,
-                    Some([]) | None => {}
-                    Some(_) => self.stats.ambiguous_parent += 1,
-                },
+                Role::Server => {
+                    let serving = self.serving.entry(msg.last_tid).or_default();
+                    if !serving.is_empty() {
+                        // Two requests at once on one thread: not thread-per-request.
+                        self.multiplexing.insert(pid);
+                    }
+                    serving.push(span_id);
+                }
+                Role::Client => {
+                    let unset = if !runtime.thread_rule() {
+                        Some(ParentUnset::Runtime(runtime))
+                    } else {
+                        match self.serving.get(&msg.first_tid).map(Vec::as_slice) {
+                            Some([one]) if !self.multiplexing.contains(&pid) => {
+                                parent = *one;
+                                None
+                            }
+                            Some([_]) => Some(ParentUnset::Multiplexing),
+                            Some([]) | None => Some(ParentUnset::NotServing),
+                            Some(_) => {
+                                self.stats.ambiguous_parent += 1;
+                                Some(ParentUnset::Ambiguous)
+                            }
+                        }
+                    };
+                    if let Some(reason) = unset {
+                        self.stats.parent_unset[reason.index()] += 1;
+                    }
+                }
             }
             entry.pending.push_back(Pending {
                 span_id,
@@ -418,6 +506,17 @@ impl Assembler {
         for sk in due {
             self.finish(sk, procs, out);
         }
+        // Messages left open without framing end once their connection is quiet.
+        let quiet_since = now_ns.saturating_sub(UNFRAMED_QUIET_NS);
+        let mut ended = Vec::new();
+        let mut messages = Vec::new();
+        for (&sk, e) in &mut self.conns {
+            e.conn.conclude_quiet(quiet_since, &mut messages);
+            ended.extend(messages.drain(..).map(|(dir, m)| (sk, dir, m)));
+        }
+        for (sk, dir, msg) in ended {
+            self.on_message(sk, dir, msg, procs, out);
+        }
     }
 
     /// The answers to the requests waiting on `sk` were lost (missed bytes, a
@@ -501,9 +600,11 @@ impl Assembler {
         }
     }
 
-    /// A thread or process ended: nothing it served can be a parent any more.
-    pub fn forget_thread(&mut self, tid: u32) {
-        self.serving.remove(&tid);
+    /// A process ended (`pid` is also its main thread's id): nothing its main
+    /// thread served can be a parent any more, and a new process may take its pid.
+    pub fn forget_process(&mut self, pid: u32) {
+        self.serving.remove(&pid);
+        self.multiplexing.remove(&pid);
     }
 }
 
@@ -517,6 +618,7 @@ mod tests {
         Some(ProcInfo {
             comm: format!("p{pid}"),
             service: format!("svc{pid}"),
+            runtime: Runtime::Threads,
         })
     }
 
@@ -619,6 +721,76 @@ mod tests {
             81,
         );
         assert_eq!(f.out[2].local_parent_id, 0);
+    }
+
+    #[test]
+    fn no_thread_rule_for_runtimes_where_a_thread_is_not_a_request() {
+        for runtime in [Runtime::Go, Runtime::NodeJs, Runtime::EventLoop] {
+            let mut f = Feed::new();
+            let info = ProcInfo {
+                comm: "x".into(),
+                service: "x".into(),
+                runtime,
+            };
+            let lookup = move |_: u32| Some(info.clone());
+            for (sk, dir, seq, bytes, local, remote) in [
+                (SK, Direction::Ingress, 100, REQ, 80, 5000),
+                (SK + 1, Direction::Egress, 7000, REQ, 6000, 81),
+                (SK + 1, Direction::Ingress, 9000, RESP, 6000, 81),
+                (SK, Direction::Egress, 300, RESP, 80, 5000),
+            ] {
+                let d = DataIn {
+                    pid: 1,
+                    sk,
+                    dir,
+                    other_seq: None,
+                    local: SocketAddr::from(([127, 0, 0, 1], local)),
+                    remote: SocketAddr::from(([127, 0, 0, 1], remote)),
+                    transfer: Transfer {
+                        seq,
+                        len: bytes.len() as u32,
+                        data: bytes,
+                        ts_ns: 10,
+                        tid: 11,
+                    },
+                };
+                f.a.on_data(d, &lookup, &mut f.out);
+            }
+            assert_eq!(f.out.len(), 2);
+            assert_eq!(f.out[0].local_parent_id, 0, "{runtime:?}");
+            let i = ParentUnset::Runtime(runtime).index();
+            assert_eq!(f.a.stats.parent_unset[i], 1, "{runtime:?}");
+        }
+    }
+
+    #[test]
+    fn a_thread_seen_serving_two_requests_ends_the_thread_rule_for_its_process() {
+        let mut f = Feed::new();
+        // Thread 11 reads two requests before answering either: an event loop.
+        f.data(1, 11, SK, Direction::Ingress, 100, REQ, 80, 5000);
+        f.data(1, 11, SK + 2, Direction::Ingress, 100, REQ, 80, 5001);
+        f.data(1, 11, SK, Direction::Egress, 300, RESP, 80, 5000);
+        // Now it serves one only, but a call it makes is not known to be that one's.
+        f.data(1, 11, SK + 1, Direction::Egress, 7000, REQ, 6000, 81);
+        f.data(1, 11, SK + 1, Direction::Ingress, 9000, RESP, 6000, 81);
+        let client = f
+            .out
+            .iter()
+            .find(|s| s.kind == SpanKind::Client as i32)
+            .unwrap();
+        assert_eq!(client.local_parent_id, 0);
+        assert_eq!(f.a.stats.parent_unset[ParentUnset::Multiplexing.index()], 1);
+        // Another process keeps the rule.
+        f.data(2, 21, SK + 10, Direction::Ingress, 100, REQ, 80, 5000);
+        f.data(2, 21, SK + 11, Direction::Egress, 7000, REQ, 6000, 81);
+        f.data(2, 21, SK + 11, Direction::Ingress, 9000, RESP, 6000, 81);
+        assert_ne!(f.out.last().unwrap().local_parent_id, 0);
+        // A new process that takes the pid starts afresh.
+        f.a.forget_process(1);
+        f.data(1, 12, SK + 20, Direction::Ingress, 100, REQ, 80, 5000);
+        f.data(1, 12, SK + 21, Direction::Egress, 7000, REQ, 6000, 81);
+        f.data(1, 12, SK + 21, Direction::Ingress, 9000, RESP, 6000, 81);
+        assert_ne!(f.out.last().unwrap().local_parent_id, 0);
     }
 
     #[test]

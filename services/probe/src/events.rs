@@ -23,6 +23,7 @@ use crate::http1::Transfer;
 use crate::loader::Loaded;
 use crate::metrics::Metrics;
 use crate::procs::{ProcFacts, Selection, all_pids, tgid_of};
+use crate::runtime;
 
 /// A decoded ring record.
 #[derive(Debug)]
@@ -219,7 +220,11 @@ impl Reader {
         let decision = if pid == self.self_pid {
             None
         } else {
-            ProcFacts::read(pid).and_then(|f| self.config.selection.decide(&f))
+            ProcFacts::read(pid).and_then(|f| {
+                let mut info = self.config.selection.decide(&f)?;
+                info.runtime = runtime::detect(pid, &f.comm, &f.exe);
+                Some(info)
+            })
         };
         match decision {
             Some(info) => self.trace(pid, info),
@@ -232,7 +237,7 @@ impl Reader {
             tracing::warn!(pid, "cannot add to the traced map: {e}");
             return;
         }
-        tracing::debug!(pid, service = %info.service, "tracing");
+        tracing::debug!(pid, service = %info.service, runtime = info.runtime.label(), "tracing");
         self.procs.insert(pid, info);
         self.metrics.traced_processes.set(self.procs.len() as i64);
     }
@@ -395,7 +400,7 @@ impl Reader {
             }
             Ok(Record::Exit { pid }) => {
                 self.metrics.proc_events.inc();
-                self.assembler.forget_thread(pid);
+                self.assembler.forget_process(pid);
                 self.untrace(pid);
             }
             Err(e) => {

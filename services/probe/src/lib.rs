@@ -8,7 +8,8 @@
 //!   traced-pid map current with [`procs`] (DataKit's selection options).
 //! - [`conn`] and [`http1`]: per-connection reassembly by TCP sequence number and
 //!   HTTP/1.x message boundaries.
-//! - [`assemble`]: request ↔ response pairs into eSpans, `local_parent_id`.
+//! - [`assemble`]: request ↔ response pairs into eSpans, `local_parent_id`
+//!   where the process's [`runtime`] makes the thread rule sound.
 //! - [`publish`]: batches, a bounded buffer, JetStream with msg ids.
 //! - [`settings`], [`metrics`]: options and counters.
 
@@ -21,6 +22,7 @@ pub mod loader;
 pub mod metrics;
 pub mod procs;
 pub mod publish;
+pub mod runtime;
 pub mod settings;
 
 use std::net::SocketAddr;

@@ -1,10 +1,18 @@
 //! The probe's counters, served on `/metrics`.
 
+use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
-use crate::assemble::AssembleStats;
+use crate::assemble::{AssembleStats, ParentUnset};
+
+/// The `reason` label of a counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: &'static str,
+}
 
 /// Every counter the probe keeps; cheap to clone (shared atomics).
 #[derive(Clone, Default)]
@@ -15,7 +23,7 @@ pub struct Metrics {
     /// Ring records that did not decode.
     pub bad_records: Counter,
     /// Transfers whose payload was captured in part only (longer than the
-    /// capture, beyond the first iovec, or outside the hooked syscalls).
+    /// capture, or outside the hooked syscalls).
     pub truncated_captures: Counter,
     /// Kernel side: records lost to a full ring, payload copies that failed.
     pub kernel_ring_full: Gauge,
@@ -28,6 +36,10 @@ pub struct Metrics {
     pub stream_gaps: Counter,
     pub spans: Counter,
     pub ambiguous_parent: Counter,
+    /// Client spans left without a parent, by reason (see `assemble::ParentUnset`).
+    pub parent_unset: Family<ReasonLabel, Counter>,
+    /// Chunked bodies whose framing lay beyond the capture.
+    pub http_unframed: Counter,
     pub unanswered: Counter,
     pub unmatched: Counter,
     pub conns_evicted: Counter,
@@ -71,7 +83,7 @@ impl Metrics {
         );
         reg!(
             truncated_captures,
-            "Transfers whose payload was captured in part only (capture size, first iovec only, or not at all)"
+            "Transfers whose payload was captured in part only (capture size, or not at all)"
         );
         reg!(
             kernel_ring_full,
@@ -105,6 +117,15 @@ impl Metrics {
         reg!(
             ambiguous_parent,
             "Client spans whose thread served several requests (local_parent_id left 0)"
+        );
+        r.register(
+            "parent_unset",
+            "Client spans left without a local parent, by reason: not_serving (the thread served no request), ambiguous (it served several), thread_multiplexes (the process was seen serving several requests on one thread), go / nodejs / event_loop (a runtime where a thread is not a request)",
+            self.parent_unset.clone(),
+        );
+        reg!(
+            http_unframed,
+            "Chunked bodies whose framing lay beyond the captured bytes (ended where the stream showed it)"
         );
         reg!(
             unanswered,
@@ -152,6 +173,17 @@ impl Metrics {
         self.spans.inc_by(d(before.spans, now.spans));
         self.ambiguous_parent
             .inc_by(d(before.ambiguous_parent, now.ambiguous_parent));
+        for (i, reason) in ParentUnset::ALL.iter().enumerate() {
+            let n = d(before.parent_unset[i], now.parent_unset[i]);
+            if n > 0 {
+                self.parent_unset
+                    .get_or_create(&ReasonLabel {
+                        reason: reason.label(),
+                    })
+                    .inc_by(n);
+            }
+        }
+        self.http_unframed.inc_by(d(before.unframed, now.unframed));
         self.unanswered.inc_by(d(before.unanswered, now.unanswered));
         self.unmatched.inc_by(d(before.unmatched, now.unmatched));
         self.conns_evicted.inc_by(d(before.evicted, now.evicted));

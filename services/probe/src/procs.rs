@@ -9,6 +9,7 @@
 use std::collections::HashMap;
 
 use crate::assemble::ProcInfo;
+use crate::runtime::Runtime;
 
 /// The selection options.
 #[derive(Debug, Clone, Default)]
@@ -94,6 +95,7 @@ impl Selection {
         Some(ProcInfo {
             comm: facts.comm.clone(),
             service,
+            runtime: Runtime::default(),
         })
     }
 }
