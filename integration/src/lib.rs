@@ -8,14 +8,18 @@
 //! - [`stack`]: espan's services on that network;
 //! - [`app`]: the traced app and its client;
 //! - [`truth`], [`observed`]: the app's spans and what espan exported;
-//! - [`accuracy`]: the two compared (precision, recall, exact traces).
+//! - [`accuracy`]: the two compared (precision, recall, exact traces);
+//! - [`chain`]: truth by construction for a caller → third-party middle tier →
+//!   backend chain (the runtime tests).
 //!
 //! The tests (`tests/`) need root, iproute2, iptables, redis-server and the
-//! apps' Python venv (`scripts/setup.sh` installs them); without root they say
-//! so and pass, since nothing can be observed.
+//! apps' Python venv (`scripts/setup.sh` installs them); they are `#[ignore]`d
+//! so that a run without root counts them as not run, and `scripts/test.sh`
+//! runs them with `--include-ignored` as root.
 
 pub mod accuracy;
 pub mod app;
+pub mod chain;
 pub mod netns;
 pub mod observed;
 pub mod process;
