@@ -1,0 +1,48 @@
+"""The load generator of the runtime tests: COUNT requests GET /m/<run>/<i> from
+CONCURRENCY threads, each on its own keep-alive connection. Exits non-zero if
+any request fails.
+
+    python3 caller.py HOST PORT RUN COUNT CONCURRENCY
+"""
+import http.client
+import sys
+import threading
+import time
+
+host, port, run = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+count, concurrency = int(sys.argv[4]), int(sys.argv[5])
+time.sleep(0.3)  # let the probe select this process before it talks
+next_i = iter(range(count))
+lock = threading.Lock()
+failures = []
+
+
+def worker():
+    conn = http.client.HTTPConnection(host, port, timeout=30)
+    while True:
+        with lock:
+            i = next(next_i, None)
+        if i is None:
+            break
+        try:
+            conn.request("GET", "/m/%s/%d" % (run, i))
+            r = conn.getresponse()
+            body = r.read()
+            if r.status != 200 or b"/b/%s/%d" % (run.encode(), i) not in body:
+                failures.append((i, r.status, body[:80]))
+        except Exception as e:  # noqa: BLE001 - reported below
+            failures.append((i, repr(e)))
+            conn.close()
+            conn = http.client.HTTPConnection(host, port, timeout=30)
+    conn.close()
+
+
+threads = [threading.Thread(target=worker) for _ in range(concurrency)]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
+if failures:
+    print("failures:", failures[:10], file=sys.stderr)
+    sys.exit(1)
+print("done", count)
