@@ -109,6 +109,23 @@ pub fn all_pids() -> Vec<u32> {
         .collect()
 }
 
+/// The child processes of `pid` now (from every thread's `children` list).
+pub fn children_of(pid: u32) -> Vec<u32> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    let mut children = Vec::new();
+    for task in tasks.flatten() {
+        if let Ok(list) = std::fs::read_to_string(task.path().join("children")) {
+            children.extend(
+                list.split_whitespace()
+                    .filter_map(|c| c.parse::<u32>().ok()),
+            );
+        }
+    }
+    children
+}
+
 /// The thread group of a task id (a forked child is its own group; a new
 /// thread is not).
 pub fn tgid_of(tid: u32) -> Option<u32> {
@@ -196,5 +213,18 @@ mod tests {
         assert_eq!(env["A"], "1");
         assert_eq!(env["B"], "x=y");
         assert_eq!(env.len(), 2);
+    }
+
+    #[test]
+    fn children_are_listed_once_forked() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("5")
+            .spawn()
+            .expect("sleep");
+        let listed = children_of(std::process::id());
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(listed.contains(&child.id()), "{listed:?}");
+        assert!(children_of(u32::MAX).is_empty());
     }
 }
