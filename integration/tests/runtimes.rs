@@ -1,5 +1,6 @@
 //! Third-party runtimes in the middle: nginx, a Go net/http service, a Node.js
-//! `http` service and a Python service that hands its calls to a thread pool,
+//! `http` service (also with an asynchronous gap before half its calls, the case
+//! where the turn rule must name no parent rather than a wrong one) and a Python service that hands its calls to a thread pool,
 //! each between a traced caller and a traced backend on other test hosts
 //! (`espan_integration::chain`). 500 requests from 16 keep-alive clients per case.
 //!
@@ -28,6 +29,8 @@ enum Middle {
     Nginx,
     Go,
     Node,
+    /// Node.js, where half the requests wait on a timer before their call.
+    NodeGap,
     PythonPool,
 }
 
@@ -35,9 +38,14 @@ enum Middle {
 /// not used where it is unsound, so some have none yet: the parent stays unset,
 /// and counted, rather than be wrong).
 const CASES: &[(Middle, &str, f64)] = &[
-    (Middle::Nginx, "nginx 1.22 reverse proxy", 0.0),
+    (Middle::Nginx, "nginx 1.22 reverse proxy", 0.99),
     (Middle::Go, "Go net/http + http.Client", 0.0),
-    (Middle::Node, "Node.js http + keep-alive Agent", 0.0),
+    (Middle::Node, "Node.js http + keep-alive Agent", 0.95),
+    (
+        Middle::NodeGap,
+        "Node.js, half the calls after a timer (async gap)",
+        0.0,
+    ),
     (
         Middle::PythonPool,
         "Python ThreadPoolExecutor hand-off",
@@ -92,11 +100,14 @@ fn start_middle(
                 .args(["-backend", &format!("http://{backend}")]);
             cmd
         }
-        Middle::Node => {
+        Middle::Node | Middle::NodeGap => {
             let mut cmd = b.command("node");
             cmd.arg(apps.join("middle.js"))
                 .args([b.addr.to_string(), MIDDLE_PORT.to_string()])
                 .args([backend.ip().to_string(), backend.port().to_string()]);
+            if let Middle::NodeGap = middle {
+                cmd.arg("gap");
+            }
             cmd
         }
         Middle::PythonPool => {

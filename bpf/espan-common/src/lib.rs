@@ -12,6 +12,8 @@ pub const EVENT_EXEC: u32 = 3;
 pub const EVENT_FORK: u32 = 4;
 /// A traced process exited ([`ProcEvent`]).
 pub const EVENT_EXIT: u32 = 5;
+/// A traced thread connected a TCP socket ([`ConnectEvent`]).
+pub const EVENT_CONNECT: u32 = 6;
 
 /// The process sent the bytes.
 pub const DIR_EGRESS: u32 = 0;
@@ -83,6 +85,21 @@ pub struct CloseEvent {
     pub ts_ns: u64,
 }
 
+/// A traced thread began a TCP connect (the socket entered SYN_SENT inside its
+/// `connect`): which request a new connection is for is the turn it was made in.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct ConnectEvent {
+    /// [`EVENT_CONNECT`].
+    pub kind: u32,
+    pub pid: u32,
+    pub tid: u32,
+    pub _pad: u32,
+    pub sk: u64,
+    /// `bpf_ktime_get_ns` (CLOCK_MONOTONIC) of the state change.
+    pub ts_ns: u64,
+}
+
 /// A process event: exec, fork or exit.
 #[repr(C)]
 #[derive(Clone, Copy)]
@@ -101,6 +118,7 @@ mod user {
     unsafe impl aya::Pod for super::DataEvent {}
     unsafe impl aya::Pod for super::CloseEvent {}
     unsafe impl aya::Pod for super::ProcEvent {}
+    unsafe impl aya::Pod for super::ConnectEvent {}
 }
 
 /// Tracepoint record layouts the programs read with constant offsets (the

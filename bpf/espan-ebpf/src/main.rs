@@ -25,8 +25,8 @@ use aya_ebpf::macros::{map, raw_tracepoint, tracepoint};
 use aya_ebpf::maps::{Array, PerCpuArray, RingBuf};
 use aya_ebpf::programs::{RawTracePointContext, TracePointContext};
 use espan_common::{
-    CloseEvent, DIR_EGRESS, DIR_INGRESS, DataEvent, EVENT_CLOSE, EVENT_DATA, EVENT_EXEC,
-    EVENT_EXIT, EVENT_FORK, MAX_CAPTURE, ProcEvent, TRACED_WORDS, counter, layout, syscall,
+    CloseEvent, ConnectEvent, DIR_EGRESS, DIR_INGRESS, DataEvent, EVENT_CLOSE, EVENT_CONNECT,
+    EVENT_DATA, EVENT_EXEC, EVENT_EXIT, EVENT_FORK, MAX_CAPTURE, ProcEvent, TRACED_WORDS, counter, layout, syscall,
 };
 
 // Set by user space from the kernel's BTF (never hard-coded) and from the config.
@@ -64,6 +64,7 @@ static WAKEUP_BYTES: u64 = 1 << 20;
 const AF_INET: u16 = 2;
 const AF_INET6: u16 = 10;
 const MSG_PEEK: i32 = 2;
+const TCP_SYN_SENT: i32 = 2;
 const TCP_CLOSE: i32 = 7;
 
 // A bit per pid: an array lookup is a bounds check and an address, where a hash
@@ -463,7 +464,16 @@ fn wakeup_flag() -> u64 {
 // inet_sock_set_state(const struct sock *sk, const int oldstate, const int newstate).
 #[raw_tracepoint(tracepoint = "inet_sock_set_state")]
 pub fn inet_sock_set_state(ctx: RawTracePointContext) -> i32 {
-    if ctx.arg::<u64>(2) as i32 != TCP_CLOSE {
+    let state = ctx.arg::<u64>(2) as i32;
+    if state == TCP_SYN_SENT {
+        // Inside connect(), on the connecting thread.
+        let sk: u64 = ctx.arg(0);
+        if traced() && is_tcp(sk) {
+            connect_event(sk);
+        }
+        return 0;
+    }
+    if state != TCP_CLOSE {
         return 0;
     }
     let sk: u64 = ctx.arg(0);
@@ -483,6 +493,25 @@ pub fn inet_sock_set_state(ctx: RawTracePointContext) -> i32 {
         count(counter::RING_FULL);
     }
     0
+}
+
+#[inline(always)]
+fn connect_event(sk: u64) {
+    let id = bpf_get_current_pid_tgid();
+    if let Some(mut entry) = EVENTS.reserve::<ConnectEvent>(0) {
+        entry.write(ConnectEvent {
+            kind: EVENT_CONNECT,
+            pid: (id >> 32) as u32,
+            tid: id as u32,
+            _pad: 0,
+            sk,
+            // SAFETY: no preconditions.
+            ts_ns: unsafe { bpf_ktime_get_ns() },
+        });
+        entry.submit(wakeup_flag());
+    } else {
+        count(counter::RING_FULL);
+    }
 }
 
 #[inline(always)]

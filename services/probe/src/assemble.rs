@@ -5,10 +5,11 @@
 //! (HTTP/1.x pipelining keeps order). A thread that has read a server request
 //! and not yet answered it is "serving" that span; a client request written by
 //! that thread gets it as `local_parent_id` (the thread rule). The rule is used
-//! only where it is sound ([`crate::runtime`]): never for Go, Node.js or a known
-//! event-loop server, and no longer for a process once one of its threads was
-//! seen serving two requests at once (an event loop the names did not reveal).
-//! Every client span left without a parent is counted with the reason
+//! only where it is sound ([`crate::runtime`]): for thread-per-request servers,
+//! until one of the process's threads is seen serving two requests at once.
+//! Event loops (Node.js, nginx, a process seen multiplexing) go by the turn rule
+//! ([`crate::turns`]); Go processes by neither. Every client span left without a
+//! parent is counted with the reason
 //! ([`ParentUnset`]).
 //!
 //! A socket's CLOSE does not always come after the last bytes its process reads:
@@ -27,6 +28,7 @@ use espan::wire::{ESpan, Endpoint, Http, Protocol, SpanKind};
 use crate::conn::{Conn, Direction};
 use crate::http1::{Message, Transfer};
 use crate::runtime::Runtime;
+use crate::turns::Turns;
 
 /// How long a connection closed with requests unanswered waits for bytes read
 /// after its CLOSE (ns).
@@ -62,37 +64,30 @@ pub struct AssembleStats {
 /// Why a client span's `local_parent_id` is 0.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ParentUnset {
-    /// Its thread was serving no request (a root call, or a call handed to
-    /// another thread, such as a pool worker).
+    /// Thread rule: its thread was serving no request (a root call, or a call
+    /// handed to another thread, such as a pool worker).
     NotServing,
-    /// Its thread was serving several requests at once.
-    Ambiguous,
-    /// One of the process's threads was seen serving several requests at once
-    /// before: the thread rule is not sound for it.
-    Multiplexing,
-    /// The process runs on a runtime where a thread is not a request
-    /// ([`Runtime`]): Go, Node.js, a known event loop.
-    Runtime(Runtime),
+    /// Turn rule ([`crate::turns`]): it was not written right after the event
+    /// that woke the one request runnable on its thread.
+    NoSoleTurn,
+    /// A Go process: neither rule is sound for goroutines.
+    Go,
 }
 
 impl ParentUnset {
     /// Every reason, in the order of [`AssembleStats::parent_unset`].
-    pub const ALL: [ParentUnset; 6] = [
+    pub const ALL: [ParentUnset; 3] = [
         ParentUnset::NotServing,
-        ParentUnset::Ambiguous,
-        ParentUnset::Multiplexing,
-        ParentUnset::Runtime(Runtime::Go),
-        ParentUnset::Runtime(Runtime::NodeJs),
-        ParentUnset::Runtime(Runtime::EventLoop),
+        ParentUnset::NoSoleTurn,
+        ParentUnset::Go,
     ];
 
     /// Its metric label.
     pub fn label(self) -> &'static str {
         match self {
             ParentUnset::NotServing => "not_serving",
-            ParentUnset::Ambiguous => "ambiguous",
-            ParentUnset::Multiplexing => "thread_multiplexes",
-            ParentUnset::Runtime(r) => r.label(),
+            ParentUnset::NoSoleTurn => "no_sole_turn",
+            ParentUnset::Go => "go",
         }
     }
 
@@ -156,7 +151,14 @@ struct Entry {
     info: Option<ProcInfo>,
     /// When the socket reached CLOSE (monotonic ns) with requests unanswered.
     closed_ns: Option<u64>,
+    /// The last egress transfers' first sequence numbers, each with the request
+    /// whose turn it was written in (see [`crate::turns`]), if one alone.
+    egress_turns: VecDeque<(u32, Option<u64>)>,
 }
+
+/// Egress transfers per connection whose turn is remembered until their
+/// message completes.
+const EGRESS_TURNS: usize = 4;
 
 /// Turns transfers into eSpans.
 pub struct Assembler {
@@ -165,6 +167,11 @@ pub struct Assembler {
     serving: HashMap<u32, Vec<u64>>,
     /// Processes one of whose threads served several requests at once.
     multiplexing: HashSet<u32>,
+    /// The turn rule's state.
+    turns: Turns,
+    /// What the messages completed by the transfer being fed woke: a request
+    /// (its server span) or something else (None).
+    woke: Vec<Option<u64>>,
     /// Added to CLOCK_MONOTONIC ns to get wall-clock ns.
     wall_offset: i128,
     host: String,
@@ -201,6 +208,8 @@ impl Assembler {
             conns: HashMap::new(),
             serving: HashMap::new(),
             multiplexing: HashSet::new(),
+            turns: Turns::default(),
+            woke: Vec::new(),
             wall_offset,
             host,
             stats: AssembleStats::default(),
@@ -228,6 +237,16 @@ impl Assembler {
         procs: &dyn Fn(u32) -> Option<ProcInfo>,
         out: &mut Vec<ESpan>,
     ) {
+        // Whose turn the thread is in, before this transfer ends it.
+        let (tid, now_ns) = (d.transfer.tid, d.transfer.ts_ns);
+        let turn = match d.dir {
+            Direction::Egress => {
+                let served = self.serving.get(&tid).map_or(&[][..], Vec::as_slice);
+                self.turns.sole_woken(tid, served, now_ns)
+            }
+            Direction::Ingress => None,
+        };
+        self.turns.set_last(tid, None);
         let (mut reused, mut late) = (false, false);
         if let Some(e) = self.conns.get(&d.sk) {
             // A socket that reached CLOSE has given its local port back (the
@@ -257,6 +276,7 @@ impl Assembler {
             pending: VecDeque::new(),
             info: procs(d.pid),
             closed_ns: None,
+            egress_turns: VecDeque::new(),
         });
         // Answers missed (bytes of them never seen, so how many is unknown) leave
         // the requests waiting without theirs: a later answer must not be paired
@@ -277,6 +297,14 @@ impl Assembler {
         let Some(entry) = self.conns.get_mut(&d.sk) else {
             return;
         };
+        if d.dir == Direction::Egress {
+            // Remember whose turn this write is in, should a request start here.
+            if entry.egress_turns.len() == EGRESS_TURNS {
+                entry.egress_turns.pop_front();
+            }
+            entry.egress_turns.push_back((d.transfer.seq, turn));
+        }
+        self.woke.clear();
         let mut messages = Vec::new();
         entry.conn.feed(d.dir, d.transfer, &mut messages);
         let p = entry.conn.take_problems();
@@ -287,6 +315,13 @@ impl Assembler {
         for (dir, msg) in messages {
             self.on_message(d.sk, dir, msg, procs, out);
         }
+        // This transfer is now the thread's last event: it woke one request, or
+        // did something else.
+        let woke = match self.woke.as_slice() {
+            [Some(request)] => Some(*request),
+            _ => None,
+        };
+        self.turns.set_last(tid, woke);
         if answer_dir == Some(d.dir) && p.malformed + p.truncated + p.gaps > 0 {
             // The answer being read is lost (a head beyond the capture, garbage).
             self.abandon(d.sk, procs, out);
@@ -334,27 +369,49 @@ impl Assembler {
                         self.multiplexing.insert(pid);
                     }
                     serving.push(span_id);
+                    self.woke.push(Some(span_id));
                 }
                 Role::Client => {
-                    let unset = if !runtime.thread_rule() {
-                        Some(ParentUnset::Runtime(runtime))
-                    } else {
-                        match self.serving.get(&msg.first_tid).map(Vec::as_slice) {
-                            Some([one]) if !self.multiplexing.contains(&pid) => {
-                                parent = *one;
+                    let served = self
+                        .serving
+                        .get(&msg.first_tid)
+                        .map_or(&[][..], Vec::as_slice);
+                    let unset = if runtime == Runtime::Go {
+                        Some(ParentUnset::Go)
+                    } else if runtime.thread_rule() && !self.multiplexing.contains(&pid) {
+                        // The thread rule (at most one request per thread here).
+                        match served.first() {
+                            Some(&one) => {
+                                parent = one;
                                 None
                             }
-                            Some([_]) => Some(ParentUnset::Multiplexing),
-                            Some([]) | None => Some(ParentUnset::NotServing),
-                            Some(_) => {
-                                self.stats.ambiguous_parent += 1;
-                                Some(ParentUnset::Ambiguous)
+                            None => Some(ParentUnset::NotServing),
+                        }
+                    } else {
+                        // The turn rule, by the turn the request's first byte
+                        // was written in.
+                        let turn = entry
+                            .egress_turns
+                            .iter()
+                            .find(|&&(seq, _)| seq == msg.seq)
+                            .and_then(|&(_, turn)| turn);
+                        match self.turns.client_call(span_id, sk, turn, msg.start_ns) {
+                            Some(p) => {
+                                parent = p;
+                                None
+                            }
+                            None => {
+                                if served.len() > 1 {
+                                    self.stats.ambiguous_parent += 1;
+                                }
+                                Some(ParentUnset::NoSoleTurn)
                             }
                         }
                     };
                     if let Some(reason) = unset {
                         self.stats.parent_unset[reason.index()] += 1;
                     }
+                    self.woke.push(None);
                 }
             }
             entry.pending.push_back(Pending {
@@ -377,6 +434,11 @@ impl Assembler {
             return;
         };
         let role = entry.role.unwrap_or(Role::Client);
+        if role == Role::Client {
+            // The answer to a call wakes the request it was made for.
+            let woken = self.turns.call_ended(req.span_id);
+            self.woke.push(woken);
+        }
         let (pid, local, remote) = (entry.conn.pid, entry.conn.local, entry.conn.remote);
         let info = procs(pid)
             .or_else(|| entry.info.clone())
@@ -397,12 +459,18 @@ impl Assembler {
         resp: Option<&Message>,
         info: ProcInfo,
     ) -> ESpan {
-        if role == Role::Server
-            && let Some(list) = self.serving.get_mut(&req.msg.last_tid)
-        {
-            list.retain(|&id| id != req.span_id);
-            if list.is_empty() {
-                self.serving.remove(&req.msg.last_tid);
+        match role {
+            Role::Server => {
+                self.turns.served(req.span_id);
+                if let Some(list) = self.serving.get_mut(&req.msg.last_tid) {
+                    list.retain(|&id| id != req.span_id);
+                    if list.is_empty() {
+                        self.serving.remove(&req.msg.last_tid);
+                    }
+                }
+            }
+            Role::Client => {
+                self.turns.call_ended(req.span_id);
             }
         }
         let (bytes_req, bytes_resp) = (req.msg.bytes, resp.map_or(0, |r| r.bytes));
@@ -463,6 +531,7 @@ impl Assembler {
         procs: &dyn Fn(u32) -> Option<ProcInfo>,
         out: &mut Vec<ESpan>,
     ) {
+        self.turns.forget_socket(sk);
         let Some(entry) = self.conns.get_mut(&sk) else {
             return;
         };
@@ -494,6 +563,7 @@ impl Assembler {
         procs: &dyn Fn(u32) -> Option<ProcInfo>,
         out: &mut Vec<ESpan>,
     ) {
+        self.turns.expire(now_ns);
         let due: Vec<u64> = self
             .conns
             .iter()
@@ -589,6 +659,8 @@ impl Assembler {
                 self.stats.evicted += 1;
                 self.stats.unanswered += e.pending.len() as u64;
                 for p in e.pending {
+                    self.turns.served(p.span_id);
+                    self.turns.call_ended(p.span_id);
                     if let Some(list) = self.serving.get_mut(&p.msg.last_tid) {
                         list.retain(|&id| id != p.span_id);
                         if list.is_empty() {
@@ -605,6 +677,13 @@ impl Assembler {
     pub fn forget_process(&mut self, pid: u32) {
         self.serving.remove(&pid);
         self.multiplexing.remove(&pid);
+        self.turns.forget_thread(pid);
+    }
+
+    /// Thread `tid` began connecting socket `sk` at `ts_ns` (monotonic).
+    pub fn connect(&mut self, tid: u32, sk: u64, ts_ns: u64) {
+        let served = self.serving.get(&tid).map_or(&[][..], Vec::as_slice);
+        self.turns.connect(tid, sk, served, ts_ns);
     }
 }
 
@@ -628,6 +707,8 @@ mod tests {
         ts: u64,
         /// `other_seq` of the next transfer fed.
         other: Option<u32>,
+        /// The runtime every process runs on.
+        runtime: Runtime,
     }
 
     impl Feed {
@@ -637,7 +718,32 @@ mod tests {
                 out: Vec::new(),
                 ts: 10,
                 other: None,
+                runtime: Runtime::Threads,
             }
+        }
+        fn on(runtime: Runtime) -> Self {
+            Self {
+                runtime,
+                ..Self::new()
+            }
+        }
+        fn connect(&mut self, tid: u32, sk: u64) {
+            self.ts += 10;
+            self.a.connect(tid, sk, self.ts);
+        }
+        /// The client span whose request went out on `sk` with `seq`.
+        fn client(&self, sk: u64, seq: u32) -> &ESpan {
+            self.out
+                .iter()
+                .find(|s| s.conn_id == sk && s.req_seq == seq && s.kind == SpanKind::Client as i32)
+                .expect("the client span")
+        }
+        /// The server span read on `sk`.
+        fn server(&self, sk: u64) -> &ESpan {
+            self.out
+                .iter()
+                .find(|s| s.conn_id == sk && s.kind == SpanKind::Server as i32)
+                .expect("the server span")
         }
         #[allow(clippy::too_many_arguments)]
         fn data(
@@ -667,7 +773,9 @@ mod tests {
                     tid,
                 },
             };
-            self.a.on_data(d, &procs, &mut self.out);
+            let runtime = self.runtime;
+            let lookup = move |pid: u32| procs(pid).map(|info| ProcInfo { runtime, ..info });
+            self.a.on_data(d, &lookup, &mut self.out);
         }
     }
 
@@ -724,43 +832,74 @@ mod tests {
     }
 
     #[test]
-    fn no_thread_rule_for_runtimes_where_a_thread_is_not_a_request() {
+    fn go_gets_no_parent_and_event_loops_go_by_their_turn() {
         for runtime in [Runtime::Go, Runtime::NodeJs, Runtime::EventLoop] {
-            let mut f = Feed::new();
-            let info = ProcInfo {
-                comm: "x".into(),
-                service: "x".into(),
-                runtime,
-            };
-            let lookup = move |_: u32| Some(info.clone());
-            for (sk, dir, seq, bytes, local, remote) in [
-                (SK, Direction::Ingress, 100, REQ, 80, 5000),
-                (SK + 1, Direction::Egress, 7000, REQ, 6000, 81),
-                (SK + 1, Direction::Ingress, 9000, RESP, 6000, 81),
-                (SK, Direction::Egress, 300, RESP, 80, 5000),
-            ] {
-                let d = DataIn {
-                    pid: 1,
-                    sk,
-                    dir,
-                    other_seq: None,
-                    local: SocketAddr::from(([127, 0, 0, 1], local)),
-                    remote: SocketAddr::from(([127, 0, 0, 1], remote)),
-                    transfer: Transfer {
-                        seq,
-                        len: bytes.len() as u32,
-                        data: bytes,
-                        ts_ns: 10,
-                        tid: 11,
-                    },
-                };
-                f.a.on_data(d, &lookup, &mut f.out);
+            let mut f = Feed::on(runtime);
+            f.data(1, 11, SK, Direction::Ingress, 100, REQ, 80, 5000);
+            f.data(1, 11, SK + 1, Direction::Egress, 7000, REQ, 6000, 81);
+            f.data(1, 11, SK + 1, Direction::Ingress, 9000, RESP, 6000, 81);
+            f.data(1, 11, SK, Direction::Egress, 300, RESP, 80, 5000);
+            let (client, server) = (f.client(SK + 1, 7000), f.server(SK));
+            if runtime == Runtime::Go {
+                assert_eq!(client.local_parent_id, 0);
+                assert_eq!(f.a.stats.parent_unset[ParentUnset::Go.index()], 1);
+            } else {
+                assert_eq!(client.local_parent_id, server.span_id, "{runtime:?}");
             }
-            assert_eq!(f.out.len(), 2);
-            assert_eq!(f.out[0].local_parent_id, 0, "{runtime:?}");
-            let i = ParentUnset::Runtime(runtime).index();
-            assert_eq!(f.a.stats.parent_unset[i], 1, "{runtime:?}");
         }
+    }
+
+    #[test]
+    fn an_event_loop_call_is_the_child_of_the_request_whose_turn_wrote_it() {
+        let mut f = Feed::on(Runtime::NodeJs);
+        // A is read and calls out at once; so does B, while A waits.
+        f.data(1, 11, SK, Direction::Ingress, 100, REQ, 80, 5000);
+        f.data(1, 11, SK + 10, Direction::Egress, 7000, REQ, 6000, 81);
+        f.data(1, 11, SK + 1, Direction::Ingress, 100, REQ, 80, 5001);
+        f.data(1, 11, SK + 11, Direction::Egress, 8000, REQ, 6001, 81);
+        // A's answer wakes A, which answers; B's wakes B, which calls again.
+        f.data(1, 11, SK + 10, Direction::Ingress, 9000, RESP, 6000, 81);
+        f.data(1, 11, SK, Direction::Egress, 300, RESP, 80, 5000);
+        f.data(1, 11, SK + 11, Direction::Ingress, 9500, RESP, 6001, 81);
+        f.data(1, 11, SK + 10, Direction::Egress, 7019, REQ, 6000, 81);
+        f.data(1, 11, SK + 10, Direction::Ingress, 9038, RESP, 6000, 81);
+        f.data(1, 11, SK + 1, Direction::Egress, 300, RESP, 80, 5001);
+        let (a, b) = (f.server(SK).span_id, f.server(SK + 1).span_id);
+        assert_eq!(f.client(SK + 10, 7000).local_parent_id, a);
+        assert_eq!(f.client(SK + 11, 8000).local_parent_id, b);
+        assert_eq!(f.client(SK + 10, 7019).local_parent_id, b);
+        // D is read and makes no call (it could resume on a timer); E's turn
+        // is then not E's alone, and its call gets no parent.
+        f.data(1, 11, SK + 3, Direction::Ingress, 100, REQ, 80, 5003);
+        f.data(1, 11, SK + 4, Direction::Ingress, 100, REQ, 80, 5004);
+        f.data(1, 11, SK + 11, Direction::Egress, 8019, REQ, 6001, 81);
+        f.data(1, 11, SK + 11, Direction::Ingress, 9538, RESP, 6001, 81);
+        assert_eq!(f.client(SK + 11, 8019).local_parent_id, 0);
+        assert_eq!(f.a.stats.parent_unset[ParentUnset::NoSoleTurn.index()], 1);
+        // A call written after anything else on the thread gets none either.
+        f.data(1, 11, SK + 3, Direction::Egress, 300, RESP, 80, 5003);
+        f.data(1, 11, SK + 10, Direction::Egress, 7038, REQ, 6000, 81);
+        f.data(1, 11, SK + 10, Direction::Ingress, 9057, RESP, 6000, 81);
+        assert_eq!(f.client(SK + 10, 7038).local_parent_id, 0);
+    }
+
+    #[test]
+    fn a_connection_opened_in_a_requests_turn_carries_its_first_call() {
+        let mut f = Feed::on(Runtime::EventLoop);
+        // A is read and connects upstream; B is read and calls on an open one;
+        // then A's connection is ready and A's request goes out on it.
+        f.data(1, 11, SK, Direction::Ingress, 100, REQ, 80, 5000);
+        f.connect(11, SK + 20);
+        f.data(1, 11, SK + 1, Direction::Ingress, 100, REQ, 80, 5001);
+        f.data(1, 11, SK + 11, Direction::Egress, 8000, REQ, 6001, 81);
+        f.data(1, 11, SK + 20, Direction::Egress, 5000, REQ, 6002, 81);
+        f.data(1, 11, SK + 20, Direction::Ingress, 6000, RESP, 6002, 81);
+        f.data(1, 11, SK + 11, Direction::Ingress, 9000, RESP, 6001, 81);
+        f.data(1, 11, SK, Direction::Egress, 300, RESP, 80, 5000);
+        f.data(1, 11, SK + 1, Direction::Egress, 300, RESP, 80, 5001);
+        let (a, b) = (f.server(SK).span_id, f.server(SK + 1).span_id);
+        assert_eq!(f.client(SK + 20, 5000).local_parent_id, a);
+        assert_eq!(f.client(SK + 11, 8000).local_parent_id, b);
     }
 
     #[test]
@@ -779,7 +918,7 @@ mod tests {
             .find(|s| s.kind == SpanKind::Client as i32)
             .unwrap();
         assert_eq!(client.local_parent_id, 0);
-        assert_eq!(f.a.stats.parent_unset[ParentUnset::Multiplexing.index()], 1);
+        assert_eq!(f.a.stats.parent_unset[ParentUnset::NoSoleTurn.index()], 1);
         // Another process keeps the rule.
         f.data(2, 21, SK + 10, Direction::Ingress, 100, REQ, 80, 5000);
         f.data(2, 21, SK + 11, Direction::Egress, 7000, REQ, 6000, 81);

@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use espan::wire::ESpan;
 use espan_common::{
-    CloseEvent, DATA_HEADER_LEN, DIR_EGRESS, DIR_INGRESS, DataEvent, EVENT_CLOSE, EVENT_DATA,
-    EVENT_EXEC, EVENT_EXIT, EVENT_FORK, ProcEvent, counter,
+    CloseEvent, ConnectEvent, DATA_HEADER_LEN, DIR_EGRESS, DIR_INGRESS, DataEvent, EVENT_CLOSE,
+    EVENT_CONNECT, EVENT_DATA, EVENT_EXEC, EVENT_EXIT, EVENT_FORK, ProcEvent, counter,
 };
 use tokio::sync::mpsc;
 
@@ -22,7 +22,7 @@ use crate::conn::Direction;
 use crate::http1::Transfer;
 use crate::loader::Loaded;
 use crate::metrics::Metrics;
-use crate::procs::{ProcFacts, Selection, all_pids, tgid_of};
+use crate::procs::{ProcFacts, Selection, all_pids, children_of, tgid_of};
 use crate::runtime;
 
 /// A decoded ring record.
@@ -30,6 +30,7 @@ use crate::runtime;
 pub enum Record<'a> {
     Data { head: DataHead, payload: &'a [u8] },
     Close { sk: u64, ts_ns: u64 },
+    Connect { tid: u32, sk: u64, ts_ns: u64 },
     Exec { pid: u32 },
     Fork { pid: u32, parent: u32 },
     Exit { pid: u32 },
@@ -130,6 +131,14 @@ pub fn decode(bytes: &[u8]) -> Result<Record<'_>, RecordError> {
         EVENT_CLOSE => {
             let c: CloseEvent = read(bytes)?;
             Ok(Record::Close {
+                sk: c.sk,
+                ts_ns: c.ts_ns,
+            })
+        }
+        EVENT_CONNECT => {
+            let c: ConnectEvent = read(bytes)?;
+            Ok(Record::Connect {
+                tid: c.tid,
                 sk: c.sk,
                 ts_ns: c.ts_ns,
             })
@@ -238,8 +247,16 @@ impl Reader {
             return;
         }
         tracing::debug!(pid, service = %info.service, runtime = info.runtime.label(), "tracing");
-        self.procs.insert(pid, info);
+        self.procs.insert(pid, info.clone());
         self.metrics.traced_processes.set(self.procs.len() as i64);
+        // A child forked before the bit was set made no fork record (nginx's
+        // master forks its workers within milliseconds of its exec): children
+        // that exist now are traced here, later ones by their fork record.
+        for child in children_of(pid) {
+            if !self.procs.contains_key(&child) {
+                self.trace(child, info.clone());
+            }
+        }
     }
 
     fn untrace(&mut self, pid: u32) {
@@ -384,6 +401,10 @@ impl Reader {
             Ok(Record::Close { sk, ts_ns }) => {
                 self.metrics.close_events.inc();
                 self.assembler.close(sk, ts_ns, &lookup, spans);
+            }
+            Ok(Record::Connect { tid, sk, ts_ns }) => {
+                self.metrics.connect_events.inc();
+                self.assembler.connect(tid, sk, ts_ns);
             }
             Ok(Record::Exec { pid }) => {
                 self.metrics.proc_events.inc();

@@ -8,8 +8,9 @@
 //!   traced-pid map current with [`procs`] (DataKit's selection options).
 //! - [`conn`] and [`http1`]: per-connection reassembly by TCP sequence number and
 //!   HTTP/1.x message boundaries.
-//! - [`assemble`]: request ↔ response pairs into eSpans, `local_parent_id`
-//!   where the process's [`runtime`] makes the thread rule sound.
+//! - [`assemble`]: request ↔ response pairs into eSpans, `local_parent_id` by
+//!   the thread rule where the process's [`runtime`] makes it sound, by the
+//!   event-loop [`turns`] rule elsewhere (never for Go).
 //! - [`publish`]: batches, a bounded buffer, JetStream with msg ids.
 //! - [`settings`], [`metrics`]: options and counters.
 
@@ -24,6 +25,7 @@ pub mod procs;
 pub mod publish;
 pub mod runtime;
 pub mod settings;
+pub mod turns;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -19,6 +19,7 @@ pub struct ReasonLabel {
 pub struct Metrics {
     pub data_events: Counter,
     pub close_events: Counter,
+    pub connect_events: Counter,
     pub proc_events: Counter,
     /// Ring records that did not decode.
     pub bad_records: Counter,
@@ -74,6 +75,10 @@ impl Metrics {
         reg!(data_events, "Payload records read from the ring buffer");
         reg!(close_events, "TCP close records read from the ring buffer");
         reg!(
+            connect_events,
+            "TCP connects by traced threads read from the ring buffer"
+        );
+        reg!(
             proc_events,
             "Process exec/fork/exit records read from the ring buffer"
         );
@@ -116,11 +121,11 @@ impl Metrics {
         reg!(spans, "eSpans made");
         reg!(
             ambiguous_parent,
-            "Client spans whose thread served several requests (local_parent_id left 0)"
+            "Client spans whose thread served several requests and whose turn named none (local_parent_id left 0)"
         );
         r.register(
             "parent_unset",
-            "Client spans left without a local parent, by reason: not_serving (the thread served no request), ambiguous (it served several), thread_multiplexes (the process was seen serving several requests on one thread), go / nodejs / event_loop (a runtime where a thread is not a request)",
+            "Client spans left without a local parent, by reason: not_serving (thread rule: its thread served no request), no_sole_turn (event loop: not written right after the event that woke the one runnable request of its thread), go (goroutines: no sound rule yet)",
             self.parent_unset.clone(),
         );
         reg!(
