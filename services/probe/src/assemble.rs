@@ -376,6 +376,9 @@ impl Assembler {
                         .serving
                         .get(&msg.first_tid)
                         .map_or(&[][..], Vec::as_slice);
+                    // A socket's origin is for its first request only, whichever
+                    // rule names that one's parent.
+                    let origin = self.turns.take_origin(sk);
                     let unset = if runtime == Runtime::Go {
                         Some(ParentUnset::Go)
                     } else if runtime.thread_rule() && !self.multiplexing.contains(&pid) {
@@ -395,7 +398,10 @@ impl Assembler {
                             .iter()
                             .find(|&&(seq, _)| seq == msg.seq)
                             .and_then(|&(_, turn)| turn);
-                        match self.turns.client_call(span_id, sk, turn, msg.start_ns) {
+                        match self
+                            .turns
+                            .client_call(span_id, origin, turn, served, msg.start_ns)
+                        {
                             Some(p) => {
                                 parent = p;
                                 None
@@ -900,6 +906,27 @@ mod tests {
         let (a, b) = (f.server(SK).span_id, f.server(SK + 1).span_id);
         assert_eq!(f.client(SK + 20, 5000).local_parent_id, a);
         assert_eq!(f.client(SK + 11, 8000).local_parent_id, b);
+    }
+
+    #[test]
+    fn a_connection_opened_under_the_thread_rule_names_no_later_parent() {
+        // asyncio before its loop is found out: X alone is served, connects,
+        // calls on the new connection (thread rule) and is answered.
+        let mut f = Feed::new();
+        f.data(1, 11, SK, Direction::Ingress, 100, REQ, 80, 5000);
+        f.connect(11, SK + 20);
+        f.data(1, 11, SK + 20, Direction::Egress, 5000, REQ, 6002, 81);
+        f.data(1, 11, SK + 20, Direction::Ingress, 6000, RESP, 6002, 81);
+        f.data(1, 11, SK, Direction::Egress, 300, RESP, 80, 5000);
+        let x = f.server(SK).span_id;
+        assert_eq!(f.client(SK + 20, 5000).local_parent_id, x);
+        // Then two requests at once: the turn rule; the pooled connection's
+        // next request is not X's (X is gone), nor named at all here.
+        f.data(1, 11, SK + 1, Direction::Ingress, 100, REQ, 80, 5001);
+        f.data(1, 11, SK + 2, Direction::Ingress, 100, REQ, 80, 5002);
+        f.data(1, 11, SK + 20, Direction::Egress, 5019, REQ, 6002, 81);
+        f.data(1, 11, SK + 20, Direction::Ingress, 6038, RESP, 6002, 81);
+        assert_eq!(f.client(SK + 20, 5019).local_parent_id, 0);
     }
 
     #[test]

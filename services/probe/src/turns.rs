@@ -25,8 +25,11 @@
 use std::collections::HashMap;
 
 /// How long a request waiting on its call is trusted not to resume on its own
-/// (a timeout, a retry) (ns).
-pub const WAIT_TRUST_NS: u64 = 200_000_000;
+/// (a timeout, a retry) (ns). Client timeouts under a second are rare; under
+/// load, calls take hundreds of ms, and a shorter trust leaves most turns
+/// ambiguous (measured: in-process recall through nginx fell to 18% at 200 ms
+/// with the machine's 2 cores busy).
+pub const WAIT_TRUST_NS: u64 = 1_000_000_000;
 
 /// How long a connection's origin waits for its first request (ns).
 const ORIGIN_TTL_NS: u64 = 10_000_000_000;
@@ -103,25 +106,31 @@ impl Turns {
         self.set_last(tid, None);
     }
 
-    /// The parent of client span `call`, the request that starts on socket `sk`
-    /// with `adjacent` the request whose turn its first transfer was in (if the
-    /// rule named one then); the parent then waits on it.
+    /// The request whose turn connected socket `sk`, taken by the socket's
+    /// first client request (whichever rule then names its parent).
+    pub fn take_origin(&mut self, sk: u64) -> Option<u64> {
+        let (origin, _) = self.origins.remove(&sk)?;
+        if let Some(w) = self.waiting.get_mut(&origin) {
+            w.calls = w.calls.saturating_sub(1);
+        }
+        Some(origin)
+    }
+
+    /// The parent of client span `call`: `origin` if its socket was connected
+    /// in a request's turn and this is the socket's first request, else
+    /// `adjacent`, the request whose turn its first transfer was in (if the rule
+    /// named one then). Only a request still among `served` (its thread's) can
+    /// be named; the parent then waits on the call.
     pub fn client_call(
         &mut self,
         call: u64,
-        sk: u64,
+        origin: Option<u64>,
         adjacent: Option<u64>,
+        served: &[u64],
         now_ns: u64,
     ) -> Option<u64> {
-        let parent = match self.origins.remove(&sk) {
-            // The connect already counted as the parent's call.
-            Some((origin, _)) => Some(origin),
-            None => {
-                let p = adjacent?;
-                self.wait(p, now_ns);
-                Some(p)
-            }
-        }?;
+        let parent = origin.or(adjacent).filter(|p| served.contains(p))?;
+        self.wait(parent, now_ns);
         self.calls.insert(call, parent);
         Some(parent)
     }
@@ -143,11 +152,7 @@ impl Turns {
 
     /// Socket `sk` is gone: a connect nobody wrote on is forgotten.
     pub fn forget_socket(&mut self, sk: u64) {
-        if let Some((origin, _)) = self.origins.remove(&sk)
-            && let Some(w) = self.waiting.get_mut(&origin)
-        {
-            w.calls = w.calls.saturating_sub(1);
-        }
+        self.take_origin(sk);
     }
 
     /// Drops connect origins that never saw a request, and threads' state of a
@@ -181,7 +186,7 @@ mod tests {
         let mut t = Turns::default();
         t.set_last(1, Some(10));
         assert_eq!(t.sole_woken(1, &[10], 0), Some(10));
-        assert_eq!(t.client_call(100, 7, Some(10), 0), Some(10));
+        assert_eq!(t.client_call(100, None, Some(10), &[10], 0), Some(10));
         // Another thread's turn says nothing about thread 1.
         assert_eq!(t.sole_woken(2, &[10], 0), None);
         // Anything else on the thread ends the turn.
@@ -198,7 +203,7 @@ mod tests {
         // Once 10 waits on a call, 11's turn is 11's alone.
         t.set_last(1, Some(10));
         let adjacent = t.sole_woken(1, &[10], 0);
-        t.client_call(100, 7, adjacent, 0);
+        t.client_call(100, None, adjacent, &[10], 0);
         t.set_last(1, Some(11));
         assert_eq!(t.sole_woken(1, &[10, 11], 1), Some(11));
         // ... until its call has waited long enough to time out.
@@ -217,9 +222,16 @@ mod tests {
         t.set_last(1, Some(11));
         assert_eq!(t.sole_woken(1, &[10, 11], 1), Some(11));
         // The first request on the new connection, written in another turn, is 10's.
-        assert_eq!(t.client_call(100, 7, Some(11), 2), Some(10));
+        let origin = t.take_origin(7);
+        assert_eq!(t.client_call(100, origin, Some(11), &[10, 11], 2), Some(10));
         // The next one on it goes by its turn.
-        assert_eq!(t.client_call(101, 7, None, 3), None);
+        assert_eq!(t.take_origin(7), None);
+        assert_eq!(t.client_call(101, None, None, &[10, 11], 3), None);
+        // A request no longer served is never named.
+        t.set_last(1, Some(12));
+        t.connect(1, 8, &[12], 4);
+        let origin = t.take_origin(8);
+        assert_eq!(t.client_call(102, origin, None, &[13], 5), None);
     }
 
     #[test]
@@ -227,8 +239,11 @@ mod tests {
         let mut t = Turns::default();
         t.set_last(1, Some(11));
         t.connect(1, 7, &[10, 11], 0);
-        assert_eq!(t.client_call(100, 7, None, 1), None);
-        t.forget_socket(7);
+        assert_eq!(t.take_origin(7), None);
+        t.set_last(1, Some(10));
+        t.connect(1, 8, &[10], 2);
+        t.forget_socket(8);
         assert!(t.origins.is_empty());
+        assert_eq!(t.waiting[&10].calls, 0);
     }
 }
