@@ -996,6 +996,10 @@ async fn refused_data_is_dead_lettered(sink: Sink) {
         reason.contains(expected),
         "reason names the answer: {reason}"
     );
+    assert!(
+        !reason.contains("tkn_test"),
+        "the Dataway token leaked into the reason: {reason}"
+    );
     assert_eq!(
         dead.headers.get(bus::DEAD_SUBJECT_HEADER).unwrap().as_str(),
         "trace.linker-1"
