@@ -339,7 +339,6 @@ fn settings(nats: &TestNats) -> Settings {
         retry_max: Duration::from_millis(500),
         ack_wait: Duration::from_secs(30),
         durable_prefix: "exporter".into(),
-        unknown_file_keys: Vec::new(),
     }
 }
 
