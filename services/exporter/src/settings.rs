@@ -74,7 +74,7 @@ pub struct DatawaySettings {
 /// the backend answered 2xx, and data a backend refuses for good (400) goes to the
 /// DEADLETTER stream with the reason.
 #[derive(Debug, Parser)]
-#[command(name = "espan-exporter", version, about, long_about = None)]
+#[command(name = "espan-exporter", version, long_about = None)]
 pub struct Cli {
     #[command(flatten)]
     pub options: Options,
