@@ -4,7 +4,8 @@
 //! Data flows one way: probes publish on `espan.<host>` (stream `ESPANS`), linkers
 //! consume it and publish on `trace.<linker>` (stream `TRACES`), exporters consume
 //! that. A message that can never be handled goes to `deadletter.<stream>.<consumer>`
-//! (stream `DEADLETTER`) with the reason in its headers, so nothing vanishes.
+//! (stream `DEADLETTER`) with the reason in its headers, so nothing vanishes;
+//! every service writes its dead letters through [`DeadLetters`].
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -119,6 +120,14 @@ pub enum BusError {
         subject: String,
         /// The `Nats-Msg-Id`.
         msg_id: String,
+        /// Why.
+        reason: String,
+    },
+    /// A dead letter was not stored (the message stays unacked and comes back).
+    #[error("dead-lettering to {subject} failed: {reason}")]
+    DeadLetter {
+        /// The dead-letter subject.
+        subject: String,
         /// Why.
         reason: String,
     },
@@ -657,7 +666,7 @@ pub async fn consume<T: Send, H: Handler<T>>(
         reason,
     };
     let mut messages = pull_messages(bus, spec).await?;
-    let dead_subject = deadletter_subject(&spec.stream, &spec.durable);
+    let dead_letters = DeadLetters::new(bus, &spec.stream, &spec.durable);
     let stop = shutdown.clone().wait();
     tokio::pin!(stop);
 
@@ -707,9 +716,9 @@ pub async fn consume<T: Send, H: Handler<T>>(
                 }
                 Err(reason) => {
                     let reason = format!("undecodable: {reason}");
-                    dead_letter(bus, &dead_subject, &message, stream_seq, &reason)
-                        .await
-                        .map_err(consume_error)?;
+                    dead_letters
+                        .take_message(&message, stream_seq, &reason)
+                        .await?;
                     observer.dead_lettered(&reason);
                 }
             }
@@ -731,9 +740,9 @@ pub async fn consume<T: Send, H: Handler<T>>(
                     .unwrap_or((0, 1));
                 if spec.gives_up_after(delivered) {
                     let reason = format!("handler failed {delivered} times: {error}");
-                    dead_letter(bus, &dead_subject, message, stream_seq, &reason)
-                        .await
-                        .map_err(consume_error)?;
+                    dead_letters
+                        .take_message(message, stream_seq, &reason)
+                        .await?;
                     observer.dead_lettered(&reason);
                 } else {
                     tracing::warn!(%error, stream_seq, delivered, "handler failed; message will be redelivered");
@@ -768,9 +777,9 @@ pub async fn consume<T: Send, H: Handler<T>>(
                         }
                         Err(error) if spec.gives_up_after(delivered) => {
                             let reason = format!("handler failed {delivered} times: {error}");
-                            dead_letter(bus, &dead_subject, &message, stream_seq, &reason)
-                                .await
-                                .map_err(consume_error)?;
+                            dead_letters
+                                .take_message(&message, stream_seq, &reason)
+                                .await?;
                             observer.dead_lettered(&reason);
                         }
                         Err(_) => {
@@ -801,41 +810,243 @@ async fn ack_all(messages: &[jetstream::Message]) {
     }
 }
 
-/// Stores `message` on the dead-letter subject with the reason, then acks it.
-async fn dead_letter(
-    bus: &Bus,
-    dead_subject: &str,
-    message: &jetstream::Message,
-    stream_seq: u64,
-    reason: &str,
-) -> Result<(), String> {
-    let mut headers = HeaderMap::new();
-    headers.insert(DEAD_REASON_HEADER, single_line(reason).as_str());
-    headers.insert(DEAD_SUBJECT_HEADER, message.subject.as_str());
-    headers.insert(DEAD_SEQ_HEADER, stream_seq.to_string().as_str());
-    let msg_id = format!("{}-{stream_seq}", message.subject);
-    let publish = jetstream::message::PublishMessage::build()
-        .payload(message.payload.clone())
-        .headers(headers)
-        .message_id(msg_id);
-    let ack = bus
-        .jetstream
-        .send_publish(dead_subject.to_owned(), publish)
-        .await
-        .map_err(|e| format!("dead-lettering to {dead_subject} failed: {e}"))?;
-    ack.await
-        .map_err(|e| format!("dead-lettering to {dead_subject} failed: {e}"))?;
-    tracing::warn!(stream_seq, reason, dead_subject, "message dead-lettered");
-    // Term: it is stored elsewhere now, never deliver it again.
-    message
-        .ack_with(jetstream::AckKind::Term)
-        .await
-        .map_err(|e| format!("terminating dead-lettered message failed: {e}"))
+/// Where one consumer puts the messages it can never handle: the subject
+/// `deadletter.<stream>.<consumer>` of [`DEADLETTER_STREAM`]. Every service
+/// dead-letters through this type, so every letter looks the same: the payload,
+/// and in its headers the reason ([`redact`]ed), the source subject and the
+/// stream sequence.
+///
+/// Each letter's `Nats-Msg-Id` is `deadletter/<stream>/<consumer>/<seq>`, with
+/// `/<piece>` appended when it holds only part of the message. It dedups
+/// correctly because a stream sequence names one message of one stream and is
+/// never given to another, so the id names exactly one letter: the same
+/// message (or piece), failed by the same consumer. That letter is only ever
+/// published again after its source message came back, e.g. when the letter
+/// was stored but the ack that ends the source message was lost; the repeat
+/// has the same id and JetStream keeps one copy (within the duplicate window
+/// of [`DEADLETTER_STREAM`]). Two consumers of one message (the exporter's
+/// sinks) have different ids, so one's letter never hides the other's, which
+/// an id made of the source subject and sequence alone would do.
+#[derive(Clone)]
+pub struct DeadLetters {
+    jetstream: jetstream::Context,
+    stream: String,
+    consumer: String,
+    subject: String,
 }
 
-fn single_line(text: &str) -> String {
-    text.chars()
+/// One dead letter for [`DeadLetters::store`].
+#[derive(Debug, Clone)]
+pub struct DeadLetter<'a> {
+    /// The subject the source message was published on.
+    pub source_subject: &'a str,
+    /// The source message's stream sequence; 0 if unknown, and then the
+    /// letter has no message id (better stored twice than one lost).
+    pub stream_seq: u64,
+    /// Which part of the message this letter holds, named the same way on
+    /// every delivery; `None` for the whole message.
+    pub piece: Option<&'a str>,
+    /// What to store.
+    pub payload: Bytes,
+    /// Why; redacted and made one line before it is stored or logged.
+    pub reason: &'a str,
+}
+
+impl DeadLetters {
+    /// Letters of durable `consumer` reading `stream`.
+    pub fn new(bus: &Bus, stream: &str, consumer: &str) -> Self {
+        Self {
+            jetstream: bus.jetstream.clone(),
+            stream: stream.to_owned(),
+            consumer: consumer.to_owned(),
+            subject: deadletter_subject(stream, consumer),
+        }
+    }
+
+    /// `deadletter.<stream>.<consumer>`.
+    pub fn subject(&self) -> &str {
+        &self.subject
+    }
+
+    /// The message id of the letter for `piece` of message `stream_seq` (see
+    /// the type's docs for why it dedups correctly).
+    pub fn msg_id(&self, stream_seq: u64, piece: Option<&str>) -> String {
+        let id = format!("deadletter/{}/{}/{stream_seq}", self.stream, self.consumer);
+        match piece {
+            Some(piece) => format!("{id}/{piece}"),
+            None => id,
+        }
+    }
+
+    /// Stores one letter and waits until JetStream has it.
+    pub async fn store(&self, letter: DeadLetter<'_>) -> Result<(), BusError> {
+        let reason = reason_header(letter.reason);
+        let mut headers = HeaderMap::new();
+        headers.insert(DEAD_REASON_HEADER, reason.as_str());
+        headers.insert(DEAD_SUBJECT_HEADER, letter.source_subject);
+        headers.insert(DEAD_SEQ_HEADER, letter.stream_seq.to_string().as_str());
+        let mut publish = jetstream::message::PublishMessage::build()
+            .payload(letter.payload)
+            .headers(headers);
+        if letter.stream_seq > 0 {
+            publish = publish.message_id(self.msg_id(letter.stream_seq, letter.piece));
+        }
+        let failed = |e: &dyn std::fmt::Display| BusError::DeadLetter {
+            subject: self.subject.clone(),
+            reason: e.to_string(),
+        };
+        self.jetstream
+            .send_publish(self.subject.clone(), publish)
+            .await
+            .map_err(|e| failed(&e))?
+            .await
+            .map_err(|e| failed(&e))?;
+        tracing::warn!(
+            stream_seq = letter.stream_seq,
+            piece = letter.piece,
+            reason,
+            dead_subject = %self.subject,
+            "dead-lettered"
+        );
+        Ok(())
+    }
+
+    /// Stores the whole `message` as a letter, then terminates it: it can
+    /// never succeed, so it must not be delivered again.
+    pub async fn take_message(
+        &self,
+        message: &jetstream::Message,
+        stream_seq: u64,
+        reason: &str,
+    ) -> Result<(), BusError> {
+        self.store(DeadLetter {
+            source_subject: message.subject.as_str(),
+            stream_seq,
+            piece: None,
+            payload: message.payload.clone(),
+            reason,
+        })
+        .await?;
+        // If the term is lost the message comes back and is dead-lettered
+        // again under the same id, which JetStream drops: nothing to undo.
+        if let Err(error) = message.ack_with(jetstream::AckKind::Term).await {
+            tracing::warn!(%error, stream_seq, "terminating a dead-lettered message failed; a repeat will be dropped as a duplicate");
+        }
+        Ok(())
+    }
+}
+
+/// What the reason header holds: [`redact`]ed, one line, at most 1000 characters.
+fn reason_header(reason: &str) -> String {
+    redact(reason)
+        .chars()
         .map(|c| if c.is_control() { ' ' } else { c })
         .take(1000)
         .collect()
+}
+
+const REDACTED: &str = "<redacted>";
+
+/// `text` with the secrets URLs carry taken out, for anything stored or logged
+/// that may quote a URL (a backend's error names the URL it posted to, and a
+/// Dataway URL holds its token in the query). In every URL the user info
+/// (`user:password@`), the query (`?token=…`) and the fragment become
+/// `<redacted>`; so do a `?query` and a `user@` without a scheme (DataKit's
+/// `host:port?token=…`). The scheme, host and path stay, so the text still
+/// says which endpoint answered what.
+pub fn redact(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut start = 0;
+    for (i, c) in text.char_indices() {
+        if ends_url(c) {
+            redact_word(&text[start..i], &mut out);
+            out.push(c);
+            start = i + c.len_utf8();
+        }
+    }
+    redact_word(&text[start..], &mut out);
+    out
+}
+
+/// Characters that end a URL quoted in prose or in an error message.
+fn ends_url(c: char) -> bool {
+    c.is_whitespace()
+        || matches!(
+            c,
+            '"' | '\'' | '`' | '<' | '>' | '(' | ')' | '[' | ']' | '{' | '}'
+        )
+}
+
+fn redact_word(word: &str, out: &mut String) {
+    let body_at = word.find("://").map_or(0, |i| i + 3);
+    let (scheme, body) = word.split_at(body_at);
+    // A `?` with nothing after it is punctuation, not a query.
+    let cut = body
+        .find(|c| c == '?' || (body_at > 0 && c == '#'))
+        .filter(|&i| i + 1 < body.len());
+    let address = &body[..cut.unwrap_or(body.len())];
+    out.push_str(scheme);
+    let host_end = address.find('/').unwrap_or(address.len());
+    match address[..host_end].rfind('@') {
+        Some(at) => {
+            out.push_str(REDACTED);
+            out.push_str(&address[at..]);
+        }
+        None => out.push_str(address),
+    }
+    if let Some(i) = cut {
+        out.push_str(&body[i..i + 1]);
+        out.push_str(REDACTED);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redact_removes_planted_secrets_and_keeps_the_endpoint() {
+        let secrets = ["tkn_PLANTED", "hunter2", "alice", "frag_PLANTED"];
+        for (text, want) in [
+            (
+                "POST http://dataway:9528/v1/write/tracing?token=tkn_PLANTED answered 400 Bad Request: bad line",
+                "POST http://dataway:9528/v1/write/tracing?<redacted> answered 400 Bad Request: bad line",
+            ),
+            (
+                "error sending request for url (https://alice:hunter2@collector:4318/v1/traces?x=1&token=tkn_PLANTED#frag_PLANTED): refused",
+                "error sending request for url (https://<redacted>@collector:4318/v1/traces?<redacted>): refused",
+            ),
+            (
+                "nats://alice:hunter2@10.0.0.1:4222 is down",
+                "nats://<redacted>@10.0.0.1:4222 is down",
+            ),
+            ("http://h/p#frag_PLANTED", "http://h/p#<redacted>"),
+            (
+                "dataway \"127.0.0.1:9528?token=tkn_PLANTED\" refused",
+                "dataway \"127.0.0.1:9528?<redacted>\" refused",
+            ),
+            (
+                "handler failed 3 times: why? store full (no url here), #3",
+                "handler failed 3 times: why? store full (no url here), #3",
+            ),
+            ("", ""),
+            (
+                "日本語 http://例え.jp/パス?秘密=tkn_PLANTED",
+                "日本語 http://例え.jp/パス?<redacted>",
+            ),
+        ] {
+            let got = redact(text);
+            assert_eq!(got, want, "{text}");
+            for secret in secrets {
+                assert!(!got.contains(secret), "{secret} in {got}");
+            }
+        }
+    }
+
+    #[test]
+    fn the_reason_header_is_redacted_and_one_line() {
+        let header = reason_header("POST http://d:1/w?token=tkn_PLANTED\r\nanswered 400");
+        assert_eq!(header, "POST http://d:1/w?<redacted>  answered 400");
+        assert_eq!(reason_header(&"x".repeat(5000)).len(), 1000);
+    }
 }

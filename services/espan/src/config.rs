@@ -1,13 +1,17 @@
 //! Layered configuration: clap flags > environment variables > TOML file > default.
 //!
-//! Each service declares its options once, as clap args whose `env` attribute names
-//! the variable (so `--help` lists both), then asks [`Layers`] for each value with
-//! the key it has in the file. Every value goes through one parser per type, and a
-//! bad one is an error that names where it came from: the flag, the variable, or
-//! the key and file.
+//! Each service declares its options once, as a clap `Parser` whose args name
+//! their variable in `env` (so `--help` lists both), and implements [`Load`]:
+//! it asks [`Layers`] for each value with the key it has in the file. [`load`]
+//! does the rest the same way for every service: parse the command line, read
+//! the file, resolve, collect the [`UnknownKeys`] of the file, and on a bad
+//! value print an error that names where it came from (the flag, the variable,
+//! or the key and file) and exit with code 2. Every value goes through one
+//! parser per type.
 //!
 //! The TOML file is DataKit's input configuration: the linker reads the first (and
-//! only) `[[inputs.ebpftrace]]` table, the probe `[[inputs.ebpf]]`.
+//! only) `[[inputs.ebpftrace]]` table, the probe `[[inputs.ebpf]]`, the exporter
+//! `[[inputs.espan_exporter]]`.
 
 use std::cell::RefCell;
 use std::collections::BTreeSet;
@@ -16,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::parser::ValueSource;
-use clap::{ArgMatches, Command};
+use clap::{ArgMatches, Command, CommandFactory, FromArgMatches};
 
 /// Where a value came from; errors name it so the user knows what to fix.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -157,6 +161,133 @@ impl FileTable {
     }
 }
 
+/// A service's settings, read the one way every espan service reads them.
+pub trait Load: Sized {
+    /// The command line.
+    type Cli: CommandFactory + FromArgMatches;
+    /// The DataKit input whose table the file holds: `[[inputs.<INPUT>]]`.
+    const INPUT: &'static str;
+    /// The file named by `--config` (or its variable), if any.
+    fn config_file(cli: &Self::Cli) -> Option<&Path>;
+    /// Every setting, from the layers.
+    fn resolve(cli: &Self::Cli, layers: &Layers<'_>) -> Result<Self, ConfigError>;
+}
+
+/// What [`load_from`] read.
+pub struct Loaded<S: Load> {
+    /// The parsed command line (subcommands, `--print-config`, …).
+    pub cli: S::Cli,
+    /// The resolved settings.
+    pub settings: S,
+    /// Keys of the file no setting read; warn with [`UnknownKeys::warn`].
+    pub unknown_keys: UnknownKeys,
+}
+
+impl<S: Load + fmt::Debug> fmt::Debug for Loaded<S>
+where
+    S::Cli: fmt::Debug,
+{
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Loaded")
+            .field("cli", &self.cli)
+            .field("settings", &self.settings)
+            .field("unknown_keys", &self.unknown_keys)
+            .finish()
+    }
+}
+
+/// Why the settings could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The command line: a usage error, or `--help` / `--version`.
+    #[error(transparent)]
+    Args(#[from] clap::Error),
+    /// A value, or the file.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+}
+
+impl LoadError {
+    /// Ends the process the way every service does: clap prints `--help`,
+    /// `--version` and usage errors and picks the code (0, or 2 for bad
+    /// usage); a bad setting is printed as `<program>: <error>`, code 2.
+    pub fn exit(self, program: &str) -> ! {
+        match self {
+            LoadError::Args(error) => error.exit(),
+            LoadError::Config(error) => {
+                eprintln!("{program}: {error}");
+                std::process::exit(2)
+            }
+        }
+    }
+}
+
+/// Reads `S` from `args` (first item: the program name) and the environment.
+pub fn load_from<S, I, T>(args: I) -> Result<Loaded<S>, LoadError>
+where
+    S: Load,
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    let command = S::Cli::command();
+    let matches = command.clone().try_get_matches_from(args)?;
+    let cli = S::Cli::from_arg_matches(&matches)?;
+    let file = S::config_file(&cli)
+        .map(|path| FileTable::load(path, S::INPUT))
+        .transpose()?;
+    let layers = Layers::new(&command, &matches, file);
+    let settings = S::resolve(&cli, &layers)?;
+    let unknown_keys = layers.unknown_keys();
+    Ok(Loaded {
+        cli,
+        settings,
+        unknown_keys,
+    })
+}
+
+/// Reads `S` from the process's arguments and environment; on an error,
+/// prints it and exits (see [`LoadError::exit`]).
+pub fn load<S: Load>() -> Loaded<S> {
+    load_from(std::env::args_os()).unwrap_or_else(|error| error.exit(S::Cli::command().get_name()))
+}
+
+/// Keys of the file's table that no setting reads: typos, or DataKit keys
+/// espan has no use for. Not an error, since DataKit's own files carry such
+/// keys; every service warns about them with the same message at start.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UnknownKeys {
+    /// The file and the table (`inputs.<input>`) they are in.
+    pub file: Option<(PathBuf, String)>,
+    /// The keys, sorted.
+    pub keys: Vec<String>,
+}
+
+impl UnknownKeys {
+    /// True when every key of the file was read (or there is no file).
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    /// Logs the one warning, if there are unknown keys.
+    pub fn warn(&self) {
+        if !self.is_empty() {
+            tracing::warn!("{self}");
+        }
+    }
+}
+
+impl fmt::Display for UnknownKeys {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let keys: Vec<String> = self.keys.iter().map(|k| format!("`{k}`")).collect();
+        let plural = if keys.len() == 1 { "" } else { "s" };
+        write!(f, "unknown key{plural} {}", keys.join(", "))?;
+        if let Some((path, table)) = &self.file {
+            write!(f, " in [[{table}]] of {}", path.display())?;
+        }
+        write!(f, ": ignored (misspelt? --help lists every key)")
+    }
+}
+
 /// Resolves each setting from the layers, in precedence order.
 pub struct Layers<'a> {
     command: &'a Command,
@@ -226,20 +357,50 @@ impl<'a> Layers<'a> {
         }
     }
 
-    /// Keys of the file table that no setting asked for (likely typos); the
-    /// service logs them.
-    pub fn unknown_file_keys(&self) -> Vec<String> {
+    /// Keys of the file table that no setting asked for.
+    pub fn unknown_keys(&self) -> UnknownKeys {
         let used = self.used_keys.borrow();
-        self.file
-            .as_ref()
-            .map(|file| {
-                file.values
+        match &self.file {
+            None => UnknownKeys::default(),
+            Some(file) => {
+                let mut keys: Vec<String> = file
+                    .values
                     .keys()
                     .filter(|k| !used.contains(*k))
                     .cloned()
-                    .collect()
-            })
-            .unwrap_or_default()
+                    .collect();
+                keys.sort();
+                UnknownKeys {
+                    file: Some((file.path.clone(), file.table.clone())),
+                    keys,
+                }
+            }
+        }
+    }
+
+    /// The error for a value of `id` that parsed but cannot be used, naming
+    /// where it came from.
+    pub fn invalid(
+        &self,
+        id: &str,
+        file_key: &str,
+        value: impl fmt::Display,
+        reason: impl Into<String>,
+    ) -> ConfigError {
+        ConfigError::Invalid {
+            origin: self.origin_of(id, file_key),
+            value: value.to_string(),
+            reason: reason.into(),
+        }
+    }
+
+    /// True when `id` was given as a flag or by its own variable (not by the
+    /// file or a default): for settings with a second, weaker variable.
+    pub fn given(&self, id: &str) -> bool {
+        matches!(
+            self.matches.value_source(id),
+            Some(ValueSource::CommandLine | ValueSource::EnvVariable)
+        )
     }
 
     /// Where the value of `id` came from, for messages that check two settings together.
@@ -524,19 +685,6 @@ impl Setting for std::net::SocketAddr {
     }
 }
 
-/// Turns a `Result<T, String>` check of a resolved value into a [`ConfigError`].
-pub fn check<T>(
-    origin: Origin,
-    value: impl fmt::Display,
-    verdict: Result<T, String>,
-) -> Result<T, ConfigError> {
-    verdict.map_err(|reason| ConfigError::Invalid {
-        origin,
-        value: value.to_string(),
-        reason,
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -575,6 +723,81 @@ mod tests {
             Vec::<String>::from_text("a, b,,c ").unwrap(),
             vec!["a", "b", "c"]
         );
+    }
+
+    /// A service of two settings, to test [`load_from`] itself.
+    #[derive(Debug, clap::Parser)]
+    #[command(name = "svc")]
+    struct TestCli {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        window: Option<String>,
+        #[arg(long)]
+        rate: Option<String>,
+    }
+
+    #[derive(Debug, PartialEq)]
+    struct TestSettings {
+        window: Duration,
+        rate: f64,
+    }
+
+    impl Load for TestSettings {
+        type Cli = TestCli;
+        const INPUT: &'static str = "svc";
+        fn config_file(cli: &TestCli) -> Option<&Path> {
+            cli.config.as_deref()
+        }
+        fn resolve(_: &TestCli, layers: &Layers<'_>) -> Result<Self, ConfigError> {
+            Ok(Self {
+                window: layers.get("window", "window", Duration::from_secs(20))?,
+                rate: layers.get("rate", "rate", Rate::ALL)?.get(),
+            })
+        }
+    }
+
+    #[test]
+    fn load_takes_flags_over_the_file_over_defaults_and_names_unknown_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("svc.toml");
+        std::fs::write(
+            &path,
+            "[[inputs.svc]]\nwindow = \"5s\"\nrate = 0.5\nwindwo = \"1s\"\ntags = {}\n",
+        )
+        .unwrap();
+        let file = path.to_str().unwrap();
+        let load = |args: &[&str]| load_from::<TestSettings, _, _>(args.iter().copied());
+
+        let defaults = load(&["svc"]).unwrap();
+        assert_eq!(defaults.settings.window, Duration::from_secs(20));
+        assert_eq!(defaults.settings.rate, 1.0);
+        assert!(defaults.unknown_keys.is_empty());
+
+        let from_file = load(&["svc", "--config", file]).unwrap();
+        assert_eq!(from_file.settings.window, Duration::from_secs(5));
+        assert_eq!(from_file.settings.rate, 0.5);
+        assert_eq!(from_file.unknown_keys.keys, ["tags", "windwo"]);
+        assert_eq!(
+            from_file.unknown_keys.to_string(),
+            format!(
+                "unknown keys `tags`, `windwo` in [[inputs.svc]] of {file}: ignored (misspelt? --help lists every key)"
+            )
+        );
+
+        let flagged = load(&["svc", "--config", file, "--window", "3s"]).unwrap();
+        assert_eq!(flagged.settings.window, Duration::from_secs(3));
+        assert_eq!(flagged.settings.rate, 0.5);
+
+        let err = load(&["svc", "--config", file, "--rate", "2"]).unwrap_err();
+        assert!(matches!(err, LoadError::Config(_)), "{err:?}");
+        assert!(
+            err.to_string()
+                .starts_with("flag --rate: invalid value \"2\""),
+            "{err}"
+        );
+        let err = load(&["svc", "--no-such-flag"]).unwrap_err();
+        assert!(matches!(err, LoadError::Args(_)), "{err:?}");
     }
 
     #[test]

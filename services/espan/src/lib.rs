@@ -5,8 +5,8 @@
 //!   encoding and the validation that turns nonsense into typed errors.
 //! - [`bus`]: NATS JetStream: streams, pipelined publishing with message ids, a
 //!   pull-consumer loop that acks only what its handler made safe, dead letters.
-//! - [`config`]: flags > environment > DataKit-style TOML, with errors that name
-//!   the key and the value.
+//! - [`config`]: flags > environment > DataKit-style TOML, read by one loader
+//!   for every service, with errors that name the key and the value.
 //! - [`telemetry`]: `/metrics` and `/healthz`, logging.
 //! - [`shutdown`]: one stop signal for every task.
 //! - [`testkit`]: a real `nats-server` per test.

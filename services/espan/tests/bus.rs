@@ -33,13 +33,29 @@ impl Handler<ESpanBatch> for Collect {
     async fn handle(&mut self, deliveries: Vec<Delivery<ESpanBatch>>) -> Result<(), HandlerError> {
         let call = self.calls.fetch_add(1, Ordering::SeqCst);
         if self.always_fail || call < self.fail_first {
-            return Err(HandlerError(format!("refusing call {call}")));
+            // The reason quotes a URL with secrets, as a backend's error does.
+            return Err(HandlerError(format!(
+                "refusing call {call} (POST {PLANTED_URL})"
+            )));
         }
         for d in deliveries {
             self.got.send((d.value, d.delivered)).unwrap();
         }
         Ok(())
     }
+}
+
+/// A URL with a password and a token that no dead letter may show.
+const PLANTED_URL: &str = "http://alice:hunter2@dataway:9528/v1/write/tracing?token=tkn_PLANTED";
+
+fn assert_redacted(reason: &str) {
+    for secret in ["hunter2", "tkn_PLANTED", "alice"] {
+        assert!(!reason.contains(secret), "{secret} leaked: {reason}");
+    }
+    assert!(
+        reason.contains("http://<redacted>@dataway:9528/v1/write/tracing?<redacted>"),
+        "the endpoint stays named: {reason}"
+    );
 }
 
 fn spec(max_deliver: i64) -> ConsumerSpec {
@@ -246,6 +262,7 @@ async fn a_poison_message_ends_in_the_dead_letter_subject_after_max_deliver() {
         reason.starts_with("handler failed 3 times: refusing call 2"),
         "{reason}"
     );
+    assert_redacted(reason);
     assert_eq!(
         headers.get(bus::DEAD_SUBJECT_HEADER).unwrap().as_str(),
         "espan.host-a"
@@ -306,6 +323,66 @@ async fn an_undecodable_message_is_dead_lettered_at_once_and_the_next_one_still_
     );
     trigger.trigger();
     task.await.unwrap().unwrap();
+}
+
+/// One letter per (consumer, message, piece): a repeat after a lost ack is
+/// stored once, two consumers of one message each keep theirs, and the reason
+/// never shows a URL's secrets.
+#[tokio::test]
+async fn dead_letters_dedup_by_consumer_message_and_piece() {
+    let nats = TestNats::start().unwrap();
+    let bus = bus_for(&nats).await;
+    let otlp = bus::DeadLetters::new(&bus, bus::TRACES_STREAM, "exporter-otlp");
+    let dataway = bus::DeadLetters::new(&bus, bus::TRACES_STREAM, "exporter-dataway");
+    assert_eq!(otlp.subject(), "deadletter.TRACES.exporter-otlp");
+    let reason = format!("POST {PLANTED_URL} answered 400");
+    let letter = |stream_seq: u64, piece: Option<&'static str>| bus::DeadLetter {
+        source_subject: "trace.linker-1",
+        stream_seq,
+        piece,
+        payload: bytes::Bytes::from(format!("letter {stream_seq} {piece:?}")),
+        reason: &reason,
+    };
+    let stored = || stream_messages(&bus, bus::DEADLETTER_STREAM);
+
+    otlp.store(letter(7, None)).await.unwrap();
+    otlp.store(letter(7, None)).await.unwrap();
+    assert_eq!(stored().await, 1, "a repeat of one letter is stored once");
+    dataway.store(letter(7, None)).await.unwrap();
+    assert_eq!(stored().await, 2, "another consumer's letter is its own");
+    otlp.store(letter(7, Some("0.500"))).await.unwrap();
+    otlp.store(letter(7, Some("0.500"))).await.unwrap();
+    assert_eq!(stored().await, 3, "a piece is a letter of its own, once");
+    otlp.store(letter(8, None)).await.unwrap();
+    assert_eq!(stored().await, 4, "another message");
+    otlp.store(letter(0, None)).await.unwrap();
+    otlp.store(letter(0, None)).await.unwrap();
+    assert_eq!(
+        stored().await,
+        6,
+        "an unknown sequence is never taken for a repeat"
+    );
+
+    for (subject, headers, payload) in read_dead_letters(&bus, 6).await {
+        assert!(
+            subject.starts_with("deadletter.TRACES.exporter-"),
+            "{subject}"
+        );
+        assert_eq!(
+            headers.get(bus::DEAD_SUBJECT_HEADER).unwrap().as_str(),
+            "trace.linker-1"
+        );
+        let seq = headers.get(bus::DEAD_SEQ_HEADER).unwrap().as_str();
+        assert!(
+            std::str::from_utf8(&payload)
+                .unwrap()
+                .starts_with(&format!("letter {seq} ")),
+            "{payload:?}"
+        );
+        let reason = headers.get(bus::DEAD_REASON_HEADER).unwrap().as_str();
+        assert!(reason.starts_with("POST http://"), "{reason}");
+        assert_redacted(reason);
+    }
 }
 
 #[tokio::test]

@@ -232,7 +232,6 @@ fn settings(nats: &TestNats) -> Settings {
         retry_max: Duration::from_secs(1),
         ack_wait: Duration::from_secs(60),
         durable_prefix: "bench".into(),
-        unknown_file_keys: Vec::new(),
     }
 }
 

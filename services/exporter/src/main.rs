@@ -1,18 +1,16 @@
 //! `espan-exporter`: see the crate docs of `espan_exporter` and `--help`.
 
 use anyhow::Context;
-use espan_exporter::{run, settings};
+use espan_exporter::run;
+use espan_exporter::settings::{Command, Settings};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     espan::telemetry::init_logging();
-    let command = settings::command();
-    let matches = command.clone().get_matches();
-    let settings = settings::resolve(&command, &matches).context("configuration")?;
-    for key in &settings.unknown_file_keys {
-        tracing::warn!(key, "unknown key in the config file; ignored");
-    }
-    if matches.subcommand_name() == Some("config") {
+    let loaded = espan::config::load::<Settings>();
+    loaded.unknown_keys.warn();
+    let settings = loaded.settings;
+    if let Some(Command::Config) = loaded.cli.command {
         print!("{}", settings.report());
         return Ok(());
     }

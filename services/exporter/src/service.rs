@@ -16,9 +16,8 @@ use std::ops::Range;
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::HeaderMap;
 use async_nats::jetstream;
-use espan::bus::{self, Bus, BusError, ConsumerSpec};
+use espan::bus::{self, Bus, BusError, ConsumerSpec, DeadLetter, DeadLetters};
 use espan::shutdown::Shutdown;
 use espan::wire::{self, Trace, TraceBatch};
 use futures::StreamExt;
@@ -159,14 +158,12 @@ pub struct Exporter {
     metrics: SinkMetrics,
 }
 
-/// What a request task needs: the stack, and the bus for dead letters.
+/// What a request task needs: the stack, and where refused spans go.
 struct Sender {
-    name: &'static str,
     encoding: Encoding,
     service: SinkService,
     bus: Bus,
-    dead_subject: String,
-    durable: String,
+    dead_letters: DeadLetters,
     metrics: SinkMetrics,
     /// Once it fires, requests not yet sent are not sent: their messages
     /// come back after the restart, and shutdown takes at most one try.
@@ -194,12 +191,14 @@ impl Exporter {
         ));
         let spec = &self.spec;
         let sender = Arc::new(Sender {
-            name: spec.name,
             encoding: spec.encoding,
             service: self.service,
+            dead_letters: DeadLetters::new(
+                &self.bus,
+                &spec.consumer.stream,
+                &spec.consumer.durable,
+            ),
             bus: self.bus,
-            dead_subject: bus::deadletter_subject(&spec.consumer.stream, &spec.consumer.durable),
-            durable: spec.consumer.durable.clone(),
             metrics: self.metrics,
             shutdown: shutdown.clone(),
         });
@@ -347,8 +346,11 @@ impl Driver {
             Ok(batch) => batch,
             Err(error) => {
                 let reason = format!("undecodable: {error}");
-                self.dead_letter_message(&message, stream_seq, &reason)
-                    .await?;
+                self.sender
+                    .dead_letters
+                    .take_message(&message, stream_seq, &reason)
+                    .await
+                    .map_err(|e| e.to_string())?;
                 self.sender.metrics.dead_lettered.inc();
                 return Ok(());
             }
@@ -435,6 +437,7 @@ impl Driver {
                 false
             }
             Outcome::Failed(error) => {
+                let error = bus::redact(&error);
                 tracing::warn!(sink = self.spec.name, %error, "export unfinished; its messages come back after the restart");
                 true
             }
@@ -472,40 +475,6 @@ impl Driver {
             ack(copy).await;
         }
         self.recent.insert(seq);
-    }
-
-    /// Stores a message that cannot be decoded on the dead-letter subject with
-    /// the reason, then terminates it (it can never succeed).
-    async fn dead_letter_message(
-        &self,
-        message: &jetstream::Message,
-        stream_seq: u64,
-        reason: &str,
-    ) -> Result<(), String> {
-        let mut headers = HeaderMap::new();
-        headers.insert(bus::DEAD_REASON_HEADER, single_line(reason).as_str());
-        headers.insert(bus::DEAD_SUBJECT_HEADER, message.subject.as_str());
-        headers.insert(bus::DEAD_SEQ_HEADER, stream_seq.to_string().as_str());
-        let publish = jetstream::message::PublishMessage::build()
-            .payload(message.payload.clone())
-            .headers(headers)
-            .message_id(format!("{}-{}", self.spec.consumer.durable, stream_seq));
-        let dead_subject = &self.sender.dead_subject;
-        let failed =
-            |e: &dyn std::fmt::Display| format!("dead-lettering to {dead_subject} failed: {e}");
-        self.sender
-            .bus
-            .jetstream()
-            .send_publish(dead_subject.clone(), publish)
-            .await
-            .map_err(|e| failed(&e))?
-            .await
-            .map_err(|e| failed(&e))?;
-        tracing::warn!(sink = self.spec.name, stream_seq, reason, %dead_subject, "message dead-lettered");
-        message
-            .ack_with(jetstream::AckKind::Term)
-            .await
-            .map_err(|e| format!("terminating dead-lettered message failed: {e}"))
     }
 }
 
@@ -587,30 +556,19 @@ impl Sender {
                 seq: source.seq,
                 traces,
             };
-            let payload = wire::encode_trace_batch(&mut batch);
-            let mut headers = HeaderMap::new();
-            headers.insert(bus::DEAD_REASON_HEADER, single_line(reason).as_str());
-            headers.insert(bus::DEAD_SUBJECT_HEADER, entry.subject.as_str());
-            headers.insert(bus::DEAD_SEQ_HEADER, entry.stream_seq.to_string().as_str());
-            let msg_id = format!(
-                "{}-{}-{first_trace}-{first_span}",
-                self.durable, entry.stream_seq
-            );
-            let message = jetstream::message::PublishMessage::build()
-                .payload(payload)
-                .headers(headers)
-                .message_id(msg_id);
-            let failed = |e: &dyn std::fmt::Display| {
-                format!("dead-lettering to {} failed: {e}", self.dead_subject)
-            };
-            self.bus
-                .jetstream()
-                .send_publish(self.dead_subject.clone(), message)
+            // A request's spans of one message start at one (trace, span):
+            // that names the piece.
+            let piece = format!("{first_trace}.{first_span}");
+            self.dead_letters
+                .store(DeadLetter {
+                    source_subject: &entry.subject,
+                    stream_seq: entry.stream_seq,
+                    piece: Some(&piece),
+                    payload: wire::encode_trace_batch(&mut batch),
+                    reason,
+                })
                 .await
-                .map_err(|e| failed(&e))?
-                .await
-                .map_err(|e| failed(&e))?;
-            tracing::warn!(sink = self.name, stream_seq = entry.stream_seq, reason, subject = %self.dead_subject, "backend refused spans; dead-lettered");
+                .map_err(|e| e.to_string())?;
         }
         Ok(())
     }
@@ -666,13 +624,6 @@ async fn watch_queue_depth(bus: Bus, spec: ConsumerSpec, metrics: SinkMetrics, s
             _ = shutdown.clone().wait() => return,
         }
     }
-}
-
-fn single_line(text: &str) -> String {
-    text.chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .take(1000)
-        .collect()
 }
 
 #[cfg(test)]

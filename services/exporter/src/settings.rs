@@ -4,12 +4,11 @@
 //! winning over the generic one, as the OTLP exporter spec says.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use clap::parser::ValueSource;
-use clap::{Arg, ArgMatches, Command};
-use espan::config::{ConfigError, FileTable, GoDuration, Layers, Origin, Setting};
+use clap::{Args, Parser, Subcommand};
+use espan::config::{self, ConfigError, GoDuration, Layers, Load, LoadError, Origin, Setting};
 
 use crate::sinks::otlp::{Protocol, parse_headers};
 
@@ -43,8 +42,6 @@ pub struct Settings {
     pub ack_wait: Duration,
     /// Durable names are `<prefix>-otlp`, `<prefix>-dataway`.
     pub durable_prefix: String,
-    /// File keys nobody asked for (likely typos), to log.
-    pub unknown_file_keys: Vec<String>,
 }
 
 /// The OTLP sink's options.
@@ -71,113 +68,116 @@ pub struct DatawaySettings {
     pub timeout: Duration,
 }
 
-/// One option: id (also the flag), environment variable, help.
-struct Opt {
-    id: &'static str,
-    env: &'static str,
-    help: &'static str,
+/// Exports espan's finished traces from the JetStream stream TRACES to OTLP (gRPC or
+/// HTTP/protobuf) and to Guance Dataway. Each configured sink has its own durable
+/// consumer, so a slow backend never holds another back; a message is acked only after
+/// the backend answered 2xx, and data a backend refuses for good (400) goes to the
+/// DEADLETTER stream with the reason.
+#[derive(Debug, Parser)]
+#[command(name = "espan-exporter", version, long_about = None)]
+pub struct Cli {
+    #[command(flatten)]
+    pub options: Options,
+    #[command(subcommand)]
+    pub command: Option<Command>,
 }
 
-const OPTS: &[Opt] = &[
-    Opt {
-        id: "nats-url",
-        env: "ESPAN_NATS_URL",
-        help: "NATS server with JetStream [default: nats://127.0.0.1:4222] (file key nats_url)",
-    },
-    Opt {
-        id: "metrics-addr",
-        env: "ESPAN_EXPORTER_METRICS_ADDR",
-        help: "Address for /metrics and /healthz [default: 0.0.0.0:9533] (file key metrics_addr)",
-    },
-    Opt {
-        id: "otlp-endpoint",
-        env: "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
-        help: "OTLP endpoint; enables the OTLP sink. gRPC: http://host:4317. HTTP: a base URL \
-               (http://host:4318, `/v1/traces` is appended) or, from the TRACES variable, the full URL. \
-               Also read from OTEL_EXPORTER_OTLP_ENDPOINT (file key otlp_endpoint)",
-    },
-    Opt {
-        id: "otlp-protocol",
-        env: "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
-        help: "grpc or http/protobuf [default: http/protobuf]. Also OTEL_EXPORTER_OTLP_PROTOCOL \
-               (file key otlp_protocol)",
-    },
-    Opt {
-        id: "otlp-headers",
-        env: "OTEL_EXPORTER_OTLP_TRACES_HEADERS",
-        help: "Headers sent with every OTLP request: key=value,key2=value2 (values percent-decoded). \
-               Also OTEL_EXPORTER_OTLP_HEADERS (file key otlp_headers)",
-    },
-    Opt {
-        id: "otlp-timeout",
-        env: "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT",
-        help: "Limit on one OTLP try: milliseconds (as the OTel variables) or a duration such as 10s \
-               [default: 10000]. Also OTEL_EXPORTER_OTLP_TIMEOUT (file key otlp_timeout)",
-    },
-    Opt {
-        id: "otlp-compression",
-        env: "OTEL_EXPORTER_OTLP_TRACES_COMPRESSION",
-        help: "gzip or none [default: none]. Also OTEL_EXPORTER_OTLP_COMPRESSION (file key otlp_compression)",
-    },
-    Opt {
-        id: "dataway",
-        env: "ENV_DATAWAY",
-        help: "Guance Dataway, http://host:port?token=tkn_xxx; enables the Dataway sink, which posts \
-               gzip line protocol to <host:port>/v1/write/tracing?token=… (file key dataway)",
-    },
-    Opt {
-        id: "dataway-timeout",
-        env: "ESPAN_EXPORTER_DATAWAY_TIMEOUT",
-        help: "Limit on one Dataway try [default: 30s] (file key dataway_timeout)",
-    },
-    Opt {
-        id: "batch-max-spans",
-        env: "ESPAN_EXPORTER_BATCH_MAX_SPANS",
-        help: "Spans per request, at most; larger groups are split [default: 1000] (file key batch_max_spans)",
-    },
-    Opt {
-        id: "batch-timeout",
-        env: "ESPAN_EXPORTER_BATCH_TIMEOUT",
-        help: "A request leaves when it holds batch_max_spans spans or when its first span has waited \
-               this long (as the OpenTelemetry Collector's batch processor) [default: 200ms] \
-               (file key batch_timeout)",
-    },
-    Opt {
-        id: "batch-max-messages",
-        env: "ESPAN_EXPORTER_BATCH_MAX_MESSAGES",
-        help: "TRACES messages pulled from JetStream at once [default: 64] (file key batch_max_messages)",
-    },
-    Opt {
-        id: "concurrency",
-        env: "ESPAN_EXPORTER_CONCURRENCY",
-        help: "Requests in flight per sink [default: 4] (file key concurrency)",
-    },
-    Opt {
-        id: "retry-initial",
-        env: "ESPAN_EXPORTER_RETRY_INITIAL",
-        help: "First retry delay; it doubles per try, with jitter [default: 200ms] (file key retry_initial)",
-    },
-    Opt {
-        id: "retry-max",
-        env: "ESPAN_EXPORTER_RETRY_MAX",
-        help: "Longest retry delay; retries go on until the backend takes the data [default: 30s] \
-               (file key retry_max)",
-    },
-    Opt {
-        id: "ack-wait",
-        env: "ESPAN_EXPORTER_ACK_WAIT",
-        help: "JetStream ack wait of the consumers: a message held this long without an ack or a \
-               progress ack is redelivered, e.g. what an exporter held when it crashed; while it \
-               exports, the exporter sends progress acks (and skips copies of what it already sent) \
-               [default: 30s] (file key ack_wait)",
-    },
-    Opt {
-        id: "durable-prefix",
-        env: "ESPAN_EXPORTER_DURABLE_PREFIX",
-        help: "Durable consumer names are <prefix>-otlp and <prefix>-dataway; replicas sharing a prefix \
-               share the work [default: exporter] (file key durable_prefix)",
-    },
-];
+/// What to do; with none, export.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Print the resolved configuration and exit (checks every value).
+    Config,
+}
+
+/// Every option, as text; [`Load::resolve`] parses them so that an error
+/// names where the bad value came from. Each flag's file key is its name
+/// with `_` for `-`.
+#[derive(Debug, Args)]
+pub struct Options {
+    /// TOML file with an [[inputs.espan_exporter]] table; keys as named below.
+    #[arg(long, env = "ESPAN_EXPORTER_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// NATS server with JetStream [default: nats://127.0.0.1:4222] (file key nats_url).
+    #[arg(long, env = "ESPAN_NATS_URL", value_name = "URL")]
+    pub nats_url: Option<String>,
+    /// Address for /metrics and /healthz [default: 0.0.0.0:9533] (file key metrics_addr).
+    #[arg(long, env = "ESPAN_EXPORTER_METRICS_ADDR", value_name = "ADDR")]
+    pub metrics_addr: Option<String>,
+    /// OTLP endpoint; enables the OTLP sink. gRPC: http://host:4317. HTTP: a base URL
+    /// (http://host:4318, `/v1/traces` is appended) or, from the TRACES variable, the full URL.
+    /// Also read from OTEL_EXPORTER_OTLP_ENDPOINT (file key otlp_endpoint).
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", value_name = "URL")]
+    pub otlp_endpoint: Option<String>,
+    /// grpc or http/protobuf [default: http/protobuf]. Also OTEL_EXPORTER_OTLP_PROTOCOL
+    /// (file key otlp_protocol).
+    #[arg(
+        long,
+        env = "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+        value_name = "PROTOCOL"
+    )]
+    pub otlp_protocol: Option<String>,
+    /// Headers sent with every OTLP request: key=value,key2=value2 (values percent-decoded).
+    /// Also OTEL_EXPORTER_OTLP_HEADERS (file key otlp_headers).
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_TRACES_HEADERS", value_name = "LIST")]
+    pub otlp_headers: Option<String>,
+    /// Limit on one OTLP try: milliseconds (as the OTel variables) or a duration such as 10s
+    /// [default: 10000]. Also OTEL_EXPORTER_OTLP_TIMEOUT (file key otlp_timeout).
+    #[arg(
+        long,
+        env = "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT",
+        value_name = "DURATION"
+    )]
+    pub otlp_timeout: Option<String>,
+    /// gzip or none [default: none]. Also OTEL_EXPORTER_OTLP_COMPRESSION (file key
+    /// otlp_compression).
+    #[arg(
+        long,
+        env = "OTEL_EXPORTER_OTLP_TRACES_COMPRESSION",
+        value_name = "NAME"
+    )]
+    pub otlp_compression: Option<String>,
+    /// Guance Dataway, http://host:port?token=tkn_xxx; enables the Dataway sink, which posts
+    /// gzip line protocol to <host:port>/v1/write/tracing?token=… (file key dataway).
+    #[arg(long, env = "ENV_DATAWAY", value_name = "URL")]
+    pub dataway: Option<String>,
+    /// Limit on one Dataway try [default: 30s] (file key dataway_timeout).
+    #[arg(long, env = "ESPAN_EXPORTER_DATAWAY_TIMEOUT", value_name = "DURATION")]
+    pub dataway_timeout: Option<String>,
+    /// Spans per request, at most; larger groups are split [default: 1000] (file key
+    /// batch_max_spans).
+    #[arg(long, env = "ESPAN_EXPORTER_BATCH_MAX_SPANS", value_name = "N")]
+    pub batch_max_spans: Option<String>,
+    /// A request leaves when it holds batch_max_spans spans or when its first span has waited
+    /// this long (as the OpenTelemetry Collector's batch processor) [default: 200ms]
+    /// (file key batch_timeout).
+    #[arg(long, env = "ESPAN_EXPORTER_BATCH_TIMEOUT", value_name = "DURATION")]
+    pub batch_timeout: Option<String>,
+    /// TRACES messages pulled from JetStream at once [default: 64] (file key
+    /// batch_max_messages).
+    #[arg(long, env = "ESPAN_EXPORTER_BATCH_MAX_MESSAGES", value_name = "N")]
+    pub batch_max_messages: Option<String>,
+    /// Requests in flight per sink [default: 4] (file key concurrency).
+    #[arg(long, env = "ESPAN_EXPORTER_CONCURRENCY", value_name = "N")]
+    pub concurrency: Option<String>,
+    /// First retry delay; it doubles per try, with jitter [default: 200ms] (file key
+    /// retry_initial).
+    #[arg(long, env = "ESPAN_EXPORTER_RETRY_INITIAL", value_name = "DURATION")]
+    pub retry_initial: Option<String>,
+    /// Longest retry delay; retries go on until the backend takes the data [default: 30s]
+    /// (file key retry_max).
+    #[arg(long, env = "ESPAN_EXPORTER_RETRY_MAX", value_name = "DURATION")]
+    pub retry_max: Option<String>,
+    /// JetStream ack wait of the consumers: a message held this long without an ack or a
+    /// progress ack is redelivered, e.g. what an exporter held when it crashed; while it
+    /// exports, the exporter sends progress acks (and skips copies of what it already sent)
+    /// [default: 30s] (file key ack_wait).
+    #[arg(long, env = "ESPAN_EXPORTER_ACK_WAIT", value_name = "DURATION")]
+    pub ack_wait: Option<String>,
+    /// Durable consumer names are <prefix>-otlp and <prefix>-dataway; replicas sharing a
+    /// prefix share the work [default: exporter] (file key durable_prefix).
+    #[arg(long, env = "ESPAN_EXPORTER_DURABLE_PREFIX", value_name = "NAME")]
+    pub durable_prefix: Option<String>,
+}
 
 impl Settings {
     /// The resolved settings, one `file_key = value` line each, for
@@ -248,192 +248,173 @@ impl Settings {
     }
 }
 
-/// The command line, with `--help` describing every option.
-pub fn command() -> Command {
-    let mut command = Command::new("espan-exporter")
-        .version(env!("CARGO_PKG_VERSION"))
-        .about(
-            "Exports espan's finished traces from the JetStream stream TRACES to OTLP (gRPC or \
-             HTTP/protobuf) and to Guance Dataway. Each configured sink has its own durable \
-             consumer, so a slow backend never holds another back; a message is acked only after \
-             the backend answered 2xx, and data a backend refuses for good (400) goes to the \
-             DEADLETTER stream with the reason.",
-        )
-        .arg(
-            Arg::new("config")
-                .long("config")
-                .env("ESPAN_EXPORTER_CONFIG")
-                .value_name("FILE")
-                .help("TOML file with an [[inputs.espan_exporter]] table; keys as named below"),
-        )
-        .subcommand(
-            Command::new("config")
-                .about("Print the resolved configuration and exit (checks every value)"),
-        );
-    for opt in OPTS {
-        command = command.arg(
-            Arg::new(opt.id)
-                .long(opt.id)
-                .env(opt.env)
-                .value_name("VALUE")
-                .help(opt.help),
-        );
+impl Load for Settings {
+    type Cli = Cli;
+    const INPUT: &'static str = FILE_TABLE;
+
+    fn config_file(cli: &Cli) -> Option<&Path> {
+        cli.options.config.as_deref()
     }
-    command
-}
 
-/// Resolves the settings from parsed arguments.
-pub fn resolve(command: &Command, matches: &ArgMatches) -> Result<Settings, ConfigError> {
-    let file = match matches.get_one::<String>("config") {
-        Some(path) => Some(FileTable::load(&PathBuf::from(path), FILE_TABLE)?),
-        None => None,
-    };
-    let layers = Layers::new(command, matches, file);
-    let otel = Otel {
-        layers: &layers,
-        matches,
-    };
+    fn resolve(_: &Cli, layers: &Layers<'_>) -> Result<Self, ConfigError> {
+        let otel = Otel { layers };
 
-    let otlp = match otel.get::<String>(
-        "otlp-endpoint",
-        "OTEL_EXPORTER_OTLP_ENDPOINT",
-        "otlp_endpoint",
-    )? {
-        None => None,
-        Some((endpoint, from)) => {
-            let protocol = match otel.get::<String>(
-                "otlp-protocol",
-                "OTEL_EXPORTER_OTLP_PROTOCOL",
-                "otlp_protocol",
-            )? {
-                Some((text, origin)) => {
-                    Protocol::parse(&text).map_err(|reason| invalid(origin, &text, reason))?
-                }
-                None => Protocol::HttpProtobuf,
-            };
-            let endpoint = match protocol {
-                Protocol::Grpc => endpoint,
-                Protocol::HttpProtobuf => {
-                    let signal_specific =
-                        from == Origin::Env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT".into());
-                    crate::sinks::otlp::http::traces_url(
-                        &endpoint,
-                        signal_specific || endpoint.trim_end_matches('/').ends_with("/v1/traces"),
-                    )
-                    .map_err(|reason| invalid(from.clone(), &endpoint, reason))?
-                    .to_string()
-                }
-            };
-            let headers = match otel.get::<String>(
-                "otlp-headers",
-                "OTEL_EXPORTER_OTLP_HEADERS",
-                "otlp_headers",
-            )? {
-                Some((text, origin)) => {
-                    parse_headers(&text).map_err(|reason| invalid(origin, &text, reason))?
-                }
-                None => Vec::new(),
-            };
-            let timeout = match otel.get::<OtlpTimeout>(
-                "otlp-timeout",
-                "OTEL_EXPORTER_OTLP_TIMEOUT",
-                "otlp_timeout",
-            )? {
-                Some((t, _)) => t.0,
-                None => Duration::from_secs(10),
-            };
-            let gzip = match otel.get::<String>(
-                "otlp-compression",
-                "OTEL_EXPORTER_OTLP_COMPRESSION",
-                "otlp_compression",
-            )? {
-                Some((text, origin)) => match text.trim() {
-                    "gzip" => true,
-                    "none" | "" => false,
-                    _ => return Err(invalid(origin, &text, "expected gzip or none".into())),
-                },
-                None => false,
-            };
-            Some(OtlpSettings {
-                endpoint,
-                protocol,
-                headers,
-                timeout,
-                gzip,
-            })
-        }
-    };
-
-    let dataway = match layers.get_opt::<String>("dataway", "dataway")? {
-        None => None,
-        Some(text) => {
-            let origin = layers.origin_of("dataway", "dataway");
-            if text.contains(',') {
-                return Err(invalid(
-                    origin,
-                    &text,
-                    "one Dataway URL, please (espan sends to one)".into(),
-                ));
+        let otlp = match otel.get::<String>(
+            "otlp_endpoint",
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            "otlp_endpoint",
+        )? {
+            None => None,
+            Some((endpoint, from)) => {
+                let protocol = match otel.get::<String>(
+                    "otlp_protocol",
+                    "OTEL_EXPORTER_OTLP_PROTOCOL",
+                    "otlp_protocol",
+                )? {
+                    Some((text, origin)) => {
+                        Protocol::parse(&text).map_err(|reason| invalid(origin, &text, reason))?
+                    }
+                    None => Protocol::HttpProtobuf,
+                };
+                let endpoint = match protocol {
+                    Protocol::Grpc => endpoint,
+                    Protocol::HttpProtobuf => {
+                        let signal_specific =
+                            from == Origin::Env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT".into());
+                        crate::sinks::otlp::http::traces_url(
+                            &endpoint,
+                            signal_specific
+                                || endpoint.trim_end_matches('/').ends_with("/v1/traces"),
+                        )
+                        .map_err(|reason| invalid(from.clone(), &endpoint, reason))?
+                        .to_string()
+                    }
+                };
+                let headers = match otel.get::<String>(
+                    "otlp_headers",
+                    "OTEL_EXPORTER_OTLP_HEADERS",
+                    "otlp_headers",
+                )? {
+                    Some((text, origin)) => {
+                        parse_headers(&text).map_err(|reason| invalid(origin, &text, reason))?
+                    }
+                    None => Vec::new(),
+                };
+                let timeout = match otel.get::<OtlpTimeout>(
+                    "otlp_timeout",
+                    "OTEL_EXPORTER_OTLP_TIMEOUT",
+                    "otlp_timeout",
+                )? {
+                    Some((t, _)) => t.0,
+                    None => Duration::from_secs(10),
+                };
+                let gzip = match otel.get::<String>(
+                    "otlp_compression",
+                    "OTEL_EXPORTER_OTLP_COMPRESSION",
+                    "otlp_compression",
+                )? {
+                    Some((text, origin)) => match text.trim() {
+                        "gzip" => true,
+                        "none" | "" => false,
+                        _ => return Err(invalid(origin, &text, "expected gzip or none".into())),
+                    },
+                    None => false,
+                };
+                Some(OtlpSettings {
+                    endpoint,
+                    protocol,
+                    headers,
+                    timeout,
+                    gzip,
+                })
             }
-            let url = crate::sinks::dataway::write_url(text.trim())
-                .map_err(|reason| invalid(origin, &text, reason))?;
-            Some(DatawaySettings {
-                url: url.to_string(),
-                timeout: layers.get(
-                    "dataway-timeout",
-                    "dataway_timeout",
-                    Duration::from_secs(30),
-                )?,
-            })
-        }
-    };
+        };
 
-    let positive = |id: &str, key: &str, default: usize| -> Result<usize, ConfigError> {
-        let value: usize = layers.get(id, key, default)?;
-        if value == 0 {
-            return Err(invalid(
-                layers.origin_of(id, key),
-                "0",
-                "must be at least 1".into(),
+        let dataway = match layers.get_opt::<String>("dataway", "dataway")? {
+            None => None,
+            Some(text) => {
+                let origin = layers.origin_of("dataway", "dataway");
+                if text.contains(',') {
+                    return Err(invalid(
+                        origin,
+                        &text,
+                        "one Dataway URL, please (espan sends to one)".into(),
+                    ));
+                }
+                let url = crate::sinks::dataway::write_url(text.trim())
+                    .map_err(|reason| invalid(origin, &text, reason))?;
+                Some(DatawaySettings {
+                    url: url.to_string(),
+                    timeout: layers.get(
+                        "dataway_timeout",
+                        "dataway_timeout",
+                        Duration::from_secs(30),
+                    )?,
+                })
+            }
+        };
+
+        let positive = |id: &str, key: &str, default: usize| -> Result<usize, ConfigError> {
+            let value: usize = layers.get(id, key, default)?;
+            if value == 0 {
+                return Err(layers.invalid(id, key, 0, "must be at least 1"));
+            }
+            Ok(value)
+        };
+        let settings = Settings {
+            nats_url: layers.get("nats_url", "nats_url", "nats://127.0.0.1:4222".to_owned())?,
+            metrics_addr: layers.get(
+                "metrics_addr",
+                "metrics_addr",
+                SocketAddr::from(([0, 0, 0, 0], 9533)),
+            )?,
+            otlp,
+            dataway,
+            batch_max_spans: positive("batch_max_spans", "batch_max_spans", 1000)?,
+            batch_timeout: layers.get(
+                "batch_timeout",
+                "batch_timeout",
+                Duration::from_millis(200),
+            )?,
+            batch_max_messages: positive("batch_max_messages", "batch_max_messages", 64)?,
+            concurrency: positive("concurrency", "concurrency", 4)?,
+            retry_initial: layers.get(
+                "retry_initial",
+                "retry_initial",
+                Duration::from_millis(200),
+            )?,
+            retry_max: layers.get("retry_max", "retry_max", Duration::from_secs(30))?,
+            ack_wait: layers.get("ack_wait", "ack_wait", Duration::from_secs(30))?,
+            durable_prefix: layers.get(
+                "durable_prefix",
+                "durable_prefix",
+                "exporter".to_owned(),
+            )?,
+        };
+        if settings.otlp.is_none() && settings.dataway.is_none() {
+            return Err(ConfigError::Conflict(
+                "no sink configured: set OTEL_EXPORTER_OTLP_ENDPOINT (or --otlp-endpoint) and/or ENV_DATAWAY (or --dataway)".into(),
             ));
         }
-        Ok(value)
-    };
-    let settings = Settings {
-        nats_url: layers.get("nats-url", "nats_url", "nats://127.0.0.1:4222".to_owned())?,
-        metrics_addr: layers.get(
-            "metrics-addr",
-            "metrics_addr",
-            SocketAddr::from(([0, 0, 0, 0], 9533)),
-        )?,
-        otlp,
-        dataway,
-        batch_max_spans: positive("batch-max-spans", "batch_max_spans", 1000)?,
-        batch_timeout: layers.get("batch-timeout", "batch_timeout", Duration::from_millis(200))?,
-        batch_max_messages: positive("batch-max-messages", "batch_max_messages", 64)?,
-        concurrency: positive("concurrency", "concurrency", 4)?,
-        retry_initial: layers.get("retry-initial", "retry_initial", Duration::from_millis(200))?,
-        retry_max: layers.get("retry-max", "retry_max", Duration::from_secs(30))?,
-        ack_wait: layers.get("ack-wait", "ack_wait", Duration::from_secs(30))?,
-        durable_prefix: layers.get("durable-prefix", "durable_prefix", "exporter".to_owned())?,
-        unknown_file_keys: Vec::new(),
-    };
-    if settings.otlp.is_none() && settings.dataway.is_none() {
-        return Err(ConfigError::Conflict(
-            "no sink configured: set OTEL_EXPORTER_OTLP_ENDPOINT (or --otlp-endpoint) and/or ENV_DATAWAY (or --dataway)".into(),
-        ));
+        Ok(settings)
     }
-    Ok(Settings {
-        unknown_file_keys: layers.unknown_file_keys(),
-        ..settings
-    })
+}
+
+impl Settings {
+    /// Parses `args` (first item = program name) the way `main` does.
+    pub fn from_args<I, T>(args: I) -> Result<(Cli, Settings), LoadError>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        config::load_from::<Settings, _, _>(args).map(|loaded| (loaded.cli, loaded.settings))
+    }
 }
 
 /// The OTel variables: flag or `…_TRACES_…` variable, then the generic
 /// variable, then the file.
 struct Otel<'a> {
     layers: &'a Layers<'a>,
-    matches: &'a ArgMatches,
 }
 
 impl Otel<'_> {
@@ -443,11 +424,9 @@ impl Otel<'_> {
         generic_var: &str,
         file_key: &str,
     ) -> Result<Option<(T, Origin)>, ConfigError> {
-        let explicit = matches!(
-            self.matches.value_source(id),
-            Some(ValueSource::CommandLine | ValueSource::EnvVariable)
-        );
-        if !explicit && let Some(value) = self.layers.env_opt::<T>(generic_var)? {
+        if !self.layers.given(id)
+            && let Some(value) = self.layers.env_opt::<T>(generic_var)?
+        {
             return Ok(Some((value, Origin::Env(generic_var.into()))));
         }
         let origin = self.layers.origin_of(id, file_key);
@@ -491,10 +470,8 @@ fn invalid(origin: Origin, value: &str, reason: String) -> ConfigError {
 mod tests {
     use super::*;
 
-    fn resolve_args(args: &[&str]) -> Result<Settings, ConfigError> {
-        let command = command();
-        let matches = command.clone().try_get_matches_from(args).unwrap();
-        resolve(&command, &matches)
+    fn resolve_args(args: &[&str]) -> Result<Settings, LoadError> {
+        Settings::from_args(args.iter().copied()).map(|(_, settings)| settings)
     }
 
     #[test]
@@ -570,14 +547,22 @@ mod tests {
         )
         .unwrap();
         let path_text = path.to_str().unwrap();
-        let s = resolve_args(&["x", "--config", path_text, "--concurrency", "5"]).unwrap();
+        let loaded =
+            config::load_from::<Settings, _, _>(["x", "--config", path_text, "--concurrency", "5"])
+                .unwrap();
+        let s = loaded.settings;
         let otlp = s.otlp.unwrap();
         assert_eq!(otlp.protocol, Protocol::Grpc);
         assert_eq!(otlp.endpoint, "http://127.0.0.1:4317");
         assert_eq!(otlp.timeout, Duration::from_millis(1500));
         assert_eq!(s.batch_max_spans, 200);
         assert_eq!(s.concurrency, 5, "the flag wins over the file");
-        assert_eq!(s.unknown_file_keys, ["typo_key"]);
+        assert_eq!(
+            loaded.unknown_keys.to_string(),
+            format!(
+                "unknown key `typo_key` in [[inputs.espan_exporter]] of {path_text}: ignored (misspelt? --help lists every key)"
+            )
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

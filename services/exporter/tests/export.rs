@@ -339,7 +339,6 @@ fn settings(nats: &TestNats) -> Settings {
         retry_max: Duration::from_millis(500),
         ack_wait: Duration::from_secs(30),
         durable_prefix: "exporter".into(),
-        unknown_file_keys: Vec::new(),
     }
 }
 
@@ -995,6 +994,10 @@ async fn refused_data_is_dead_lettered(sink: Sink) {
     assert!(
         reason.contains(expected),
         "reason names the answer: {reason}"
+    );
+    assert!(
+        !reason.contains("tkn_test"),
+        "the Dataway token leaked into the reason: {reason}"
     );
     assert_eq!(
         dead.headers.get(bus::DEAD_SUBJECT_HEADER).unwrap().as_str(),

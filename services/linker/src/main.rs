@@ -5,32 +5,24 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::{CommandFactory, FromArgMatches};
-use espan::config::GoDuration;
+use espan::config::{self, GoDuration};
 use espan::{shutdown, telemetry};
 use espan_linker::api::{self, ListQuery};
-use espan_linker::settings::{Cli, Command, Settings};
+use espan_linker::settings::{Command, Settings};
 use espan_linker::store::{Store, StoreError};
 use espan_linker::{cli, metrics::Metrics, service};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let command = Cli::command();
-    let matches = command.clone().get_matches();
-    let parsed = Cli::from_arg_matches(&matches)?;
-    let settings = match Settings::resolve(&command, &matches, &parsed.options) {
-        Ok(settings) => settings,
-        Err(error) => {
-            eprintln!("espan-linker: {error}");
-            std::process::exit(2);
-        }
-    };
-    let command = parsed.command.unwrap_or(Command::Run);
+    let loaded = config::load::<Settings>();
+    let settings = loaded.settings;
+    let command = loaded.cli.command.unwrap_or(Command::Run);
     telemetry::init_logging_with(if matches!(command, Command::Run) {
         "info"
     } else {
         "warn"
     });
+    loaded.unknown_keys.warn();
     match command {
         Command::Run => run(settings).await,
         Command::Config => {
@@ -115,9 +107,6 @@ async fn ask_running_linker(settings: &Settings, path: &str) -> anyhow::Result<S
 }
 
 async fn run(settings: Settings) -> anyhow::Result<()> {
-    for key in &settings.unknown_keys {
-        tracing::warn!(key, "unknown key in [[inputs.ebpftrace]]; ignored");
-    }
     let (trigger, stop) = shutdown::channel();
     let store = Arc::new(Store::open(&settings.db_path, &settings.store_sync).await?);
     let mut registry = prometheus_client::registry::Registry::default();

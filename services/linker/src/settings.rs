@@ -3,11 +3,11 @@
 //! flags > environment > TOML file > default.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use espan::config::{self, ByteSize, ConfigError, FileTable, GoDuration, Layers, Rate};
+use espan::config::{self, ByteSize, ConfigError, GoDuration, Layers, Load, LoadError, Rate};
 
 use crate::store::SyncMode;
 
@@ -51,7 +51,7 @@ pub enum Command {
 }
 
 /// Every option of the linker. Values are strings here and parsed by
-/// [`Settings::resolve`], so that an error names where a bad value came from.
+/// [`Load::resolve`], so that an error names where a bad value came from.
 #[derive(Debug, Args)]
 pub struct Options {
     /// TOML file with an [[inputs.ebpftrace]] table (DataKit's input config).
@@ -136,32 +136,26 @@ pub struct Settings {
     pub ack_wait: Duration,
     pub stream_max_bytes: u64,
     pub duplicate_window: Duration,
-    /// Keys of the file table no option uses (logged as likely typos).
-    pub unknown_keys: Vec<String>,
 }
 
-impl Settings {
-    /// Resolves every option from `matches` (of [`Cli`]'s command).
-    pub fn resolve(
-        command: &clap::Command,
-        matches: &clap::ArgMatches,
-        options: &Options,
-    ) -> Result<Self, ConfigError> {
-        let file = options
-            .config
-            .as_deref()
-            .map(|p| FileTable::load(p, "ebpftrace"))
-            .transpose()?;
-        let layers = Layers::new(command, matches, file);
+impl Load for Settings {
+    type Cli = Cli;
+    const INPUT: &'static str = "ebpftrace";
+
+    fn config_file(cli: &Cli) -> Option<&Path> {
+        cli.options.config.as_deref()
+    }
+
+    fn resolve(_: &Cli, layers: &Layers<'_>) -> Result<Self, ConfigError> {
         let window: GoDuration =
             layers.get("window", "window", GoDuration(Duration::from_secs(20)))?;
         if window.0 < Duration::from_secs(1) {
-            return Err(config::check(
-                layers.origin_of("window", "window"),
+            return Err(layers.invalid(
+                "window",
+                "window",
                 format!("{:?}", window.0),
-                Err::<(), _>("the window must be at least 1s".into()),
-            )
-            .unwrap_err());
+                "the window must be at least 1s",
+            ));
         }
         let late_retention = layers
             .get_opt::<GoDuration>("late_retention", "late_retention")?
@@ -173,16 +167,11 @@ impl Settings {
         )?;
         let consume_batch: usize = layers.get("consume_batch", "consume_batch", 64)?;
         if consume_batch == 0 {
-            return Err(config::check(
-                layers.origin_of("consume_batch", "consume_batch"),
-                0,
-                Err::<(), _>("must be at least 1".into()),
-            )
-            .unwrap_err());
+            return Err(layers.invalid("consume_batch", "consume_batch", 0, "must be at least 1"));
         }
         let nats_url: String =
             layers.get("nats_url", "nats_url", "nats://127.0.0.1:4222".to_owned())?;
-        let settings = Settings {
+        Ok(Settings {
             db_path: layers.get("db_path", "db_path", PathBuf::from("/var/lib/espan/linker"))?,
             use_app_trace_id: layers.get("use_app_trace_id", "use_app_trace_id", true)?,
             window: window.0,
@@ -229,25 +218,17 @@ impl Settings {
                     GoDuration(Duration::from_secs(600)),
                 )?
                 .0,
-            unknown_keys: Vec::new(),
-        };
-        Ok(Settings {
-            unknown_keys: layers.unknown_file_keys(),
-            ..settings
         })
     }
+}
 
+impl Settings {
     /// Parses `args` (first item = program name) the way `main` does.
-    pub fn from_args<I, T>(args: I) -> Result<(Cli, Settings), anyhow::Error>
+    pub fn from_args<I, T>(args: I) -> Result<(Cli, Settings), LoadError>
     where
         I: IntoIterator<Item = T>,
         T: Into<std::ffi::OsString> + Clone,
     {
-        use clap::{CommandFactory, FromArgMatches};
-        let command = Cli::command();
-        let matches = command.clone().try_get_matches_from(args)?;
-        let cli = Cli::from_arg_matches(&matches)?;
-        let settings = Settings::resolve(&command, &matches, &cli.options)?;
-        Ok((cli, settings))
+        config::load_from::<Settings, _, _>(args).map(|loaded| (loaded.cli, loaded.settings))
     }
 }

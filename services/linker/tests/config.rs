@@ -14,6 +14,7 @@ fn linker(args: &[&str], env: &[(&str, &str)]) -> Output {
         "ENV_INPUT_EBPFTRACE_SAMPLING_RATE",
         "ESPAN_LINKER_CONFIG",
         "ESPAN_NATS_URL",
+        "RUST_LOG",
     ] {
         command.env_remove(var);
     }
@@ -104,6 +105,27 @@ fn flags_beat_environment_beat_file() {
     assert!(
         out.contains("window: 10s") && out.contains("\"nats://10.0.0.9:4222\""),
         "{out}"
+    );
+}
+
+/// An unknown key is not an error (DataKit's files carry keys espan does not
+/// read) but a warning naming the key and the file, the same in every service.
+#[test]
+fn an_unknown_key_is_warned_about_by_name() {
+    let toml = file("[[inputs.ebpftrace]]\nwindow = \"10s\"\nwindwo = \"5s\"\n");
+    let path = toml.path().to_str().unwrap();
+    let out = linker(&["--config", path, "config"], &[]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("window: 10s"),
+        "{out:?}"
+    );
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        stderr.contains(&format!(
+            "unknown key `windwo` in [[inputs.ebpftrace]] of {path}: ignored (misspelt? --help lists every key)"
+        )),
+        "{stderr}"
     );
 }
 

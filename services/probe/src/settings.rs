@@ -2,11 +2,11 @@
 //! variables, plus espan's own, resolved as flags > environment > TOML > default.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::{Args, Parser};
-use espan::config::{self, ByteSize, ConfigError, FileTable, GoDuration, Layers};
+use espan::config::{self, ByteSize, ConfigError, GoDuration, Layers, Load, LoadError};
 use espan_common::MAX_CAPTURE;
 
 use crate::procs::Selection;
@@ -25,7 +25,7 @@ pub struct Cli {
     pub print_config: bool,
 }
 
-/// Every option, as text; [`Settings::resolve`] parses them so that an error
+/// Every option, as text; [`Load::resolve`] parses them so that an error
 /// names where the bad value came from.
 #[derive(Debug, Args)]
 pub struct Options {
@@ -98,27 +98,10 @@ pub struct Settings {
     pub metrics_addr: SocketAddr,
     pub host: String,
     pub stream_max_bytes: u64,
-    /// Keys of the file table no option uses (logged as likely typos).
-    pub unknown_keys: Vec<String>,
 }
 
 /// The env list DataKit uses by default.
 pub const DEFAULT_ENV_LIST: &[&str] = &["DK_BPFTRACE_SERVICE", "DD_SERVICE", "OTEL_SERVICE_NAME"];
-
-fn invalid(
-    layers: &Layers<'_>,
-    id: &str,
-    key: &str,
-    value: impl std::fmt::Display,
-    why: &str,
-) -> ConfigError {
-    config::check(
-        layers.origin_of(id, key),
-        value,
-        Err::<(), _>(why.to_owned()),
-    )
-    .unwrap_err()
-}
 
 /// The machine's host name.
 pub fn hostname() -> String {
@@ -129,25 +112,20 @@ pub fn hostname() -> String {
         .unwrap_or_else(|| "localhost".into())
 }
 
-impl Settings {
-    /// Resolves every option from `matches` (of [`Cli`]'s command).
-    pub fn resolve(
-        command: &clap::Command,
-        matches: &clap::ArgMatches,
-        options: &Options,
-    ) -> Result<Self, ConfigError> {
-        let file = options
-            .config
-            .as_deref()
-            .map(|p| FileTable::load(p, "ebpf"))
-            .transpose()?;
-        let layers = Layers::new(command, matches, file);
+impl Load for Settings {
+    type Cli = Cli;
+    const INPUT: &'static str = "ebpf";
+
+    fn config_file(cli: &Cli) -> Option<&Path> {
+        cli.options.config.as_deref()
+    }
+
+    fn resolve(_: &Cli, layers: &Layers<'_>) -> Result<Self, ConfigError> {
         let plugins: Option<Vec<String>> = layers.get_opt("enabled_plugins", "enabled_plugins")?;
         if let Some(p) = &plugins
             && !p.iter().any(|p| p == "ebpf-trace")
         {
-            return Err(invalid(
-                &layers,
+            return Err(layers.invalid(
                 "enabled_plugins",
                 "enabled_plugins",
                 p.join(","),
@@ -158,8 +136,7 @@ impl Settings {
         if let Some(p) = &l7
             && !p.iter().any(|p| p == "httpflow")
         {
-            return Err(invalid(
-                &layers,
+            return Err(layers.invalid(
                 "l7net_enabled",
                 "l7net_enabled",
                 p.join(","),
@@ -172,8 +149,7 @@ impl Settings {
             .get("capture_bytes", "capture_bytes", ByteSize(1024))?
             .0;
         if !(64..=MAX_CAPTURE as u64).contains(&capture) {
-            return Err(invalid(
-                &layers,
+            return Err(layers.invalid(
                 "capture_bytes",
                 "capture_bytes",
                 capture,
@@ -184,8 +160,7 @@ impl Settings {
             .get("ring_buffer_size", "ring_buffer_size", ByteSize(8 << 20))?
             .0;
         if !((64 << 10)..=(1 << 30)).contains(&ring) {
-            return Err(invalid(
-                &layers,
+            return Err(layers.invalid(
                 "ring_buffer_size",
                 "ring_buffer_size",
                 ring,
@@ -194,13 +169,7 @@ impl Settings {
         }
         let batch_spans: usize = layers.get("batch_spans", "batch_spans", 500)?;
         if batch_spans == 0 {
-            return Err(invalid(
-                &layers,
-                "batch_spans",
-                "batch_spans",
-                0,
-                "must be at least 1",
-            ));
+            return Err(layers.invalid("batch_spans", "batch_spans", 0, "must be at least 1"));
         }
         let batch_interval = layers
             .get::<GoDuration>(
@@ -210,8 +179,7 @@ impl Settings {
             )?
             .0;
         if batch_interval.is_zero() {
-            return Err(invalid(
-                &layers,
+            return Err(layers.invalid(
                 "batch_interval",
                 "batch_interval",
                 "0s",
@@ -233,7 +201,7 @@ impl Settings {
                 Vec::new(),
             )?,
         };
-        let settings = Settings {
+        Ok(Settings {
             nats_url: espan::bus::nats_url(&trace_server),
             selection,
             capture_bytes: capture as u32,
@@ -252,26 +220,18 @@ impl Settings {
             stream_max_bytes: layers
                 .get("stream_max_bytes", "stream_max_bytes", ByteSize(2 << 30))?
                 .0,
-            unknown_keys: Vec::new(),
-        };
-        Ok(Settings {
-            unknown_keys: layers.unknown_file_keys(),
-            ..settings
         })
     }
+}
 
+impl Settings {
     /// Parses `args` (first item = program name) the way `main` does.
-    pub fn from_args<I, T>(args: I) -> Result<(Cli, Settings), anyhow::Error>
+    pub fn from_args<I, T>(args: I) -> Result<(Cli, Settings), LoadError>
     where
         I: IntoIterator<Item = T>,
         T: Into<std::ffi::OsString> + Clone,
     {
-        use clap::{CommandFactory, FromArgMatches};
-        let command = Cli::command();
-        let matches = command.clone().try_get_matches_from(args)?;
-        let cli = Cli::from_arg_matches(&matches)?;
-        let settings = Settings::resolve(&command, &matches, &cli.options)?;
-        Ok((cli, settings))
+        config::load_from::<Settings, _, _>(args).map(|loaded| (loaded.cli, loaded.settings))
     }
 }
 
@@ -317,11 +277,91 @@ mod tests {
             "[[inputs.ebpf]]\ntrace_server = \"127.0.0.1:4333\"\ntrace_env_list = [\"MY_SVC\"]\ntrace_all_process = true\ntypo_key = 1\n",
         )
         .unwrap();
-        let (_, s) =
-            Settings::from_args(["espan-probe", "--config", path.to_str().unwrap()]).unwrap();
+        let file = path.to_str().unwrap();
+        let loaded =
+            config::load_from::<Settings, _, _>(["espan-probe", "--config", file]).unwrap();
+        let s = loaded.settings;
         assert_eq!(s.nats_url, "nats://127.0.0.1:4333");
         assert_eq!(s.selection.env_list, ["MY_SVC"]);
         assert!(s.selection.trace_all);
-        assert_eq!(s.unknown_keys, ["typo_key"]);
+        // The message every service warns with.
+        assert_eq!(
+            loaded.unknown_keys.to_string(),
+            format!(
+                "unknown key `typo_key` in [[inputs.ebpf]] of {file}: ignored (misspelt? --help lists every key)"
+            )
+        );
+    }
+
+    /// Flags > environment > file > default. Variables are process-wide, so
+    /// each case runs in a child process: this test binary, running only this
+    /// test, which then prints what its arguments resolve to.
+    #[test]
+    fn flags_beat_environment_beat_file_beat_defaults() {
+        const CHILD_ARGS: &str = "ESPAN_PROBE_SETTINGS_CHILD_ARGS";
+        if let Ok(args) = std::env::var(CHILD_ARGS) {
+            let (_, s) = Settings::from_args(args.split('\n')).unwrap();
+            println!(
+                "resolved: batch_spans={} nats_url={}",
+                s.batch_spans, s.nats_url
+            );
+            return;
+        }
+        let dir = espan::testkit::tempfile_dir::TempDir::new("probe-precedence").unwrap();
+        let path = dir.path().join("ebpf.conf");
+        std::fs::write(
+            &path,
+            "[[inputs.ebpf]]\nbatch_spans = 100\ntrace_server = \"10.0.0.1:4222\"\n",
+        )
+        .unwrap();
+        let file = path.to_str().unwrap();
+        let resolve = |args: &[&str], env: &[(&str, &str)]| -> String {
+            let mut all = vec!["espan-probe"];
+            all.extend(args);
+            let out = std::process::Command::new(std::env::current_exe().unwrap())
+                .args([
+                    "--exact",
+                    "settings::tests::flags_beat_environment_beat_file_beat_defaults",
+                    "--nocapture",
+                ])
+                .env_clear()
+                .env(CHILD_ARGS, all.join("\n"))
+                .envs(env.iter().copied())
+                .output()
+                .unwrap();
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            assert!(
+                out.status.success(),
+                "{stdout}{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            stdout
+                .lines()
+                .find_map(|l| l.strip_prefix("resolved: "))
+                .unwrap_or_else(|| panic!("no result in {stdout}"))
+                .to_owned()
+        };
+        let env = ("ENV_INPUT_EBPF_BATCH_SPANS", "200");
+        assert_eq!(
+            resolve(&[], &[]),
+            "batch_spans=500 nats_url=nats://127.0.0.1:4222"
+        );
+        assert_eq!(
+            resolve(&["--config", file], &[]),
+            "batch_spans=100 nats_url=nats://10.0.0.1:4222"
+        );
+        assert_eq!(
+            resolve(&[], &[("ESPAN_PROBE_CONFIG", file)]),
+            "batch_spans=100 nats_url=nats://10.0.0.1:4222",
+            "the file named by its variable"
+        );
+        assert_eq!(
+            resolve(&["--config", file], &[env]),
+            "batch_spans=200 nats_url=nats://10.0.0.1:4222"
+        );
+        assert_eq!(
+            resolve(&["--config", file, "--batch-spans", "300"], &[env]),
+            "batch_spans=300 nats_url=nats://10.0.0.1:4222"
+        );
     }
 }
