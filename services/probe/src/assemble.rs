@@ -8,9 +8,9 @@
 //! only where it is sound ([`crate::runtime`]): for thread-per-request servers,
 //! until one of the process's threads is seen serving two requests at once.
 //! Event loops (Node.js, nginx, a process seen multiplexing) go by the turn rule
-//! ([`crate::turns`]); Go processes by neither. Every client span left without a
-//! parent is counted with the reason
-//! ([`ParentUnset`]).
+//! ([`crate::turns`]), and so does Go with the whole process's requests counted
+//! as runnable. Every client span left without a parent is counted with the
+//! reason ([`ParentUnset`]).
 //!
 //! A socket's CLOSE does not always come after the last bytes its process reads:
 //! on a reset the socket reaches CLOSE at once, and the bytes queued before it
@@ -70,7 +70,8 @@ pub enum ParentUnset {
     /// Turn rule ([`crate::turns`]): it was not written right after the event
     /// that woke the one request runnable on its thread.
     NoSoleTurn,
-    /// A Go process: neither rule is sound for goroutines.
+    /// Turn rule in a Go process (see [`crate::turns`]): as `NoSoleTurn`,
+    /// with the whole process's requests as the runnable ones.
     Go,
 }
 
@@ -165,6 +166,8 @@ pub struct Assembler {
     conns: HashMap<u64, Entry>,
     /// tid → server spans it has read and not answered.
     serving: HashMap<u32, Vec<u64>>,
+    /// pid → the same, for the whole process.
+    serving_process: HashMap<u32, Vec<u64>>,
     /// Processes one of whose threads served several requests at once.
     multiplexing: HashSet<u32>,
     /// The turn rule's state.
@@ -207,6 +210,7 @@ impl Assembler {
         Self {
             conns: HashMap::new(),
             serving: HashMap::new(),
+            serving_process: HashMap::new(),
             multiplexing: HashSet::new(),
             turns: Turns::default(),
             woke: Vec::new(),
@@ -225,6 +229,16 @@ impl Assembler {
         self.conns.len()
     }
 
+    /// The requests a client call on thread `tid` of `pid` may be made for: the
+    /// thread's, or in Go (goroutines move between threads) the process's.
+    fn served(&self, runtime: Runtime, pid: u32, tid: u32) -> &[u64] {
+        let list = match runtime {
+            Runtime::Go => self.serving_process.get(&pid),
+            _ => self.serving.get(&tid),
+        };
+        list.map_or(&[][..], Vec::as_slice)
+    }
+
     /// Requests seen whose answer has not come yet, on every connection.
     pub fn requests_waiting(&self) -> u64 {
         self.conns.values().map(|e| e.pending.len() as u64).sum()
@@ -241,12 +255,16 @@ impl Assembler {
         let (tid, now_ns) = (d.transfer.tid, d.transfer.ts_ns);
         let turn = match d.dir {
             Direction::Egress => {
-                let served = self.serving.get(&tid).map_or(&[][..], Vec::as_slice);
+                let runtime = match self.conns.get(&d.sk) {
+                    Some(e) if e.conn.pid == d.pid => e.info.as_ref().map(|i| i.runtime),
+                    _ => procs(d.pid).map(|i| i.runtime),
+                };
+                let served = self.served(runtime.unwrap_or_default(), d.pid, tid);
                 self.turns.sole_woken(tid, served, now_ns)
             }
             Direction::Ingress => None,
         };
-        self.turns.set_last(tid, None);
+        self.turns.set_last(tid, None, now_ns);
         let (mut reused, mut late) = (false, false);
         if let Some(e) = self.conns.get(&d.sk) {
             // A socket that reached CLOSE has given its local port back (the
@@ -321,7 +339,7 @@ impl Assembler {
             [Some(request)] => Some(*request),
             _ => None,
         };
-        self.turns.set_last(tid, woke);
+        self.turns.set_last(tid, woke, now_ns);
         if answer_dir == Some(d.dir) && p.malformed + p.truncated + p.gaps > 0 {
             // The answer being read is lost (a head beyond the capture, garbage).
             self.abandon(d.sk, procs, out);
@@ -369,19 +387,26 @@ impl Assembler {
                         self.multiplexing.insert(pid);
                     }
                     serving.push(span_id);
+                    self.serving_process.entry(pid).or_default().push(span_id);
                     self.woke.push(Some(span_id));
                 }
                 Role::Client => {
-                    let served = self
-                        .serving
-                        .get(&msg.first_tid)
-                        .map_or(&[][..], Vec::as_slice);
+                    // Same list as `Assembler::served` (field by field: `entry`
+                    // is borrowed).
+                    let served = match runtime {
+                        Runtime::Go => self.serving_process.get(&pid),
+                        _ => self.serving.get(&msg.first_tid),
+                    }
+                    .map_or(&[][..], Vec::as_slice);
                     // A socket's origin is for its first request only, whichever
-                    // rule names that one's parent.
-                    let origin = self.turns.take_origin(sk);
-                    let unset = if runtime == Runtime::Go {
-                        Some(ParentUnset::Go)
-                    } else if runtime.thread_rule() && !self.multiplexing.contains(&pid) {
+                    // rule names that one's parent. Not in Go: net/http dials in
+                    // a goroutine of its own and gives the new connection to
+                    // whichever request waits first.
+                    let origin = self
+                        .turns
+                        .take_origin(sk)
+                        .filter(|_| runtime != Runtime::Go);
+                    let unset = if runtime.thread_rule() && !self.multiplexing.contains(&pid) {
                         // The thread rule (at most one request per thread here).
                         match served.first() {
                             Some(&one) => {
@@ -410,7 +435,10 @@ impl Assembler {
                                 if served.len() > 1 {
                                     self.stats.ambiguous_parent += 1;
                                 }
-                                Some(ParentUnset::NoSoleTurn)
+                                Some(match runtime {
+                                    Runtime::Go => ParentUnset::Go,
+                                    _ => ParentUnset::NoSoleTurn,
+                                })
                             }
                         }
                     };
@@ -468,12 +496,8 @@ impl Assembler {
         match role {
             Role::Server => {
                 self.turns.served(req.span_id);
-                if let Some(list) = self.serving.get_mut(&req.msg.last_tid) {
-                    list.retain(|&id| id != req.span_id);
-                    if list.is_empty() {
-                        self.serving.remove(&req.msg.last_tid);
-                    }
-                }
+                unserve(&mut self.serving, req.msg.last_tid, req.span_id);
+                unserve(&mut self.serving_process, pid, req.span_id);
             }
             Role::Client => {
                 self.turns.call_ended(req.span_id);
@@ -667,12 +691,8 @@ impl Assembler {
                 for p in e.pending {
                     self.turns.served(p.span_id);
                     self.turns.call_ended(p.span_id);
-                    if let Some(list) = self.serving.get_mut(&p.msg.last_tid) {
-                        list.retain(|&id| id != p.span_id);
-                        if list.is_empty() {
-                            self.serving.remove(&p.msg.last_tid);
-                        }
-                    }
+                    unserve(&mut self.serving, p.msg.last_tid, p.span_id);
+                    unserve(&mut self.serving_process, e.conn.pid, p.span_id);
                 }
             }
         }
@@ -682,14 +702,27 @@ impl Assembler {
     /// thread served can be a parent any more, and a new process may take its pid.
     pub fn forget_process(&mut self, pid: u32) {
         self.serving.remove(&pid);
+        self.serving_process.remove(&pid);
         self.multiplexing.remove(&pid);
         self.turns.forget_thread(pid);
     }
 
     /// Thread `tid` began connecting socket `sk` at `ts_ns` (monotonic).
     pub fn connect(&mut self, tid: u32, sk: u64, ts_ns: u64) {
+        // Go's origins are not used (see on_message); the thread's list is
+        // enough for the rest.
         let served = self.serving.get(&tid).map_or(&[][..], Vec::as_slice);
         self.turns.connect(tid, sk, served, ts_ns);
+    }
+}
+
+/// Takes `span` off `key`'s list of requests being served.
+fn unserve(serving: &mut HashMap<u32, Vec<u64>>, key: u32, span: u64) {
+    if let Some(list) = serving.get_mut(&key) {
+        list.retain(|&id| id != span);
+        if list.is_empty() {
+            serving.remove(&key);
+        }
     }
 }
 
@@ -838,19 +871,32 @@ mod tests {
     }
 
     #[test]
-    fn go_gets_no_parent_and_event_loops_go_by_their_turn() {
-        for runtime in [Runtime::Go, Runtime::NodeJs, Runtime::EventLoop] {
+    fn go_goes_by_its_turn_with_the_whole_process_as_runnable() {
+        for runtime in [Runtime::Go, Runtime::NodeJs] {
             let mut f = Feed::on(runtime);
+            // X read on thread 11 and its call written there next: X's.
             f.data(1, 11, SK, Direction::Ingress, 100, REQ, 80, 5000);
-            f.data(1, 11, SK + 1, Direction::Egress, 7000, REQ, 6000, 81);
-            f.data(1, 11, SK + 1, Direction::Ingress, 9000, RESP, 6000, 81);
-            f.data(1, 11, SK, Direction::Egress, 300, RESP, 80, 5000);
-            let (client, server) = (f.client(SK + 1, 7000), f.server(SK));
+            f.data(1, 11, SK + 10, Direction::Egress, 7000, REQ, 6000, 81);
+            // Y read on thread 12, Z on thread 11; a call on 11 right after.
+            f.data(1, 12, SK + 1, Direction::Ingress, 100, REQ, 80, 5001);
+            f.data(1, 11, SK + 2, Direction::Ingress, 100, REQ, 80, 5002);
+            f.data(1, 11, SK + 11, Direction::Egress, 8000, REQ, 6001, 81);
+            for sk in [SK + 10, SK + 11] {
+                f.data(1, 11, sk, Direction::Ingress, 9000, RESP, 6000, 81);
+            }
+            for (sk, port) in [(SK, 5000), (SK + 1, 5001), (SK + 2, 5002)] {
+                f.data(1, 11, sk, Direction::Egress, 300, RESP, 80, port);
+            }
+            let x = f.server(SK).span_id;
+            let z = f.server(SK + 2).span_id;
+            assert_eq!(f.client(SK + 10, 7000).local_parent_id, x, "{runtime:?}");
             if runtime == Runtime::Go {
-                assert_eq!(client.local_parent_id, 0);
+                // Y may be running on any thread: not Z's alone.
+                assert_eq!(f.client(SK + 11, 8000).local_parent_id, 0);
                 assert_eq!(f.a.stats.parent_unset[ParentUnset::Go.index()], 1);
             } else {
-                assert_eq!(client.local_parent_id, server.span_id, "{runtime:?}");
+                // An event loop's thread is its own: Y is another loop's.
+                assert_eq!(f.client(SK + 11, 8000).local_parent_id, z);
             }
         }
     }

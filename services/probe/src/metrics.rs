@@ -125,7 +125,7 @@ impl Metrics {
         );
         r.register(
             "parent_unset",
-            "Client spans left without a local parent, by reason: not_serving (thread rule: its thread served no request), no_sole_turn (event loop: not written right after the event that woke the one runnable request of its thread), go (goroutines: no sound rule yet)",
+            "Client spans left without a local parent, by reason: not_serving (thread rule: its thread served no request), no_sole_turn (event loop: not written right after the event that woke the one runnable request of its thread), go (as no_sole_turn, in a Go process, where every request of the process counts as runnable)",
             self.parent_unset.clone(),
         );
         reg!(

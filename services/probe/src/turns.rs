@@ -19,8 +19,19 @@
 //! completes); its first request belongs to the request whose turn made the
 //! `connect`, by the same rule applied at the connect.
 //!
-//! Not for Go: a goroutine's syscalls run on whichever thread the scheduler picks,
-//! so a thread's sequence of events does not follow one request.
+//! A turn lasts at most [`TURN_MAX_NS`]: the bound narrows the one case the
+//! rule cannot see, a task tied to no request (a periodic timer) that writes a
+//! call right after a request's read while that request waits on something
+//! untraced (a file, a lock).
+//!
+//! Go: a goroutine's syscalls run on whichever thread the scheduler picks, but
+//! a handler that sends its request to net/http's per-connection write loop
+//! makes that goroutine the next to run on its thread (the channel send puts it
+//! in `runnext`), so the write usually follows the read on the same thread. The
+//! rule holds there if "runnable" counts the whole process's requests, not the
+//! thread's (the caller passes those), and without connection origins (net/http
+//! dials in a goroutine of its own and gives the connection to whichever request
+//! waits first).
 
 use std::collections::HashMap;
 
@@ -31,14 +42,22 @@ use std::collections::HashMap;
 /// with the machine's 2 cores busy).
 pub const WAIT_TRUST_NS: u64 = 1_000_000_000;
 
+/// The longest a turn lasts: a call written later than this after the event
+/// that woke its request is not named by it. A handler that calls out does so
+/// within tens of µs; the bound keeps a background task (a timer not tied to a
+/// request) that happens to write after a request's read while that request
+/// waits on something untraced from being taken for that request's call, but
+/// in a narrow window.
+pub const TURN_MAX_NS: u64 = 50_000_000;
+
 /// How long a connection's origin waits for its first request (ns).
 const ORIGIN_TTL_NS: u64 = 10_000_000_000;
 
 /// What a thread's last traced socket event did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Last {
-    /// It woke this request (server span id).
-    Woke(u64),
+    /// It woke this request (server span id), at this time (monotonic ns).
+    Woke(u64, u64),
     /// Anything else.
     Other,
 }
@@ -67,10 +86,10 @@ impl Turns {
     /// The request whose turn thread `tid` is in, if the rule may name it:
     /// `served` are the server spans the thread serves.
     pub fn sole_woken(&self, tid: u32, served: &[u64], now_ns: u64) -> Option<u64> {
-        let Some(&Last::Woke(x)) = self.last.get(&tid) else {
+        let Some(&Last::Woke(x, at)) = self.last.get(&tid) else {
             return None;
         };
-        if !served.contains(&x) {
+        if !served.contains(&x) || now_ns.saturating_sub(at) > TURN_MAX_NS {
             return None;
         }
         let others_wait = served.iter().filter(|&&s| s != x).all(|s| {
@@ -81,10 +100,14 @@ impl Turns {
         others_wait.then_some(x)
     }
 
-    /// Thread `tid`'s last event woke `request`, or (None) did something else.
-    pub fn set_last(&mut self, tid: u32, request: Option<u64>) {
-        self.last
-            .insert(tid, request.map_or(Last::Other, Last::Woke));
+    /// Thread `tid`'s last event, at `now_ns`, woke `request`, or (None) did
+    /// something else.
+    pub fn set_last(&mut self, tid: u32, request: Option<u64>, now_ns: u64) {
+        let last = match request {
+            Some(x) => Last::Woke(x, now_ns),
+            None => Last::Other,
+        };
+        self.last.insert(tid, last);
     }
 
     /// `request` started a call (a client request, or a connect for one).
@@ -103,7 +126,7 @@ impl Turns {
             self.origins.insert(sk, (x, now_ns));
             self.wait(x, now_ns);
         }
-        self.set_last(tid, None);
+        self.set_last(tid, None, now_ns);
     }
 
     /// The request whose turn connected socket `sk`, taken by the socket's
@@ -184,13 +207,16 @@ mod tests {
     #[test]
     fn a_call_right_after_the_only_runnable_request_was_read_is_its_call() {
         let mut t = Turns::default();
-        t.set_last(1, Some(10));
+        t.set_last(1, Some(10), 0);
         assert_eq!(t.sole_woken(1, &[10], 0), Some(10));
         assert_eq!(t.client_call(100, None, Some(10), &[10], 0), Some(10));
         // Another thread's turn says nothing about thread 1.
         assert_eq!(t.sole_woken(2, &[10], 0), None);
-        // Anything else on the thread ends the turn.
-        t.set_last(1, None);
+        // A turn ends after TURN_MAX_NS ...
+        assert_eq!(t.sole_woken(1, &[10], TURN_MAX_NS), Some(10));
+        assert_eq!(t.sole_woken(1, &[10], TURN_MAX_NS + 1), None);
+        // ... and with anything else on the thread.
+        t.set_last(1, None, 0);
         assert_eq!(t.sole_woken(1, &[10], 0), None);
     }
 
@@ -198,16 +224,18 @@ mod tests {
     fn another_runnable_request_makes_the_turn_ambiguous() {
         let mut t = Turns::default();
         // 10 was read and made no call yet: it could resume on a timer.
-        t.set_last(1, Some(11));
+        t.set_last(1, Some(11), 0);
         assert_eq!(t.sole_woken(1, &[10, 11], 0), None);
         // Once 10 waits on a call, 11's turn is 11's alone.
-        t.set_last(1, Some(10));
+        t.set_last(1, Some(10), 0);
         let adjacent = t.sole_woken(1, &[10], 0);
         t.client_call(100, None, adjacent, &[10], 0);
-        t.set_last(1, Some(11));
+        t.set_last(1, Some(11), 0);
         assert_eq!(t.sole_woken(1, &[10, 11], 1), Some(11));
         // ... until its call has waited long enough to time out.
+        t.set_last(1, Some(11), WAIT_TRUST_NS);
         assert_eq!(t.sole_woken(1, &[10, 11], WAIT_TRUST_NS), None);
+        t.set_last(1, Some(11), 1);
         // Its answer makes it runnable again.
         assert_eq!(t.call_ended(100), Some(10));
         assert_eq!(t.sole_woken(1, &[10, 11], 1), None);
@@ -216,10 +244,10 @@ mod tests {
     #[test]
     fn a_connection_opened_in_a_turn_carries_that_request_to_its_first_call() {
         let mut t = Turns::default();
-        t.set_last(1, Some(10));
+        t.set_last(1, Some(10), 0);
         t.connect(1, 7, &[10], 0);
         // The connect ends the turn, and 10 now waits on it.
-        t.set_last(1, Some(11));
+        t.set_last(1, Some(11), 0);
         assert_eq!(t.sole_woken(1, &[10, 11], 1), Some(11));
         // The first request on the new connection, written in another turn, is 10's.
         let origin = t.take_origin(7);
@@ -228,7 +256,7 @@ mod tests {
         assert_eq!(t.take_origin(7), None);
         assert_eq!(t.client_call(101, None, None, &[10, 11], 3), None);
         // A request no longer served is never named.
-        t.set_last(1, Some(12));
+        t.set_last(1, Some(12), 0);
         t.connect(1, 8, &[12], 4);
         let origin = t.take_origin(8);
         assert_eq!(t.client_call(102, origin, None, &[13], 5), None);
@@ -237,10 +265,10 @@ mod tests {
     #[test]
     fn a_connect_in_an_ambiguous_turn_gives_its_connection_no_origin() {
         let mut t = Turns::default();
-        t.set_last(1, Some(11));
+        t.set_last(1, Some(11), 0);
         t.connect(1, 7, &[10, 11], 0);
         assert_eq!(t.take_origin(7), None);
-        t.set_last(1, Some(10));
+        t.set_last(1, Some(10), 0);
         t.connect(1, 8, &[10], 2);
         t.forget_socket(8);
         assert!(t.origins.is_empty());
