@@ -206,9 +206,19 @@ fn help_explains_every_option() {
         "ENV_INPUT_EBPFTRACE_SAMPLING_RATE",
         "--retention",
         "--max-store-size",
-        "traces",
-        "trace",
     ] {
         assert!(help.contains(needle), "--help lacks {needle}: {help}");
+    }
+    // A command is listed on a line of its own, its name first: "trace" alone
+    // would match any mention of traces.
+    for (command, what) in [
+        ("traces", "List finished traces"),
+        ("trace", "Print one trace"),
+    ] {
+        assert!(
+            help.lines()
+                .any(|l| l.split_whitespace().next() == Some(command) && l.contains(what)),
+            "--help lacks the {command} command: {help}"
+        );
     }
 }

@@ -77,8 +77,27 @@ mod tests {
 
     #[test]
     fn derived_ids_are_stable_and_distinct() {
+        // Golden values: a linker of another version must derive the same id for
+        // the same root span, or a trace split across a rolling upgrade gets two.
         let a = derived(1, 2, 3);
-        assert_eq!(a, derived(1, 2, 3));
+        assert_eq!(
+            a,
+            TraceId {
+                high: 0xffa4_615b_a3e4_580a,
+                low: 0x40d6_28b9_052b_9eb3
+            }
+        );
+        assert_eq!(
+            derived(
+                0x7623_48be_51b1_e57f,
+                0x1234_5678_9abc_def0,
+                1_700_000_000_000_000_000
+            ),
+            TraceId {
+                high: 0xfd71_a11d_a661_f18b,
+                low: 0xe0f1_9e89_72f8_8d65
+            }
+        );
         assert_ne!(a, derived(1, 3, 3));
         assert_ne!(a, derived(2, 2, 3));
         assert_ne!(a, derived(1, 2, 4));
