@@ -9,11 +9,13 @@
 //!   for every service, with errors that name the key and the value.
 //! - [`telemetry`]: `/metrics` and `/healthz`, logging.
 //! - [`shutdown`]: one stop signal for every task.
-//! - [`testkit`]: a real `nats-server` per test.
+//! - `testkit` (feature `testkit`, for tests and benches): a real `nats-server`
+//!   per test.
 
 pub mod bus;
 pub mod config;
 pub mod shutdown;
 pub mod telemetry;
+#[cfg(feature = "testkit")]
 pub mod testkit;
 pub mod wire;

@@ -1,6 +1,9 @@
 //! Real servers for tests: a `nats-server` with JetStream on a free loopback
 //! port and its own store directory, killed when dropped. Tests of every crate
 //! use it, so each test has a bus of its own and can stop or restart it.
+//!
+//! Behind the `testkit` feature: tests and benches ask for it, release builds
+//! of the services leave it out.
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -11,7 +14,7 @@ use std::time::{Duration, Instant};
 pub struct TestNats {
     child: Option<Child>,
     port: u16,
-    store: tempfile_dir::TempDir,
+    store: tempfile::TempDir,
     binary: PathBuf,
 }
 
@@ -20,7 +23,7 @@ impl TestNats {
     /// `PATH` (`.ci/run` installs it).
     pub fn start() -> std::io::Result<Self> {
         let binary = nats_server_binary()?;
-        let store = tempfile_dir::TempDir::new("espan-nats")?;
+        let store = tempfile::Builder::new().prefix("espan-nats").tempdir()?;
         let port = free_port()?;
         let mut nats = Self {
             child: None,
@@ -147,31 +150,16 @@ pub fn free_port() -> std::io::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-/// A minimal temporary directory (removed on drop), so the library needs no
-/// extra dependency for tests of other crates.
+/// The probe's tests still call this; new code uses `tempfile` directly.
 pub mod tempfile_dir {
-    use std::path::{Path, PathBuf};
-
-    /// A directory removed with its content on drop.
-    pub struct TempDir(PathBuf);
+    /// `tempfile`'s directory, named `<tmp>/<prefix><random>`.
+    pub struct TempDir;
 
     impl TempDir {
-        /// Creates `<tmp>/<prefix>-<random>`.
-        pub fn new(prefix: &str) -> std::io::Result<Self> {
-            let path =
-                std::env::temp_dir().join(format!("{prefix}-{:016x}", rand::random::<u64>()));
-            std::fs::create_dir_all(&path)?;
-            Ok(Self(path))
-        }
-        /// Its path.
-        pub fn path(&self) -> &Path {
-            &self.0
-        }
-    }
-
-    impl Drop for TempDir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
+        /// Creates the directory (removed with its content on drop).
+        #[allow(clippy::new_ret_no_self)]
+        pub fn new(prefix: &str) -> std::io::Result<tempfile::TempDir> {
+            tempfile::Builder::new().prefix(prefix).tempdir()
         }
     }
 }

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use espan::bus::{self, Bus};
 use espan::shutdown;
-use espan::testkit::{TestNats, free_port, tempfile_dir::TempDir};
+use espan::testkit::{TestNats, free_port};
 use espan::wire::{
     self, AppTrace, ESpan, Endpoint, Http, LinkedSpan, Protocol, SamplingDecision, SpanKind, Trace,
     TraceBatch, TraceFormat,
@@ -22,6 +22,7 @@ use espan_exporter::run;
 use espan_exporter::settings::{DatawaySettings, OtlpSettings, Settings};
 use espan_exporter::sinks::otlp::Protocol as OtlpProtocol;
 use serde_json::{Value, json};
+use tempfile::TempDir;
 
 // ---------------------------------------------------------------- receivers
 
@@ -321,7 +322,10 @@ async fn setup() -> Setup {
     Setup {
         nats,
         bus,
-        dir: TempDir::new("espan-exporter-test").unwrap(),
+        dir: tempfile::Builder::new()
+            .prefix("espan-exporter-test")
+            .tempdir()
+            .unwrap(),
     }
 }
 
@@ -1486,7 +1490,10 @@ async fn bad_values_are_named_with_where_they_came_from() {
         }
     }
 
-    let dir = TempDir::new("espan-exporter-config").unwrap();
+    let dir = tempfile::Builder::new()
+        .prefix("espan-exporter-config")
+        .tempdir()
+        .unwrap();
     let file = dir.path().join("exporter.toml");
     std::fs::write(
         &file,

@@ -10,7 +10,8 @@
 //! - [`service`]: JetStream `ESPANS` → store → engine → JetStream `TRACES`.
 //! - [`cli`] and [`api`]: `espan-linker traces` / `trace <id>`, from the store or,
 //!   while a linker runs, from its `/api/…`.
-//! - [`synth`]: realistic synthetic traces for tests and benchmarks.
+//! - `synth` (feature `testkit`): realistic synthetic traces for tests and
+//!   benchmarks.
 
 pub mod api;
 pub mod cli;
@@ -21,4 +22,5 @@ pub mod raw;
 pub mod service;
 pub mod settings;
 pub mod store;
+#[cfg(any(test, feature = "testkit"))]
 pub mod synth;
