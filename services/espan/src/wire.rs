@@ -29,6 +29,9 @@ pub enum WireError {
     /// The bytes are not a protobuf message of the expected type (truncated, garbage).
     #[error("malformed protobuf: {0}")]
     Decode(#[from] prost::DecodeError),
+    /// The same, found by a reader that reads the message in place.
+    #[error("malformed protobuf: {0}")]
+    Read(#[from] crate::protowire::ReadError),
     /// Written by a newer (or older, incompatible) espan.
     #[error("unknown wire version {found}; this build reads version {WIRE_VERSION}")]
     UnknownVersion {
