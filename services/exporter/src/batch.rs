@@ -18,6 +18,7 @@
 use std::ops::Range;
 
 use bytes::Bytes;
+use espan::protowire::{self, FIXED64, LEN, ReadError, Reader, VARINT};
 use espan::wire::{self, LinkedSpan, RejectedSpan, SpanProblem};
 use prost::Message;
 
@@ -29,7 +30,7 @@ use crate::convert::SpanRef;
 pub enum BatchError {
     /// Not a well-formed `TraceBatch` (truncated, garbage, a string that is not UTF-8).
     #[error("malformed protobuf: {0}")]
-    Malformed(&'static str),
+    Malformed(#[from] ReadError),
     /// Written by an espan this build does not read.
     #[error(
         "unknown wire version {found}; this build reads version {}",
@@ -109,15 +110,15 @@ impl Batch {
         let mut boot_id = 0;
         let mut seq = 0;
         let mut raw_traces: Vec<Range<usize>> = Vec::new();
-        let mut reader = Reader::new(&payload, 0);
+        let mut reader = Reader::new(&payload);
         while let Some((field, wire_type)) = reader.key()? {
             match (field, wire_type) {
                 (1, VARINT) => version = reader.varint()? as u32,
-                (2, LEN) => linker = reader.text()?,
+                (2, LEN) => linker = reader.str()?,
                 (3, FIXED64) => boot_id = reader.fixed64()?,
                 (4, VARINT) => seq = reader.varint()?,
                 (5, LEN) => raw_traces.push(reader.bytes_range()?),
-                (1..=5, _) => return Err(BatchError::Malformed("invalid wire type")),
+                (1..=5, _) => return Err(ReadError::WrongWireType { field, wire_type }.into()),
                 _ => reader.skip(field, wire_type)?,
             }
         }
@@ -197,9 +198,12 @@ impl Batch {
     fn view(&self, entry: &SpanEntry) -> SpanView<'_> {
         let (start, end) = entry.linked;
         let bytes = &self.payload[start as usize..end as usize];
-        // These bytes were read, strings checked, when the batch was decoded:
-        // the same parse over the same (immutable) bytes cannot fail now.
-        let mut reader = Reader::trusted(bytes);
+        // SAFETY: `Batch::decode` read these bytes with a checking reader,
+        // field by field as `read_linked` reads them, without error, so every
+        // string in them is UTF-8. The payload is immutable `Bytes` owned by
+        // the batch, and `entry` is one of the batch's own (private) entries.
+        let mut reader = unsafe { Reader::new_utf8_checked(bytes) };
+        // The same parse over the same bytes cannot fail now.
         SpanView::read_linked(&mut reader)
             .ok()
             .flatten()
@@ -231,19 +235,20 @@ type LinkedSpans = Vec<(u64, Range<usize>)>;
 fn read_trace(payload: &[u8], range: Range<usize>) -> Result<(TraceHead, LinkedSpans), BatchError> {
     let mut head = TraceHead::default();
     let mut spans = Vec::new();
-    let mut reader = Reader::new(&payload[range.clone()], range.start);
+    let mut reader = Reader::new(&payload[range.clone()]);
     while let Some((field, wire_type)) = reader.key()? {
         match (field, wire_type) {
             (1, FIXED64) => head.trace_id_high = reader.fixed64()?,
             (2, FIXED64) => head.trace_id_low = reader.fixed64()?,
             (3, LEN) => {
                 let linked = reader.bytes_range()?;
+                let linked = range.start + linked.start..range.start + linked.end;
                 let parent_id = read_parent(&payload[linked.clone()])?;
                 spans.push((parent_id, linked));
             }
             (4, VARINT) => head.app_trace_id = reader.varint()? != 0,
             (5, VARINT) => head.late = reader.varint()? != 0,
-            (1..=5, _) => return Err(BatchError::Malformed("invalid wire type")),
+            (1..=5, _) => return Err(ReadError::WrongWireType { field, wire_type }.into()),
             _ => reader.skip(field, wire_type)?,
         }
     }
@@ -253,14 +258,14 @@ fn read_trace(payload: &[u8], range: Range<usize>) -> Result<(TraceHead, LinkedS
 /// The `parent_id` of a `LinkedSpan` (its span is read by [`SpanView::from_linked`]).
 fn read_parent(bytes: &[u8]) -> Result<u64, BatchError> {
     let mut parent_id = 0;
-    let mut reader = Reader::new(bytes, 0);
+    let mut reader = Reader::new(bytes);
     while let Some((field, wire_type)) = reader.key()? {
         match (field, wire_type) {
             (1, LEN) => {
-                reader.bytes_range()?;
+                reader.bytes()?;
             }
             (2, FIXED64) => parent_id = reader.fixed64()?,
-            (1..=2, _) => return Err(BatchError::Malformed("invalid wire type")),
+            (1..=2, _) => return Err(ReadError::WrongWireType { field, wire_type }.into()),
             _ => reader.skip(field, wire_type)?,
         }
     }
@@ -371,22 +376,19 @@ pub struct AppTraceView {
 impl<'a> SpanView<'a> {
     /// The span of a `LinkedSpan` message, `None` when it has none. A span
     /// field given more than once is merged, as protobuf readers do.
-    pub fn from_linked(bytes: &'a [u8]) -> Result<Option<Self>, BatchError> {
-        Self::read_linked(&mut Reader::new(bytes, 0))
+    pub fn from_linked(bytes: &'a [u8]) -> Result<Option<Self>, ReadError> {
+        Self::read_linked(&mut Reader::new(bytes))
     }
 
-    fn read_linked(reader: &mut Reader<'a>) -> Result<Option<Self>, BatchError> {
+    fn read_linked(reader: &mut Reader<'a>) -> Result<Option<Self>, ReadError> {
         let mut span: Option<SpanView<'a>> = None;
         while let Some((field, wire_type)) = reader.key()? {
             match (field, wire_type) {
-                (1, LEN) => {
-                    let bytes = reader.bytes()?;
-                    span.get_or_insert_default().read(&mut reader.sub(bytes))?
-                }
+                (1, LEN) => span.get_or_insert_default().read(&mut reader.message()?)?,
                 (2, FIXED64) => {
                     reader.fixed64()?;
                 }
-                (1..=2, _) => return Err(BatchError::Malformed("invalid wire type")),
+                (1..=2, _) => return Err(ReadError::WrongWireType { field, wire_type }),
                 _ => reader.skip(field, wire_type)?,
             }
         }
@@ -395,11 +397,11 @@ impl<'a> SpanView<'a> {
 
     /// Reads an `ESpan` message over `self`: fields present replace, nested
     /// messages merge.
-    pub fn merge(&mut self, bytes: &'a [u8]) -> Result<(), BatchError> {
-        self.read(&mut Reader::new(bytes, 0))
+    pub fn merge(&mut self, bytes: &'a [u8]) -> Result<(), ReadError> {
+        self.read(&mut Reader::new(bytes))
     }
 
-    fn read(&mut self, reader: &mut Reader<'a>) -> Result<(), BatchError> {
+    fn read(&mut self, reader: &mut Reader<'a>) -> Result<(), ReadError> {
         let span = self;
         // One match on the whole key (field and wire type), which compiles to
         // a jump table: this runs about 25 times per span, twice.
@@ -416,18 +418,23 @@ impl<'a> SpanView<'a> {
                 END_NS => span.end_ns = reader.fixed64()?,
                 PID => span.pid = reader.varint()? as u32,
                 TID => span.tid = reader.varint()? as u32,
-                COMM => span.comm = reader.text()?,
-                SERVICE => span.service = reader.text()?,
+                COMM => span.comm = reader.str()?,
+                SERVICE => span.service = reader.str()?,
                 LOCAL_PARENT_ID => span.local_parent_id = reader.fixed64()?,
                 HTTP => http(span.http.get_or_insert_default(), reader.message()?)?,
                 BYTES_IN => span.bytes_in = reader.varint()?,
                 BYTES_OUT => span.bytes_out = reader.varint()?,
-                ERROR => span.error = reader.text()?,
+                ERROR => span.error = reader.str()?,
                 APP_TRACE => app_trace(span.app_trace.get_or_insert_default(), reader.message()?)?,
-                HOST => span.host = reader.text()?,
-                CONTAINER_ID => span.container_id = reader.text()?,
+                HOST => span.host = reader.str()?,
+                CONTAINER_ID => span.container_id = reader.str()?,
                 CONN_ID => span.conn_id = reader.fixed64()?,
-                k if k >> 3 <= 22 => return Err(BatchError::Malformed("invalid wire type")),
+                k if k >> 3 <= 22 => {
+                    return Err(ReadError::WrongWireType {
+                        field: k >> 3,
+                        wire_type: (k & 7) as u8,
+                    });
+                }
                 k => reader.skip(k >> 3, (k & 7) as u8)?,
             }
         }
@@ -435,63 +442,58 @@ impl<'a> SpanView<'a> {
     }
 }
 
-/// A field's key: its number and wire type, as protobuf writes them.
-const fn key_of(field: u32, wire_type: u8) -> u32 {
-    field << 3 | wire_type as u32
-}
-
 // The keys of `ESpan`'s fields.
-const SPAN_ID: u32 = key_of(1, FIXED64);
-const KIND: u32 = key_of(2, VARINT);
-const PROTOCOL: u32 = key_of(3, VARINT);
-const LOCAL: u32 = key_of(4, LEN);
-const REMOTE: u32 = key_of(5, LEN);
-const REQ_SEQ: u32 = key_of(6, VARINT);
-const RESP_SEQ: u32 = key_of(7, VARINT);
-const START_NS: u32 = key_of(8, FIXED64);
-const END_NS: u32 = key_of(9, FIXED64);
-const PID: u32 = key_of(10, VARINT);
-const TID: u32 = key_of(11, VARINT);
-const COMM: u32 = key_of(12, LEN);
-const SERVICE: u32 = key_of(13, LEN);
-const LOCAL_PARENT_ID: u32 = key_of(14, FIXED64);
-const HTTP: u32 = key_of(15, LEN);
-const BYTES_IN: u32 = key_of(16, VARINT);
-const BYTES_OUT: u32 = key_of(17, VARINT);
-const ERROR: u32 = key_of(18, LEN);
-const APP_TRACE: u32 = key_of(19, LEN);
-const HOST: u32 = key_of(20, LEN);
-const CONTAINER_ID: u32 = key_of(21, LEN);
-const CONN_ID: u32 = key_of(22, FIXED64);
+const SPAN_ID: u32 = protowire::key(1, FIXED64);
+const KIND: u32 = protowire::key(2, VARINT);
+const PROTOCOL: u32 = protowire::key(3, VARINT);
+const LOCAL: u32 = protowire::key(4, LEN);
+const REMOTE: u32 = protowire::key(5, LEN);
+const REQ_SEQ: u32 = protowire::key(6, VARINT);
+const RESP_SEQ: u32 = protowire::key(7, VARINT);
+const START_NS: u32 = protowire::key(8, FIXED64);
+const END_NS: u32 = protowire::key(9, FIXED64);
+const PID: u32 = protowire::key(10, VARINT);
+const TID: u32 = protowire::key(11, VARINT);
+const COMM: u32 = protowire::key(12, LEN);
+const SERVICE: u32 = protowire::key(13, LEN);
+const LOCAL_PARENT_ID: u32 = protowire::key(14, FIXED64);
+const HTTP: u32 = protowire::key(15, LEN);
+const BYTES_IN: u32 = protowire::key(16, VARINT);
+const BYTES_OUT: u32 = protowire::key(17, VARINT);
+const ERROR: u32 = protowire::key(18, LEN);
+const APP_TRACE: u32 = protowire::key(19, LEN);
+const HOST: u32 = protowire::key(20, LEN);
+const CONTAINER_ID: u32 = protowire::key(21, LEN);
+const CONN_ID: u32 = protowire::key(22, FIXED64);
 
-fn endpoint<'a>(endpoint: &mut EndpointView<'a>, mut reader: Reader<'a>) -> Result<(), BatchError> {
+fn endpoint<'a>(endpoint: &mut EndpointView<'a>, mut reader: Reader<'a>) -> Result<(), ReadError> {
     while let Some((field, wire_type)) = reader.key()? {
         match (field, wire_type) {
             (1, LEN) => endpoint.ip = reader.bytes()?,
             (2, VARINT) => endpoint.port = reader.varint()? as u32,
-            (1..=2, _) => return Err(BatchError::Malformed("invalid wire type")),
+            (1..=2, _) => return Err(ReadError::WrongWireType { field, wire_type }),
             _ => reader.skip(field, wire_type)?,
         }
     }
     Ok(())
 }
 
-fn http<'a>(http: &mut HttpView<'a>, mut reader: Reader<'a>) -> Result<(), BatchError> {
+fn http<'a>(http: &mut HttpView<'a>, mut reader: Reader<'a>) -> Result<(), ReadError> {
     while let Some((field, wire_type)) = reader.key()? {
         match (field, wire_type) {
-            (1, LEN) => http.method = reader.text()?,
-            (2, LEN) => http.path = reader.text()?,
-            (3, LEN) => http.version = reader.text()?,
+            (1, LEN) => http.method = reader.str()?,
+            (2, LEN) => http.path = reader.str()?,
+            (3, LEN) => http.version = reader.str()?,
             (4, VARINT) => http.status = reader.varint()? as u32,
-            (5, LEN) => http.host = reader.text()?,
-            (1..=5, _) => return Err(BatchError::Malformed("invalid wire type")),
+            (5, LEN) => http.host = reader.str()?,
+            (1..=5, _) => return Err(ReadError::WrongWireType { field, wire_type }),
             _ => reader.skip(field, wire_type)?,
         }
     }
     Ok(())
 }
 
-fn app_trace(app: &mut AppTraceView, mut reader: Reader<'_>) -> Result<(), BatchError> {
+fn app_trace(app: &mut AppTraceView, mut reader: Reader<'_>) -> Result<(), ReadError> {
     while let Some((field, wire_type)) = reader.key()? {
         match (field, wire_type) {
             (1, VARINT) => app.format = reader.varint()? as i32,
@@ -499,7 +501,7 @@ fn app_trace(app: &mut AppTraceView, mut reader: Reader<'_>) -> Result<(), Batch
             (3, FIXED64) => app.trace_id_low = reader.fixed64()?,
             (4, FIXED64) => app.parent_span_id = reader.fixed64()?,
             (5, VARINT) => app.sampling = reader.varint()? as i32,
-            (1..=5, _) => return Err(BatchError::Malformed("invalid wire type")),
+            (1..=5, _) => return Err(ReadError::WrongWireType { field, wire_type }),
             _ => reader.skip(field, wire_type)?,
         }
     }
@@ -524,201 +526,6 @@ pub fn validate(span: &SpanView<'_>) -> Result<(), SpanProblem> {
             .as_ref()
             .map(|a| (a.format, a.trace_id_high, a.trace_id_low, a.sampling)),
     })
-}
-
-// Protobuf wire types.
-const VARINT: u8 = 0;
-const FIXED64: u8 = 1;
-const LEN: u8 = 2;
-const START_GROUP: u8 = 3;
-const END_GROUP: u8 = 4;
-const FIXED32: u8 = 5;
-
-/// Reads protobuf fields from a slice, never past its end.
-struct Reader<'a> {
-    bytes: &'a [u8],
-    at: usize,
-    /// Where `bytes` start in the payload, for the ranges it returns.
-    base: usize,
-    /// The strings were checked for UTF-8 by an earlier read of these bytes.
-    trusted: bool,
-}
-
-impl<'a> Reader<'a> {
-    fn new(bytes: &'a [u8], base: usize) -> Self {
-        Self {
-            bytes,
-            at: 0,
-            base,
-            trusted: false,
-        }
-    }
-
-    /// A reader for bytes an untrusted reader went through before: only
-    /// [`Batch::view`] makes one, for spans [`Batch::decode`] read.
-    fn trusted(bytes: &'a [u8]) -> Self {
-        Self {
-            trusted: true,
-            ..Self::new(bytes, 0)
-        }
-    }
-
-    /// A reader for a nested message's bytes, trusted as this one is.
-    fn sub(&self, bytes: &'a [u8]) -> Self {
-        Self {
-            trusted: self.trusted,
-            ..Self::new(bytes, 0)
-        }
-    }
-
-    /// A nested message's bytes, with their own reader.
-    fn message(&mut self) -> Result<Reader<'a>, BatchError> {
-        let bytes = self.bytes()?;
-        Ok(self.sub(bytes))
-    }
-
-    /// The next field's number and wire type, or `None` at the end.
-    #[inline]
-    fn key(&mut self) -> Result<Option<(u32, u8)>, BatchError> {
-        Ok(self.raw_key()?.map(|key| (key >> 3, (key & 7) as u8)))
-    }
-
-    /// The next field's key ([`key_of`]), checked as [`Self::key`] checks it.
-    #[inline]
-    fn raw_key(&mut self) -> Result<Option<u32>, BatchError> {
-        if self.at == self.bytes.len() {
-            return Ok(None);
-        }
-        let key = self.varint()?;
-        if key > u64::from(u32::MAX) {
-            return Err(BatchError::Malformed("invalid key"));
-        }
-        if key & 7 > u64::from(FIXED32) {
-            return Err(BatchError::Malformed("invalid wire type"));
-        }
-        if key >> 3 == 0 {
-            return Err(BatchError::Malformed("field number 0"));
-        }
-        Ok(Some(key as u32))
-    }
-
-    #[inline]
-    fn varint(&mut self) -> Result<u64, BatchError> {
-        // Most varints here (keys, lengths, small numbers) are one byte.
-        if let Some(&byte) = self.bytes.get(self.at)
-            && byte < 0x80
-        {
-            self.at += 1;
-            return Ok(u64::from(byte));
-        }
-        self.varint_slow()
-    }
-
-    fn varint_slow(&mut self) -> Result<u64, BatchError> {
-        let mut value = 0u64;
-        for i in 0..10 {
-            let Some(&byte) = self.bytes.get(self.at) else {
-                return Err(BatchError::Malformed("truncated varint"));
-            };
-            self.at += 1;
-            value |= u64::from(byte & 0x7f) << (7 * i);
-            if byte < 0x80 {
-                // The tenth byte may only carry the top bit.
-                if i == 9 && byte > 1 {
-                    return Err(BatchError::Malformed("varint overflow"));
-                }
-                return Ok(value);
-            }
-        }
-        Err(BatchError::Malformed("varint overflow"))
-    }
-
-    #[inline]
-    fn fixed64(&mut self) -> Result<u64, BatchError> {
-        let Some(bytes) = self.bytes.get(self.at..self.at + 8) else {
-            return Err(BatchError::Malformed("truncated fixed64"));
-        };
-        self.at += 8;
-        Ok(u64::from_le_bytes(bytes.try_into().expect("8 bytes")))
-    }
-
-    fn bytes_range(&mut self) -> Result<Range<usize>, BatchError> {
-        let len = usize::try_from(self.varint()?)
-            .map_err(|_| BatchError::Malformed("length overflow"))?;
-        let end = self
-            .at
-            .checked_add(len)
-            .filter(|&end| end <= self.bytes.len())
-            .ok_or(BatchError::Malformed("truncated length-delimited field"))?;
-        let range = self.base + self.at..self.base + end;
-        self.at = end;
-        Ok(range)
-    }
-
-    #[inline]
-    fn bytes(&mut self) -> Result<&'a [u8], BatchError> {
-        let len = self.varint()?;
-        let rest = &self.bytes[self.at..];
-        if len > rest.len() as u64 {
-            return Err(BatchError::Malformed("truncated length-delimited field"));
-        }
-        let bytes = &rest[..len as usize];
-        self.at += len as usize;
-        Ok(bytes)
-    }
-
-    #[inline]
-    fn text(&mut self) -> Result<&'a str, BatchError> {
-        let bytes = self.bytes()?;
-        if self.trusted {
-            debug_assert!(std::str::from_utf8(bytes).is_ok());
-            // SAFETY: a trusted reader reads bytes that an untrusted reader
-            // (`Batch::decode`) already read to the end without error, field
-            // by field in the same order, so each string field it meets was
-            // checked by `std::str::from_utf8` then. The payload is immutable
-            // `Bytes` owned by the batch, and the only trusted readers are
-            // made by `Batch::view` from the batch's own (private) entries.
-            // Checking again cost about 5% of the exporter's CPU.
-            return Ok(unsafe { std::str::from_utf8_unchecked(bytes) });
-        }
-        std::str::from_utf8(bytes).map_err(|_| BatchError::Malformed("a string is not UTF-8"))
-    }
-
-    /// Skips an unknown field, as protobuf readers do (groups included).
-    fn skip(&mut self, field: u32, wire_type: u8) -> Result<(), BatchError> {
-        self.skip_at_depth(field, wire_type, 0)
-    }
-
-    fn skip_at_depth(&mut self, field: u32, wire_type: u8, depth: u32) -> Result<(), BatchError> {
-        match wire_type {
-            VARINT => self.varint().map(|_| ()),
-            FIXED64 => self.fixed64().map(|_| ()),
-            LEN => self.bytes_range().map(|_| ()),
-            START_GROUP => {
-                if depth >= 100 {
-                    return Err(BatchError::Malformed("groups nested too deep"));
-                }
-                loop {
-                    match self.key()? {
-                        None => return Err(BatchError::Malformed("unterminated group")),
-                        Some((inner, END_GROUP)) if inner == field => return Ok(()),
-                        Some((inner, wire_type)) => {
-                            self.skip_at_depth(inner, wire_type, depth + 1)?
-                        }
-                    }
-                }
-            }
-            FIXED32 => {
-                let end = self.at + 4;
-                if end > self.bytes.len() {
-                    return Err(BatchError::Malformed("truncated fixed32"));
-                }
-                self.at = end;
-                Ok(())
-            }
-            _ => Err(BatchError::Malformed("unexpected end group")),
-        }
-    }
 }
 
 #[cfg(test)]
