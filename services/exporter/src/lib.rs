@@ -9,6 +9,8 @@
 //!   its spans into requests by size and time, keeps several requests in
 //!   flight, acks a message after every request holding its spans got 2xx,
 //!   dead-letters what a backend refuses for good.
+//! - [`view`]: a span as the conversions see it, read in place from the
+//!   message's bytes, with the trace it belongs to.
 //! - [`convert`]: pure conversions, eSpan → OTLP (`convert::otlp` defines the
 //!   content and builds opentelemetry-proto messages; `convert::otlp_wire`
 //!   writes the same request straight to bytes, the fast path the sinks use;
@@ -29,3 +31,4 @@ pub mod service;
 pub mod settings;
 pub mod sinks;
 pub mod stack;
+pub mod view;

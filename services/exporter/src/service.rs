@@ -27,7 +27,7 @@ use tokio::time::Instant;
 use tower::{Service, ServiceExt};
 
 use crate::batch::Batch;
-use crate::convert::SpanRef;
+use crate::view::SpanRef;
 use crate::metrics::SinkMetrics;
 use crate::sinks::{Encoding, Sent};
 use crate::stack::{SinkService, Verdict, verdict};

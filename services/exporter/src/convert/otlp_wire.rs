@@ -19,7 +19,8 @@ use espan::protowire::{
 };
 
 use super::otlp::{self, Attributes, ResourceKey, SCOPE_NAME, SCOPE_VERSION, Scratch};
-use super::{SpanRef, trace_id_bytes};
+use super::trace_id_bytes;
+use crate::view::SpanRef;
 
 // Field numbers of opentelemetry/proto (collector/trace/v1, trace/v1, common/v1).
 const REQUEST_RESOURCE_SPANS: u32 = 1;
