@@ -208,7 +208,7 @@ fn check_version(found: u32) -> Result<(), WireError> {
 /// Checks one span for values that cannot be true.
 pub fn validate_span(span: &ESpan) -> Result<(), SpanProblem> {
     let endpoint = |e: Option<&Endpoint>| e.map(|e| (e.ip.len(), e.port));
-    check_span(&SpanFacts {
+    check_span(&CheckedFields {
         span_id: span.span_id,
         kind: span.kind,
         protocol: span.protocol,
@@ -229,7 +229,7 @@ pub fn validate_span(span: &ESpan) -> Result<(), SpanProblem> {
 /// not decode into [`ESpan`] (the exporter reads messages in place) applies the
 /// same rules through [`check_span`].
 #[derive(Debug, Clone, Copy)]
-pub struct SpanFacts {
+pub struct CheckedFields {
     pub span_id: u64,
     pub kind: i32,
     pub protocol: i32,
@@ -245,7 +245,7 @@ pub struct SpanFacts {
 }
 
 /// The rules of [`validate_span`].
-pub fn check_span(span: &SpanFacts) -> Result<(), SpanProblem> {
+pub fn check_span(span: &CheckedFields) -> Result<(), SpanProblem> {
     if span.span_id == 0 {
         return Err(SpanProblem::ZeroSpanId);
     }

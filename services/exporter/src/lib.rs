@@ -4,7 +4,7 @@
 //! - [`settings`]: flags > environment (the OTel `OTEL_EXPORTER_OTLP_*`
 //!   variables, `ENV_DATAWAY`) > TOML > defaults.
 //! - [`service`]: one durable consumer on `TRACES` per sink; reads each
-//!   `TraceBatch` in place ([`batch`]: checked and indexed, spans parsed
+//!   `TraceBatch` in place ([`message`]: checked and indexed, spans parsed
 //!   without copying; an unreadable message is dead-lettered and counted), cuts
 //!   its spans into requests by size and time, keeps several requests in
 //!   flight, acks a message after every request holding its spans got 2xx,
@@ -23,7 +23,7 @@
 //! - [`metrics`]: exported, retried, rejected, queue depth, per sink.
 //! - [`run`]: wires it together for `main`.
 
-pub mod batch;
+pub mod message;
 pub mod convert;
 pub mod metrics;
 pub mod run;

@@ -1,5 +1,5 @@
 //! A span read in place: views of an `ESpan` whose text borrows the TRACES
-//! message's bytes, and the trace each belongs to. [`crate::batch`] makes them
+//! message's bytes, and the trace each belongs to. [`crate::message`] makes them
 //! from a checked message; [`crate::convert`] turns them into requests.
 
 use espan::protowire::{self, FIXED64, LEN, ReadError, Reader, VARINT};
@@ -265,7 +265,7 @@ fn app_trace(app: &mut AppTraceView, mut reader: Reader<'_>) -> Result<(), ReadE
 /// [`espan::wire::validate_span`]'s rules (the same function), on a view.
 pub fn validate(span: &SpanView<'_>) -> Result<(), SpanProblem> {
     let endpoint = |e: Option<&EndpointView<'_>>| e.map(|e| (e.ip.len(), e.port));
-    wire::check_span(&wire::SpanFacts {
+    wire::check_span(&wire::CheckedFields {
         span_id: span.span_id,
         kind: span.kind,
         protocol: span.protocol,

@@ -1,8 +1,8 @@
 //! ESPANS and TRACES messages as the service reads and writes them: a span stays
 //! the bytes it arrived as, from the ESPANS message to the TRACES message.
 //!
-//! Reading a batch finds each span's bytes, decodes the span once to validate it
-//! and take its [`SpanFacts`], and keeps only the facts and a slice of the message
+//! Reading a message finds each span's bytes, decodes the span once to validate it
+//! and take its [`LinkFacts`], and keeps only the facts and a slice of the message
 //! (no copy). Writing a trace copies those slices into the `LinkedSpan`s of a
 //! `TraceBatch`. The result is exactly what prost writes for the decoded spans
 //! (tested), without an `ESpan` per span held in the window or encoded again.
@@ -15,7 +15,7 @@ use espan::protowire::{self, FIXED64, LEN, ReadError, Reader, VARINT};
 use espan::wire::{self, ESpan, SpanProblem, WireError};
 use prost::Message;
 
-use crate::engine::{FinishedTrace, SpanFacts};
+use crate::engine::{FinishedTrace, LinkFacts};
 use crate::store::trace_id_hex;
 
 /// A span as the service carries it through the engine: its id (for the
@@ -32,8 +32,8 @@ pub struct RawSpan {
 #[derive(Debug, Clone, PartialEq)]
 pub struct ReadSpan {
     /// What linking reads.
-    pub facts: SpanFacts,
-    /// Index of its `host` in [`SpanBatch::hosts`].
+    pub facts: LinkFacts,
+    /// Index of its `host` in [`SpansMessage::hosts`].
     pub host: u32,
     /// The span itself.
     pub raw: RawSpan,
@@ -41,7 +41,7 @@ pub struct ReadSpan {
 
 /// A read ESPANS message.
 #[derive(Debug, Clone, PartialEq, Default)]
-pub struct SpanBatch {
+pub struct SpansMessage {
     /// The valid spans, in order.
     pub spans: Vec<ReadSpan>,
     /// The `host` values the spans name (usually one).
@@ -52,7 +52,7 @@ pub struct SpanBatch {
 
 /// The batch-level fields, decoded by prost (which skips the spans).
 #[derive(Clone, PartialEq, Message)]
-struct BatchHead {
+struct MessageHead {
     #[prost(uint32, tag = "1")]
     version: u32,
     #[prost(string, tag = "2")]
@@ -63,8 +63,8 @@ const SPANS_FIELD: u32 = 5;
 
 /// Reads an ESPANS message: the same checks and the same spans as
 /// [`wire::decode_espan_batch`], but each span kept as a slice of `data`.
-pub fn read_span_batch(data: &Bytes) -> Result<SpanBatch, WireError> {
-    let head = BatchHead::decode(&data[..])?;
+pub fn read_spans_message(data: &Bytes) -> Result<SpansMessage, WireError> {
+    let head = MessageHead::decode(&data[..])?;
     if head.version != wire::WIRE_VERSION {
         return Err(WireError::UnknownVersion {
             found: head.version,
@@ -73,7 +73,7 @@ pub fn read_span_batch(data: &Bytes) -> Result<SpanBatch, WireError> {
     if head.host.is_empty() {
         return Err(WireError::InvalidBatch("host is empty"));
     }
-    let mut batch = SpanBatch::default();
+    let mut batch = SpansMessage::default();
     let mut reader = Reader::new(data);
     while let Some((field, wire_type)) = reader.key()? {
         // The batch's own fields must have their own wire types (as prost checks).
@@ -97,7 +97,7 @@ pub fn read_span_batch(data: &Bytes) -> Result<SpanBatch, WireError> {
     Ok(batch)
 }
 
-fn read_span(batch: &mut SpanBatch, bytes: Bytes) -> Result<(), WireError> {
+fn read_span(batch: &mut SpansMessage, bytes: Bytes) -> Result<(), WireError> {
     let span = ESpan::decode(&bytes[..])?;
     if let Err(problem) = wire::validate_span(&span) {
         batch.rejected.push((span.span_id, problem));
@@ -111,7 +111,7 @@ fn read_span(batch: &mut SpanBatch, bytes: Bytes) -> Result<(), WireError> {
         }
     };
     batch.spans.push(ReadSpan {
-        facts: SpanFacts::of(&span),
+        facts: LinkFacts::of(&span),
         host,
         raw: RawSpan {
             span_id: span.span_id,
@@ -232,10 +232,10 @@ mod tests {
             batch.spans[3].start_ns = 0;
             let data = wire::encode_espan_batch(&batch);
             let prost = wire::decode_espan_batch(&data).unwrap();
-            let read = read_span_batch(&data).unwrap();
+            let read = read_spans_message(&data).unwrap();
             assert_eq!(read.spans.len(), prost.batch.spans.len());
             for (r, p) in read.spans.iter().zip(&prost.batch.spans) {
-                assert_eq!(r.facts, SpanFacts::of(p));
+                assert_eq!(r.facts, LinkFacts::of(p));
                 assert_eq!(read.hosts[r.host as usize], p.host);
                 assert_eq!(ESpan::decode(&r.raw.bytes[..]).unwrap(), *p);
                 assert_eq!(r.raw.span_id, p.span_id);
@@ -256,7 +256,7 @@ mod tests {
         for cut in [1, 7, data.len() / 2, data.len() - 1] {
             let truncated = data.slice(..cut);
             assert_eq!(
-                read_span_batch(&truncated).is_err(),
+                read_spans_message(&truncated).is_err(),
                 wire::decode_espan_batch(&truncated).is_err(),
                 "cut at {cut}"
             );
@@ -267,10 +267,10 @@ mod tests {
         no_host.host.clear();
         for bad in [old, no_host] {
             let data = Bytes::from(bad.encode_to_vec());
-            assert!(read_span_batch(&data).is_err());
+            assert!(read_spans_message(&data).is_err());
             assert!(wire::decode_espan_batch(&data).is_err());
         }
-        assert!(read_span_batch(&Bytes::from_static(&[0xff; 12])).is_err());
+        assert!(read_spans_message(&Bytes::from_static(&[0xff; 12])).is_err());
     }
 
     #[test]
@@ -283,7 +283,7 @@ mod tests {
         let (mut out_raw, mut out_decoded) = (Vec::new(), Vec::new());
         for (tag, batch) in synth_batches().into_iter().enumerate() {
             let data = wire::encode_espan_batch(&batch);
-            let read = read_span_batch(&data).unwrap();
+            let read = read_spans_message(&data).unwrap();
             for span in read.spans {
                 let host = raw.host_id(&read.hosts[span.host as usize]);
                 raw.ingest_with(host, &span.facts, span.raw, tag as u64, 1);

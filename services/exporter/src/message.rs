@@ -27,7 +27,7 @@ use crate::view::{SpanRef, SpanView, TraceHead, validate};
 /// Why a message cannot be read at all.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
-pub enum BatchError {
+pub enum MessageError {
     /// Not a well-formed `TraceBatch` (truncated, garbage, a string that is not UTF-8).
     #[error("malformed protobuf: {0}")]
     Malformed(#[from] ReadError),
@@ -44,7 +44,7 @@ pub enum BatchError {
 
 /// A checked TRACES message: its bytes, and where its valid spans are.
 #[derive(Debug)]
-pub struct Batch {
+pub struct TracesMessage {
     payload: Bytes,
     /// The linker that finished the traces.
     pub linker: String,
@@ -58,12 +58,12 @@ pub struct Batch {
     pub rejected: Vec<RejectedSpan>,
 }
 
-/// One trace of a [`Batch`].
+/// One trace of a [`TracesMessage`].
 #[derive(Debug, Clone)]
 pub struct TraceEntry {
     /// Its ids and flags.
     pub head: TraceHead,
-    /// Its valid spans (read them through [`Batch::spans`]).
+    /// Its valid spans (read them through [`TracesMessage::spans`]).
     spans: Vec<SpanEntry>,
 }
 
@@ -79,8 +79,8 @@ impl TraceEntry {
     }
 }
 
-/// Where one valid span is. Never leaves its [`Batch`], whose bytes it
-/// indexes (that is what lets [`Batch::spans`] skip re-checking UTF-8).
+/// Where one valid span is. Never leaves its [`TracesMessage`], whose bytes it
+/// indexes (that is what lets [`TracesMessage::spans`] skip re-checking UTF-8).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct SpanEntry {
     /// Its parent, 0 for a root.
@@ -89,9 +89,9 @@ struct SpanEntry {
     linked: (u32, u32),
 }
 
-impl Batch {
+impl TracesMessage {
     /// Reads and checks `payload`.
-    pub fn decode(payload: Bytes) -> Result<Self, BatchError> {
+    pub fn decode(payload: Bytes) -> Result<Self, MessageError> {
         let mut version = 0;
         let mut linker = "";
         let mut boot_id = 0;
@@ -110,7 +110,7 @@ impl Batch {
             }
         }
         if version != wire::WIRE_VERSION {
-            return Err(BatchError::UnknownVersion { found: version });
+            return Err(MessageError::UnknownVersion { found: version });
         }
         let linker = linker.to_owned();
         let mut traces = Vec::with_capacity(raw_traces.len());
@@ -185,7 +185,7 @@ impl Batch {
     fn view(&self, entry: &SpanEntry) -> SpanView<'_> {
         let (start, end) = entry.linked;
         let bytes = &self.payload[start as usize..end as usize];
-        // SAFETY: `Batch::decode` read these bytes with a checking reader,
+        // SAFETY: `TracesMessage::decode` read these bytes with a checking reader,
         // field by field as `from_linked` reads them, without error, so every
         // string in them is UTF-8. The payload is immutable `Bytes` owned by
         // the batch, and `entry` is one of the batch's own (private) entries.
@@ -219,7 +219,7 @@ impl Batch {
 type LinkedSpans = Vec<(u64, Range<usize>)>;
 
 /// The trace in `range`: its head and its linked spans.
-fn read_trace(payload: &[u8], range: Range<usize>) -> Result<(TraceHead, LinkedSpans), BatchError> {
+fn read_trace(payload: &[u8], range: Range<usize>) -> Result<(TraceHead, LinkedSpans), MessageError> {
     let mut head = TraceHead::default();
     let mut spans = Vec::new();
     let mut reader = Reader::new(&payload[range.clone()]);
@@ -243,7 +243,7 @@ fn read_trace(payload: &[u8], range: Range<usize>) -> Result<(TraceHead, LinkedS
 }
 
 /// The `parent_id` of a `LinkedSpan` (its span is read by [`SpanView::from_linked`]).
-fn read_parent(bytes: &[u8]) -> Result<u64, BatchError> {
+fn read_parent(bytes: &[u8]) -> Result<u64, MessageError> {
     let mut parent_id = 0;
     let mut reader = Reader::new(bytes);
     while let Some((field, wire_type)) = reader.key()? {
@@ -388,7 +388,7 @@ mod tests {
             let mut source = random_batch(&mut rng);
             let payload = wire::encode_trace_batch(&mut source);
             let want = wire::decode_trace_batch(&payload).unwrap();
-            let got = Batch::decode(payload).unwrap();
+            let got = TracesMessage::decode(payload).unwrap();
             assert_eq!(got.rejected, want.rejected, "round {round}");
             assert_eq!(got.linker, want.batch.linker);
             assert_eq!((got.boot_id, got.seq), (want.batch.boot_id, want.batch.seq));
@@ -433,7 +433,7 @@ mod tests {
                 }
             }
             let want = wire::decode_trace_batch(&bytes);
-            let got = Batch::decode(Bytes::from(bytes));
+            let got = TracesMessage::decode(Bytes::from(bytes));
             match (&want, &got) {
                 (Ok(want), Ok(got)) => {
                     read += 1;
@@ -474,8 +474,8 @@ mod tests {
         source.version = wire::WIRE_VERSION + 1;
         bytes.extend(source.encode_to_vec());
         assert_eq!(
-            Batch::decode(Bytes::from(bytes)).unwrap_err(),
-            BatchError::UnknownVersion {
+            TracesMessage::decode(Bytes::from(bytes)).unwrap_err(),
+            MessageError::UnknownVersion {
                 found: wire::WIRE_VERSION + 1
             }
         );
