@@ -544,7 +544,10 @@ mod tests {
             Err(ReadError::VarintOverflow)
         );
         let eleven = [0x80; 11];
-        assert_eq!(Reader::new(&eleven).varint(), Err(ReadError::VarintOverflow));
+        assert_eq!(
+            Reader::new(&eleven).varint(),
+            Err(ReadError::VarintOverflow)
+        );
         assert_eq!(Reader::new(&[0x80]).varint(), Err(ReadError::Truncated));
         for bytes in [&tenth_too_big[..], &eleven[..]] {
             let mut field = vec![0x08];
@@ -556,7 +559,14 @@ mod tests {
     #[test]
     fn groups_are_skipped_and_unbalanced_ones_refused() {
         // Field 9 as a group holding a varint field 1, then field 1 = 5.
-        let group = [key(9, START_GROUP) as u8, 0x08, 0x07, key(9, END_GROUP) as u8, 0x08, 0x05];
+        let group = [
+            key(9, START_GROUP) as u8,
+            0x08,
+            0x07,
+            key(9, END_GROUP) as u8,
+            0x08,
+            0x05,
+        ];
         let sample = read(Reader::new(&group)).unwrap();
         assert_eq!(sample.number, 5);
         assert_eq!(Sample::decode(&group[..]).unwrap(), sample);

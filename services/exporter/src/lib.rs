@@ -23,8 +23,8 @@
 //! - [`metrics`]: exported, retried, rejected, queue depth, per sink.
 //! - [`run`]: wires it together for `main`.
 
-pub mod message;
 pub mod convert;
+pub mod message;
 pub mod metrics;
 pub mod run;
 pub mod service;

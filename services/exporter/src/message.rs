@@ -219,7 +219,10 @@ impl TracesMessage {
 type LinkedSpans = Vec<(u64, Range<usize>)>;
 
 /// The trace in `range`: its head and its linked spans.
-fn read_trace(payload: &[u8], range: Range<usize>) -> Result<(TraceHead, LinkedSpans), MessageError> {
+fn read_trace(
+    payload: &[u8],
+    range: Range<usize>,
+) -> Result<(TraceHead, LinkedSpans), MessageError> {
     let mut head = TraceHead::default();
     let mut spans = Vec::new();
     let mut reader = Reader::new(&payload[range.clone()]);

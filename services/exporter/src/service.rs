@@ -27,10 +27,10 @@ use tokio::time::Instant;
 use tower::{Service, ServiceExt};
 
 use crate::message::TracesMessage;
-use crate::view::SpanRef;
 use crate::metrics::SinkMetrics;
 use crate::sinks::{Encoding, Sent};
 use crate::stack::{SinkService, Verdict, verdict};
+use crate::view::SpanRef;
 
 /// One sink's consumer settings.
 #[derive(Debug, Clone)]

@@ -281,4 +281,3 @@ pub fn validate(span: &SpanView<'_>) -> Result<(), SpanProblem> {
             .map(|a| (a.format, a.trace_id_high, a.trace_id_low, a.sampling)),
     })
 }
-

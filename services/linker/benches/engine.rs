@@ -338,7 +338,13 @@ fn ingest_message(engine: &mut Engine<RawSpan>, message: &Bytes, tag: u64, now: 
     feed_spans(engine, read, tag, now, feed);
 }
 
-fn feed_spans(engine: &mut Engine<RawSpan>, read: raw::SpansMessage, tag: u64, now: u64, feed: Feed) {
+fn feed_spans(
+    engine: &mut Engine<RawSpan>,
+    read: raw::SpansMessage,
+    tag: u64,
+    now: u64,
+    feed: Feed,
+) {
     let hosts: Vec<_> = read.hosts.iter().map(|h| engine.host_id(h)).collect();
     let spans = read
         .spans

@@ -14,8 +14,8 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 
 use espan::protowire::{
-    self, LEN, VARINT, len_prefixed_len, put_fixed64, put_key, put_len_prefixed,
-    put_varint, put_varint_field, varint_len, write_varint,
+    self, LEN, VARINT, len_prefixed_len, put_fixed64, put_key, put_len_prefixed, put_varint,
+    put_varint_field, varint_len, write_varint,
 };
 
 use super::otlp::{self, Attributes, ResourceKey, SCOPE_NAME, SCOPE_VERSION, Scratch};
@@ -153,9 +153,8 @@ fn encode_with<'a>(
             scope_spans_len += len_prefixed_len(SCOPE_SPANS_SPANS, end - start);
             start = end;
         }
-        let resource_spans_len =
-            len_prefixed_len(RESOURCE_SPANS_RESOURCE, group.resource.len())
-                + len_prefixed_len(RESOURCE_SPANS_SCOPE_SPANS, scope_spans_len);
+        let resource_spans_len = len_prefixed_len(RESOURCE_SPANS_RESOURCE, group.resource.len())
+            + len_prefixed_len(RESOURCE_SPANS_SCOPE_SPANS, scope_spans_len);
         put_key(out, REQUEST_RESOURCE_SPANS, LEN);
         put_varint(out, resource_spans_len as u64);
         put_len_prefixed(out, RESOURCE_SPANS_RESOURCE, &group.resource);
