@@ -3,6 +3,8 @@
 //! Layout, in the order data flows:
 //! - [`wire`]: the eSpan and finished-trace messages (protobuf, versioned), their
 //!   encoding and the validation that turns nonsense into typed errors.
+//! - [`protowire`]: protobuf's wire format read in place and written directly,
+//!   for the paths where prost's whole-message decode and encode cost too much.
 //! - [`bus`]: NATS JetStream: streams, pipelined publishing with message ids, a
 //!   pull-consumer loop that acks only what its handler made safe, dead letters.
 //! - [`config`]: flags > environment > DataKit-style TOML, read by one loader
@@ -14,6 +16,7 @@
 
 pub mod bus;
 pub mod config;
+pub mod protowire;
 pub mod shutdown;
 pub mod telemetry;
 #[cfg(feature = "testkit")]

@@ -29,6 +29,9 @@ pub enum WireError {
     /// The bytes are not a protobuf message of the expected type (truncated, garbage).
     #[error("malformed protobuf: {0}")]
     Decode(#[from] prost::DecodeError),
+    /// The same, found by a reader that reads the message in place.
+    #[error("malformed protobuf: {0}")]
+    Read(#[from] crate::protowire::ReadError),
     /// Written by a newer (or older, incompatible) espan.
     #[error("unknown wire version {found}; this build reads version {WIRE_VERSION}")]
     UnknownVersion {
@@ -205,7 +208,7 @@ fn check_version(found: u32) -> Result<(), WireError> {
 /// Checks one span for values that cannot be true.
 pub fn validate_span(span: &ESpan) -> Result<(), SpanProblem> {
     let endpoint = |e: Option<&Endpoint>| e.map(|e| (e.ip.len(), e.port));
-    check_span(&SpanFacts {
+    check_span(&CheckedFields {
         span_id: span.span_id,
         kind: span.kind,
         protocol: span.protocol,
@@ -226,7 +229,7 @@ pub fn validate_span(span: &ESpan) -> Result<(), SpanProblem> {
 /// not decode into [`ESpan`] (the exporter reads messages in place) applies the
 /// same rules through [`check_span`].
 #[derive(Debug, Clone, Copy)]
-pub struct SpanFacts {
+pub struct CheckedFields {
     pub span_id: u64,
     pub kind: i32,
     pub protocol: i32,
@@ -242,7 +245,7 @@ pub struct SpanFacts {
 }
 
 /// The rules of [`validate_span`].
-pub fn check_span(span: &SpanFacts) -> Result<(), SpanProblem> {
+pub fn check_span(span: &CheckedFields) -> Result<(), SpanProblem> {
     if span.span_id == 0 {
         return Err(SpanProblem::ZeroSpanId);
     }

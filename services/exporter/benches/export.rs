@@ -23,7 +23,7 @@ use espan::bus;
 use espan::shutdown;
 use espan::testkit::TestNats;
 use espan::wire::{self, LinkedSpan, Trace, TraceBatch};
-use espan_exporter::batch::Batch;
+use espan_exporter::message::TracesMessage;
 use espan_exporter::run;
 use espan_exporter::settings::{DatawaySettings, OtlpSettings, Settings};
 use espan_exporter::sinks::Encoding;
@@ -362,7 +362,7 @@ fn decode_rate() {
     let per_batch = (SPANS_PER_TRACE * TRACES_PER_BATCH) as f64;
     let started = Instant::now();
     for _ in 0..rounds {
-        let batch = Batch::decode(payload.clone()).unwrap();
+        let batch = TracesMessage::decode(payload.clone()).unwrap();
         assert_eq!(batch.span_count() as f64, per_batch);
     }
     let in_place = rounds as f64 * per_batch / started.elapsed().as_secs_f64();
@@ -380,7 +380,7 @@ fn decode_rate() {
 }
 
 fn encode_rate(name: &str, encoding: Encoding) {
-    let source = Batch::decode(wire::encode_trace_batch(&mut batch(0))).unwrap();
+    let source = TracesMessage::decode(wire::encode_trace_batch(&mut batch(0))).unwrap();
     let refs = || source.all_spans();
     let count = source.span_count();
     let rounds = 200;

@@ -1,7 +1,7 @@
 //! The stream driver: one durable pull consumer on TRACES per sink.
 //!
-//! Each message is checked and indexed once ([`crate::batch`]) and its spans
-//! are cut into requests by size and by time ([`Batcher`]): a request leaves
+//! Each message is checked and indexed once ([`crate::message`]) and its spans
+//! are cut into requests by size and by time ([`RequestCutter`]): a request leaves
 //! when it holds `max_spans` spans, or when its first span has waited
 //! `linger`. Requests run concurrently through the sink's tower stack while
 //! the driver keeps pulling, so reading, encoding and sending overlap. A
@@ -25,11 +25,11 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tower::{Service, ServiceExt};
 
-use crate::batch::Batch;
-use crate::convert::SpanRef;
+use crate::message::TracesMessage;
 use crate::metrics::SinkMetrics;
 use crate::sinks::{Encoding, Sent};
 use crate::stack::{SinkService, Verdict, verdict};
+use crate::view::SpanRef;
 
 /// One sink's consumer settings.
 #[derive(Debug, Clone)]
@@ -54,7 +54,7 @@ pub struct Entry {
     /// Its sequence in the stream.
     pub stream_seq: u64,
     /// Its traces, read in place; the invalid spans are already left out.
-    pub batch: Batch,
+    pub batch: TracesMessage,
 }
 
 /// A slice of one trace's spans inside one request.
@@ -93,13 +93,13 @@ impl Request {
 /// Cuts messages into requests of at most `max_spans` spans: small traces
 /// share a request, a large one is split across several.
 #[derive(Debug)]
-pub struct Batcher {
+pub struct RequestCutter {
     max_spans: usize,
     open: Request,
 }
 
-impl Batcher {
-    /// A batcher cutting at `max_spans` (at least 1).
+impl RequestCutter {
+    /// Cuts at `max_spans` spans a request (at least 1).
     pub fn new(max_spans: usize) -> Self {
         Self {
             max_spans: max_spans.max(1),
@@ -204,7 +204,7 @@ impl Exporter {
         });
         let (done_tx, done_rx) = mpsc::unbounded_channel();
         let mut driver = Driver {
-            batcher: Batcher::new(self.spec.max_spans),
+            cutter: RequestCutter::new(self.spec.max_spans),
             spec: self.spec,
             sender,
             tracked: HashMap::new(),
@@ -251,7 +251,7 @@ enum Outcome {
 struct Driver {
     spec: SinkSpec,
     sender: Arc<Sender>,
-    batcher: Batcher,
+    cutter: RequestCutter,
     tracked: HashMap<u64, Tracked>,
     recent: RecentSeqs,
     in_flight: usize,
@@ -281,7 +281,7 @@ impl Driver {
         progress.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
         loop {
-            let deadline = self.batcher.deadline(self.spec.linger);
+            let deadline = self.cutter.deadline(self.spec.linger);
             let linger = async move {
                 match deadline {
                     Some(at) => tokio::time::sleep_until(at).await,
@@ -294,7 +294,7 @@ impl Driver {
                 _ = &mut stop => break,
                 _ = progress.tick() => self.keep_alive(spec.ack_wait / 3).await,
                 _ = linger => {
-                    if let Some(request) = self.batcher.take() {
+                    if let Some(request) = self.cutter.take() {
                         self.dispatch(request);
                     }
                 }
@@ -310,7 +310,7 @@ impl Driver {
 
         // Shutdown: requests already sent finish (their retries stop); the
         // rest, and what is held, fail at once and are nak'd, to come back.
-        if let Some(request) = self.batcher.take() {
+        if let Some(request) = self.cutter.take() {
             self.dispatch(request);
         }
         while self.in_flight > 0 {
@@ -342,7 +342,7 @@ impl Driver {
             tracked.copies.push(message);
             return Ok(());
         }
-        let batch = match Batch::decode(message.payload.clone()) {
+        let batch = match TracesMessage::decode(message.payload.clone()) {
             Ok(batch) => batch,
             Err(error) => {
                 let reason = format!("undecodable: {error}");
@@ -373,9 +373,9 @@ impl Driver {
             stream_seq,
             batch,
         });
-        let full = self.batcher.push(&entry, Instant::now());
+        let full = self.cutter.push(&entry, Instant::now());
         let requests = full.iter().filter(|r| r.seqs.contains(&stream_seq)).count()
-            + usize::from(self.batcher.holds(stream_seq));
+            + usize::from(self.cutter.holds(stream_seq));
         self.tracked.insert(
             stream_seq,
             Tracked {
@@ -655,7 +655,7 @@ mod tests {
         Arc::new(Entry {
             subject: "trace.l".into(),
             stream_seq: seq,
-            batch: Batch::decode(payload).unwrap(),
+            batch: TracesMessage::decode(payload).unwrap(),
         })
     }
 
@@ -671,12 +671,12 @@ mod tests {
     #[test]
     fn requests_hold_at_most_max_spans_and_cover_every_span_once() {
         let now = Instant::now();
-        let mut batcher = Batcher::new(4);
-        let mut requests = batcher.push(&entry(1, &[3, 5]), now);
+        let mut cutter = RequestCutter::new(4);
+        let mut requests = cutter.push(&entry(1, &[3, 5]), now);
         assert_eq!(requests.len(), 2);
-        assert!(!batcher.holds(1), "8 spans fill two requests exactly");
-        requests.extend(batcher.push(&entry(2, &[1, 7]), now));
-        assert!(batcher.take().is_none(), "16 spans make 4 full requests");
+        assert!(!cutter.holds(1), "8 spans fill two requests exactly");
+        requests.extend(cutter.push(&entry(2, &[1, 7]), now));
+        assert!(cutter.take().is_none(), "16 spans make 4 full requests");
         let sizes: Vec<usize> = requests.iter().map(|r| r.spans).collect();
         assert_eq!(sizes, [4, 4, 4, 4]);
         assert_eq!(requests[0].seqs, [1]);
@@ -700,33 +700,33 @@ mod tests {
     fn a_request_not_full_waits_for_its_deadline() {
         let linger = Duration::from_millis(300);
         let start = Instant::now();
-        let mut batcher = Batcher::new(10);
+        let mut cutter = RequestCutter::new(10);
         assert_eq!(
-            batcher.deadline(linger),
+            cutter.deadline(linger),
             None,
             "nothing held, nothing to wait for"
         );
-        assert!(batcher.push(&entry(7, &[2]), start).is_empty());
-        assert!(batcher.holds(7));
+        assert!(cutter.push(&entry(7, &[2]), start).is_empty());
+        assert!(cutter.holds(7));
         let later = start + Duration::from_millis(100);
-        assert!(batcher.push(&entry(8, &[3]), later).is_empty());
+        assert!(cutter.push(&entry(8, &[3]), later).is_empty());
         assert_eq!(
-            batcher.deadline(linger),
+            cutter.deadline(linger),
             Some(start + linger),
             "the first span's wait counts"
         );
-        let request = batcher.take().unwrap();
+        let request = cutter.take().unwrap();
         assert_eq!((request.spans, request.seqs.as_slice()), (5, &[7, 8][..]));
-        assert_eq!(batcher.deadline(linger), None);
-        assert!(batcher.take().is_none());
+        assert_eq!(cutter.deadline(linger), None);
+        assert!(cutter.take().is_none());
     }
 
     #[test]
     fn an_empty_message_is_held_by_no_request() {
-        let mut batcher = Batcher::new(10);
-        assert!(batcher.push(&entry(3, &[]), Instant::now()).is_empty());
-        assert!(!batcher.holds(3));
-        assert!(batcher.take().is_none());
+        let mut cutter = RequestCutter::new(10);
+        assert!(cutter.push(&entry(3, &[]), Instant::now()).is_empty());
+        assert!(!cutter.holds(3));
+        assert!(cutter.take().is_none());
     }
 
     #[test]

@@ -11,7 +11,7 @@
 //! The input is encoded beforehand as ESPANS messages of 500 spans (the probes'
 //! work). Passes:
 //! 1. throughput, as the service runs the engine: per message, reading it
-//!    (`raw::read_span_batch`) is timed apart as decoding; the engine's time is
+//!    (`raw::read_spans_message`) is timed apart as decoding; the engine's time is
 //!    `ingest_batch` of its spans (their bytes as payload) and `advance` after
 //!    each message; dropping the finished traces is the caller's work, measured
 //!    apart. First the same with `ingest_with` of one span at a time, the
@@ -128,7 +128,7 @@ fn main() {
 
     // Pass 1: throughput, as the service runs the engine. The probes' side is
     // not timed: every 500 spans are encoded as one ESPANS message beforehand.
-    // Per message, the service's reading (`raw::read_span_batch`: the message
+    // Per message, the service's reading (`raw::read_spans_message`: the message
     // copied as the bus hands it over, each span validated, its facts taken) is
     // timed apart as decoding; the engine's time is `ingest_with` of each span,
     // with its bytes as payload, and `advance` after each message.
@@ -344,11 +344,17 @@ enum Feed {
 /// Reads one ESPANS message (copied, as the bus hands it over) and ingests its
 /// spans.
 fn ingest_message(engine: &mut Engine<RawSpan>, message: &Bytes, tag: u64, now: u64, feed: Feed) {
-    let read = raw::read_span_batch(&Bytes::copy_from_slice(message)).unwrap();
+    let read = raw::read_spans_message(&Bytes::copy_from_slice(message)).unwrap();
     feed_spans(engine, read, tag, now, feed);
 }
 
-fn feed_spans(engine: &mut Engine<RawSpan>, read: raw::SpanBatch, tag: u64, now: u64, feed: Feed) {
+fn feed_spans(
+    engine: &mut Engine<RawSpan>,
+    read: raw::SpansMessage,
+    tag: u64,
+    now: u64,
+    feed: Feed,
+) {
     let hosts: Vec<_> = read.hosts.iter().map(|h| engine.host_id(h)).collect();
     let spans = read
         .spans
@@ -380,7 +386,7 @@ fn throughput(messages: &[Bytes], stamps: &[u64], config: &EngineConfig, feed: F
     for (b, message) in messages.iter().enumerate() {
         let now = stamps[b];
         let c0 = thread_cpu_ns();
-        let read = raw::read_span_batch(&Bytes::copy_from_slice(message)).unwrap();
+        let read = raw::read_spans_message(&Bytes::copy_from_slice(message)).unwrap();
         let c1 = thread_cpu_ns();
         let spans = read.spans.len();
         feed_spans(&mut engine, read, b as u64, now, feed);

@@ -306,7 +306,7 @@ impl Output {
             self.next_forgotten += 1;
         }
         if keep_from > self.deleted_below {
-            match self.store.delete_batches_below(keep_from).await {
+            match self.store.delete_messages_below(keep_from).await {
                 Ok(()) => {
                     let before = self.retired.len();
                     self.retired.retain(|tag| *tag >= keep_from);

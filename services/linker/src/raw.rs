@@ -1,21 +1,21 @@
 //! ESPANS and TRACES messages as the service reads and writes them: a span stays
 //! the bytes it arrived as, from the ESPANS message to the TRACES message.
 //!
-//! Reading a batch finds each span's bytes, decodes the span once to validate it
-//! and take its [`SpanFacts`], and keeps only the facts and a slice of the message
+//! Reading a message finds each span's bytes, decodes the span once to validate it
+//! and take its [`LinkFacts`], and keeps only the facts and a slice of the message
 //! (no copy). Writing a trace copies those slices into the `LinkedSpan`s of a
 //! `TraceBatch`. The result is exactly what prost writes for the decoded spans
 //! (tested), without an `ESpan` per span held in the window or encoded again.
 //!
-//! prost decodes a message whole and does not say where a repeated field's
-//! elements lie, and its `encoding` module is internal; so the few protobuf
-//! primitives needed to find the spans and write the envelopes are here.
+//! The protobuf primitives that find the spans and write the envelopes are
+//! [`espan::protowire`]'s.
 
-use bytes::{BufMut, Bytes};
+use bytes::Bytes;
+use espan::protowire::{self, FIXED64, LEN, ReadError, Reader, VARINT};
 use espan::wire::{self, ESpan, SpanProblem, WireError};
 use prost::Message;
 
-use crate::engine::{FinishedTrace, SpanFacts};
+use crate::engine::{FinishedTrace, LinkFacts};
 use crate::store::trace_id_hex;
 
 /// A span as the service carries it through the engine: its id (for the
@@ -32,8 +32,8 @@ pub struct RawSpan {
 #[derive(Debug, Clone, PartialEq)]
 pub struct ReadSpan {
     /// What linking reads.
-    pub facts: SpanFacts,
-    /// Index of its `host` in [`SpanBatch::hosts`].
+    pub facts: LinkFacts,
+    /// Index of its `host` in [`SpansMessage::hosts`].
     pub host: u32,
     /// The span itself.
     pub raw: RawSpan,
@@ -41,7 +41,7 @@ pub struct ReadSpan {
 
 /// A read ESPANS message.
 #[derive(Debug, Clone, PartialEq, Default)]
-pub struct SpanBatch {
+pub struct SpansMessage {
     /// The valid spans, in order.
     pub spans: Vec<ReadSpan>,
     /// The `host` values the spans name (usually one).
@@ -52,43 +52,19 @@ pub struct SpanBatch {
 
 /// The batch-level fields, decoded by prost (which skips the spans).
 #[derive(Clone, PartialEq, Message)]
-struct BatchHead {
+struct MessageHead {
     #[prost(uint32, tag = "1")]
     version: u32,
     #[prost(string, tag = "2")]
     host: String,
 }
 
-const LEN: u8 = 2;
-const VARINT: u8 = 0;
-const FIXED64: u8 = 1;
-const FIXED32: u8 = 5;
-const SPANS_FIELD: u64 = 5;
-
-fn malformed() -> WireError {
-    WireError::InvalidBatch("malformed protobuf")
-}
-
-/// Reads a varint at `*at`, moving past it.
-fn read_varint(buf: &[u8], at: &mut usize) -> Option<u64> {
-    let mut value = 0u64;
-    for shift in (0..64).step_by(7) {
-        let byte = *buf.get(*at)?;
-        *at += 1;
-        value |= u64::from(byte & 0x7f) << shift;
-        if byte < 0x80 {
-            return Some(value);
-        }
-    }
-    None
-}
+const SPANS_FIELD: u32 = 5;
 
 /// Reads an ESPANS message: the same checks and the same spans as
-/// [`wire::decode_espan_batch`], but each span kept as a slice of `data`. (A
-/// batch with a field in the long-deprecated group encoding, which prost would
-/// skip, is refused.)
-pub fn read_span_batch(data: &Bytes) -> Result<SpanBatch, WireError> {
-    let head = BatchHead::decode(&data[..])?;
+/// [`wire::decode_espan_batch`], but each span kept as a slice of `data`.
+pub fn read_spans_message(data: &Bytes) -> Result<SpansMessage, WireError> {
+    let head = MessageHead::decode(&data[..])?;
     if head.version != wire::WIRE_VERSION {
         return Err(WireError::UnknownVersion {
             found: head.version,
@@ -97,12 +73,9 @@ pub fn read_span_batch(data: &Bytes) -> Result<SpanBatch, WireError> {
     if head.host.is_empty() {
         return Err(WireError::InvalidBatch("host is empty"));
     }
-    let mut batch = SpanBatch::default();
-    let buf = &data[..];
-    let mut at = 0;
-    while at < buf.len() {
-        let key = read_varint(buf, &mut at).ok_or_else(malformed)?;
-        let (field, wire_type) = (key >> 3, (key & 7) as u8);
+    let mut batch = SpansMessage::default();
+    let mut reader = Reader::new(data);
+    while let Some((field, wire_type)) = reader.key()? {
         // The batch's own fields must have their own wire types (as prost checks).
         let expected = match field {
             1 | 4 => Some(VARINT),
@@ -110,38 +83,21 @@ pub fn read_span_batch(data: &Bytes) -> Result<SpanBatch, WireError> {
             3 => Some(FIXED64),
             _ => None,
         };
-        if expected.is_some_and(|t| t != wire_type) {
-            return Err(malformed());
-        }
-        match wire_type {
-            VARINT => {
-                read_varint(buf, &mut at).ok_or_else(malformed)?;
+        match expected {
+            Some(t) if t != wire_type => {
+                return Err(ReadError::WrongWireType { field, wire_type }.into());
             }
-            FIXED64 => at += 8,
-            FIXED32 => at += 4,
-            LEN => {
-                let len = read_varint(buf, &mut at).ok_or_else(malformed)?;
-                let start = at;
-                let end = usize::try_from(len)
-                    .ok()
-                    .and_then(|len| start.checked_add(len))
-                    .filter(|&end| end <= buf.len())
-                    .ok_or_else(malformed)?;
-                at = end;
-                if field == SPANS_FIELD {
-                    read_span(&mut batch, data.slice(start..end))?;
-                }
+            _ if field == SPANS_FIELD => {
+                let span = reader.bytes_range()?;
+                read_span(&mut batch, data.slice(span))?;
             }
-            _ => return Err(malformed()),
+            _ => reader.skip(field, wire_type)?,
         }
-    }
-    if at != buf.len() {
-        return Err(malformed());
     }
     Ok(batch)
 }
 
-fn read_span(batch: &mut SpanBatch, bytes: Bytes) -> Result<(), WireError> {
+fn read_span(batch: &mut SpansMessage, bytes: Bytes) -> Result<(), WireError> {
     let span = ESpan::decode(&bytes[..])?;
     if let Err(problem) = wire::validate_span(&span) {
         batch.rejected.push((span.span_id, problem));
@@ -155,7 +111,7 @@ fn read_span(batch: &mut SpanBatch, bytes: Bytes) -> Result<(), WireError> {
         }
     };
     batch.spans.push(ReadSpan {
-        facts: SpanFacts::of(&span),
+        facts: LinkFacts::of(&span),
         host,
         raw: RawSpan {
             span_id: span.span_id,
@@ -165,56 +121,35 @@ fn read_span(batch: &mut SpanBatch, bytes: Bytes) -> Result<(), WireError> {
     Ok(())
 }
 
-fn put_varint(out: &mut Vec<u8>, mut value: u64) {
-    while value >= 0x80 {
-        out.push((value as u8) | 0x80);
-        value >>= 7;
-    }
-    out.push(value as u8);
-}
-
-fn varint_len(value: u64) -> usize {
-    // 1 byte per 7 bits, at least one.
-    (64 - (value | 1).leading_zeros() as usize).div_ceil(7)
-}
-
-fn put_key(out: &mut Vec<u8>, field: u64, wire_type: u8) {
-    put_varint(out, (field << 3) | u64::from(wire_type));
-}
-
-fn put_fixed64(out: &mut Vec<u8>, field: u64, value: u64) {
-    if value != 0 {
-        put_key(out, field, FIXED64);
-        out.put_u64_le(value);
-    }
-}
-
-fn put_bool(out: &mut Vec<u8>, field: u64, value: bool) {
-    if value {
-        put_key(out, field, VARINT);
-        out.push(1);
-    }
-}
-
 /// The encoded `Trace` message of a finished trace (its fields, without a key
 /// and length of its own).
 pub fn encode_trace(trace: &FinishedTrace<RawSpan>, out: &mut Vec<u8>) {
-    put_fixed64(out, 1, trace.trace_id_high);
-    put_fixed64(out, 2, trace.trace_id_low);
+    if trace.trace_id_high != 0 {
+        protowire::put_fixed64(out, 1, trace.trace_id_high);
+    }
+    if trace.trace_id_low != 0 {
+        protowire::put_fixed64(out, 2, trace.trace_id_low);
+    }
     for linked in &trace.spans {
         let span = &linked.span.bytes;
         // LinkedSpan { span = 1 (message), parent_id = 2 (fixed64) }
-        let span_field = 1 + varint_len(span.len() as u64) + span.len();
         let parent_field = if linked.parent_id != 0 { 9 } else { 0 };
-        put_key(out, 3, LEN);
-        put_varint(out, (span_field + parent_field) as u64);
-        put_key(out, 1, LEN);
-        put_varint(out, span.len() as u64);
-        out.extend_from_slice(span);
-        put_fixed64(out, 2, linked.parent_id);
+        protowire::put_key(out, 3, LEN);
+        protowire::put_varint(
+            out,
+            (protowire::len_prefixed_len(1, span.len()) + parent_field) as u64,
+        );
+        protowire::put_len_prefixed(out, 1, span);
+        if linked.parent_id != 0 {
+            protowire::put_fixed64(out, 2, linked.parent_id);
+        }
     }
-    put_bool(out, 4, trace.app_trace_id);
-    put_bool(out, 5, trace.late);
+    if trace.app_trace_id {
+        protowire::put_varint_field(out, 4, 1);
+    }
+    if trace.late {
+        protowire::put_varint_field(out, 5, 1);
+    }
 }
 
 /// A `TraceBatch` message holding the traces encoded by [`encode_trace`].
@@ -227,25 +162,21 @@ pub fn trace_batch<'a>(
     let body: usize = traces
         .clone()
         .into_iter()
-        .map(|t| 1 + varint_len(t.len() as u64) + t.len())
+        .map(|t| protowire::len_prefixed_len(5, t.len()))
         .sum();
     let mut out = Vec::with_capacity(body + linker.len() + 32);
-    put_key(&mut out, 1, VARINT);
-    put_varint(&mut out, u64::from(wire::WIRE_VERSION));
+    protowire::put_varint_field(&mut out, 1, u64::from(wire::WIRE_VERSION));
     if !linker.is_empty() {
-        put_key(&mut out, 2, LEN);
-        put_varint(&mut out, linker.len() as u64);
-        out.extend_from_slice(linker.as_bytes());
+        protowire::put_len_prefixed(&mut out, 2, linker.as_bytes());
     }
-    put_fixed64(&mut out, 3, boot_id);
+    if boot_id != 0 {
+        protowire::put_fixed64(&mut out, 3, boot_id);
+    }
     if seq != 0 {
-        put_key(&mut out, 4, VARINT);
-        put_varint(&mut out, seq);
+        protowire::put_varint_field(&mut out, 4, seq);
     }
     for trace in traces {
-        put_key(&mut out, 5, LEN);
-        put_varint(&mut out, trace.len() as u64);
-        out.extend_from_slice(trace);
+        protowire::put_len_prefixed(&mut out, 5, trace);
     }
     Bytes::from(out)
 }
@@ -301,10 +232,10 @@ mod tests {
             batch.spans[3].start_ns = 0;
             let data = wire::encode_espan_batch(&batch);
             let prost = wire::decode_espan_batch(&data).unwrap();
-            let read = read_span_batch(&data).unwrap();
+            let read = read_spans_message(&data).unwrap();
             assert_eq!(read.spans.len(), prost.batch.spans.len());
             for (r, p) in read.spans.iter().zip(&prost.batch.spans) {
-                assert_eq!(r.facts, SpanFacts::of(p));
+                assert_eq!(r.facts, LinkFacts::of(p));
                 assert_eq!(read.hosts[r.host as usize], p.host);
                 assert_eq!(ESpan::decode(&r.raw.bytes[..]).unwrap(), *p);
                 assert_eq!(r.raw.span_id, p.span_id);
@@ -325,7 +256,7 @@ mod tests {
         for cut in [1, 7, data.len() / 2, data.len() - 1] {
             let truncated = data.slice(..cut);
             assert_eq!(
-                read_span_batch(&truncated).is_err(),
+                read_spans_message(&truncated).is_err(),
                 wire::decode_espan_batch(&truncated).is_err(),
                 "cut at {cut}"
             );
@@ -336,10 +267,10 @@ mod tests {
         no_host.host.clear();
         for bad in [old, no_host] {
             let data = Bytes::from(bad.encode_to_vec());
-            assert!(read_span_batch(&data).is_err());
+            assert!(read_spans_message(&data).is_err());
             assert!(wire::decode_espan_batch(&data).is_err());
         }
-        assert!(read_span_batch(&Bytes::from_static(&[0xff; 12])).is_err());
+        assert!(read_spans_message(&Bytes::from_static(&[0xff; 12])).is_err());
     }
 
     #[test]
@@ -352,7 +283,7 @@ mod tests {
         let (mut out_raw, mut out_decoded) = (Vec::new(), Vec::new());
         for (tag, batch) in synth_batches().into_iter().enumerate() {
             let data = wire::encode_espan_batch(&batch);
-            let read = read_span_batch(&data).unwrap();
+            let read = read_spans_message(&data).unwrap();
             for span in read.spans {
                 let host = raw.host_id(&read.hosts[span.host as usize]);
                 raw.ingest_with(host, &span.facts, span.raw, tag as u64, 1);
@@ -419,16 +350,5 @@ mod tests {
             trace_msg_id(&trace),
             "0123456789abcdeffedcba9876543210-late-0000000000000000"
         );
-    }
-
-    #[test]
-    fn varint_lengths() {
-        for v in [0u64, 1, 127, 128, 16_383, 16_384, u64::MAX] {
-            let mut out = Vec::new();
-            put_varint(&mut out, v);
-            assert_eq!(out.len(), varint_len(v), "{v}");
-            let mut at = 0;
-            assert_eq!(read_varint(&out, &mut at), Some(v));
-        }
     }
 }

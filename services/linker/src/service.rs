@@ -31,9 +31,9 @@ use tokio::sync::mpsc;
 use crate::engine::{Engine, EngineConfig};
 use crate::metrics::Metrics;
 use crate::output::{OUTPUT_QUEUE, Output, ToOutput};
-use crate::raw::{self, RawSpan, SpanBatch};
+use crate::raw::{self, RawSpan, SpansMessage};
 use crate::settings::Settings;
-use crate::store::{Store, StoredBatch};
+use crate::store::{Store, StoredMessage};
 
 pub use crate::raw::trace_msg_id;
 
@@ -62,12 +62,12 @@ pub fn engine_config(settings: &Settings) -> EngineConfig {
 /// its spans are slices of them).
 pub struct Consumed {
     raw: Bytes,
-    batch: SpanBatch,
+    batch: SpansMessage,
 }
 
 fn decode(bytes: &[u8]) -> Result<Consumed, String> {
     let raw = Bytes::copy_from_slice(bytes);
-    let batch = raw::read_span_batch(&raw).map_err(|e| e.to_string())?;
+    let batch = raw::read_spans_message(&raw).map_err(|e| e.to_string())?;
     Ok(Consumed { raw, batch })
 }
 
@@ -75,11 +75,11 @@ fn decode(bytes: &[u8]) -> Result<Consumed, String> {
 struct Ingest {
     seq: u64,
     received_ns: u64,
-    batch: SpanBatch,
+    batch: SpansMessage,
 }
 
 /// Feeds one message's spans to the engine.
-fn ingest(engine: &mut Engine<RawSpan>, batch: SpanBatch, tag: u64, now_ns: u64) {
+fn ingest(engine: &mut Engine<RawSpan>, batch: SpansMessage, tag: u64, now_ns: u64) {
     let hosts: Vec<_> = batch.hosts.iter().map(|h| engine.host_id(h)).collect();
     let spans = batch
         .spans
@@ -118,16 +118,16 @@ impl Handler<Consumed> for StoreHandler {
         let received_ns = now_ns().max(self.last_stamp + 1);
         self.last_stamp = received_ns;
         self.stamped.store(received_ns, Ordering::Release);
-        let rows: Vec<StoredBatch> = deliveries
+        let rows: Vec<StoredMessage> = deliveries
             .iter()
-            .map(|d| StoredBatch {
+            .map(|d| StoredMessage {
                 seq: d.stream_seq,
                 received_ns,
                 data: d.value.raw.clone(),
             })
             .collect();
         let started = Instant::now();
-        if let Err(error) = self.store.put_batches(&rows).await {
+        if let Err(error) = self.store.put_messages(&rows).await {
             // Not coming: ticks need not wait for it.
             self.stamped.store(self.last_sent, Ordering::Release);
             return Err(HandlerError(error.to_string()));
@@ -229,7 +229,7 @@ pub async fn run(
 
     // Rebuild the window: replay stored batches with their original times.
     let stored = store
-        .window_batches()
+        .window_messages()
         .await
         .context("reading the stored window")?;
     let mut ingested_up_to = 0;
@@ -237,7 +237,7 @@ pub async fn run(
     let replayed = stored.len();
     let mut left_out = 0u64;
     for stored in stored {
-        let batch = match raw::read_span_batch(&stored.data) {
+        let batch = match raw::read_spans_message(&stored.data) {
             Ok(batch) => batch,
             Err(error) => {
                 tracing::error!(seq = stored.seq, %error, "stored batch does not decode; skipped");

@@ -96,7 +96,7 @@ impl espan::config::Setting for SyncMode {
 
 /// A consumed ESPANS message as stored.
 #[derive(Debug, Clone, PartialEq)]
-pub struct StoredBatch {
+pub struct StoredMessage {
     /// Its ESPANS stream sequence (the engine's tag for its spans).
     pub seq: u64,
     /// When the linker received it (linker clock, ns).
@@ -107,7 +107,7 @@ pub struct StoredBatch {
 
 #[derive(SurrealValue)]
 #[surreal(crate = "surrealdb::types")]
-struct BatchRow {
+struct MessageRow {
     id: u64,
     received_ns: u64,
     codec: String,
@@ -132,7 +132,7 @@ struct ForgottenOut {
 
 #[derive(SurrealValue)]
 #[surreal(crate = "surrealdb::types")]
-struct BatchOut {
+struct MessageOut {
     seq: u64,
     received_ns: u64,
     codec: Option<String>,
@@ -285,13 +285,13 @@ impl Store {
 
     /// Stores consumed messages; a message stored before (redelivered after a
     /// crash) is left as it is.
-    pub async fn put_batches(&self, batches: &[StoredBatch]) -> Result<(), StoreError> {
-        if batches.is_empty() {
+    pub async fn put_messages(&self, messages: &[StoredMessage]) -> Result<(), StoreError> {
+        if messages.is_empty() {
             return Ok(());
         }
-        let rows: Vec<BatchRow> = batches
+        let rows: Vec<MessageRow> = messages
             .iter()
-            .map(|b| BatchRow {
+            .map(|b| MessageRow {
                 id: b.seq,
                 received_ns: b.received_ns,
                 codec: LZ4.into(),
@@ -299,7 +299,7 @@ impl Store {
             })
             .collect();
         self.run(
-            "put batches",
+            "put messages",
             "INSERT IGNORE INTO batch $rows RETURN NONE",
             vec![("rows", rows.into_value())],
         )
@@ -308,8 +308,8 @@ impl Store {
     }
 
     /// Every stored message, by stream sequence: the open window to rebuild.
-    pub async fn window_batches(&self) -> Result<Vec<StoredBatch>, StoreError> {
-        let rows: Vec<BatchOut> = self
+    pub async fn window_messages(&self) -> Result<Vec<StoredMessage>, StoreError> {
+        let rows: Vec<MessageOut> = self
             .select(
                 "read window",
                 "SELECT record::id(id) AS seq, received_ns, codec, data FROM batch ORDER BY seq",
@@ -318,7 +318,7 @@ impl Store {
             .await?;
         rows.into_iter()
             .map(|r| {
-                Ok(StoredBatch {
+                Ok(StoredMessage {
                     seq: r.seq,
                     received_ns: r.received_ns,
                     data: unpack(r.codec.as_deref(), r.data.into_inner(), "batch", r.seq)?,
@@ -329,7 +329,7 @@ impl Store {
 
     /// Deletes the messages with a sequence below `seq`, as one range, then
     /// the records of forgotten spans that only concern them.
-    pub async fn delete_batches_below(&self, seq: u64) -> Result<(), StoreError> {
+    pub async fn delete_messages_below(&self, seq: u64) -> Result<(), StoreError> {
         if seq == 0 {
             return Ok(());
         }
@@ -405,7 +405,7 @@ impl Store {
     }
 
     /// Rows in `batch` (for metrics and tests).
-    pub async fn batch_count(&self) -> Result<u64, StoreError> {
+    pub async fn message_count(&self) -> Result<u64, StoreError> {
         self.count("batch").await
     }
 
@@ -675,31 +675,31 @@ mod tests {
     async fn batches_survive_a_reopen_and_are_deleted_in_ranges() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path(), &SyncMode::default()).await.unwrap();
-        let batches: Vec<StoredBatch> = (1..=5)
-            .map(|seq| StoredBatch {
+        let batches: Vec<StoredMessage> = (1..=5)
+            .map(|seq| StoredMessage {
                 seq,
                 received_ns: 1000 + seq,
                 data: wire::encode_espan_batch(&sample::batch(seq, 3)),
             })
             .collect();
-        store.put_batches(&batches).await.unwrap();
+        store.put_messages(&batches).await.unwrap();
         // A redelivered message is stored once.
-        store.put_batches(&batches[1..2]).await.unwrap();
-        assert_eq!(store.window_batches().await.unwrap(), batches);
+        store.put_messages(&batches[1..2]).await.unwrap();
+        assert_eq!(store.window_messages().await.unwrap(), batches);
         drop(store);
 
         let store = Store::open(dir.path(), &SyncMode::default()).await.unwrap();
-        assert_eq!(store.window_batches().await.unwrap(), batches);
-        store.delete_batches_below(4).await.unwrap();
+        assert_eq!(store.window_messages().await.unwrap(), batches);
+        store.delete_messages_below(4).await.unwrap();
         let left: Vec<u64> = store
-            .window_batches()
+            .window_messages()
             .await
             .unwrap()
             .iter()
             .map(|b| b.seq)
             .collect();
         assert_eq!(left, vec![4, 5]);
-        assert_eq!(store.batch_count().await.unwrap(), 2);
+        assert_eq!(store.message_count().await.unwrap(), 2);
     }
 
     #[tokio::test]
@@ -724,10 +724,10 @@ mod tests {
         assert_eq!(spans, vec![(3, 30), (5, 50), (7, 70), (8, u64::MAX)]);
         assert_eq!(next, 3, "an empty record writes no row");
         // A row goes once every batch it names is gone.
-        store.delete_batches_below(6).await.unwrap();
+        store.delete_messages_below(6).await.unwrap();
         let (spans, _) = store.forgotten_spans().await.unwrap();
         assert_eq!(spans.len(), 2);
-        store.delete_batches_below(9).await.unwrap();
+        store.delete_messages_below(9).await.unwrap();
         let (spans, next) = store.forgotten_spans().await.unwrap();
         assert!(spans.is_empty());
         assert_eq!(next, 1);
@@ -749,10 +749,10 @@ mod tests {
             )
             .await
             .unwrap();
-        let batches = store.window_batches().await.unwrap();
+        let batches = store.window_messages().await.unwrap();
         assert_eq!(
             batches,
-            vec![StoredBatch {
+            vec![StoredMessage {
                 seq: 7,
                 received_ns: 5,
                 data

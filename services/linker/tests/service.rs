@@ -127,7 +127,7 @@ async fn spans_in_linked_trace_out_and_in_the_store() {
     let stored = store.trace(&id).await.unwrap();
     assert_eq!(stored, traces);
     assert_eq!(
-        store.batch_count().await.unwrap(),
+        store.message_count().await.unwrap(),
         0,
         "finished batches are deleted"
     );

@@ -16,11 +16,10 @@
 
 use espan::wire::{SpanKind, TraceFormat};
 
-use crate::batch::SpanView;
+use crate::view::{SpanRef, SpanView};
 
 use super::{
-    SpanRef, Text, decimal, hex128, ip_text, otlp::protocol_name, port, route, span_id_hex,
-    trace_id_hex,
+    Text, decimal, hex128, ip_text, otlp::protocol_name, port, route, span_id_hex, trace_id_hex,
 };
 
 /// The measurement DataKit writes eBPF spans under.

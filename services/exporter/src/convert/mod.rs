@@ -8,18 +8,7 @@ pub mod route;
 
 use std::fmt::Write as _;
 
-use crate::batch::{EndpointView, SpanView, TraceHead};
-
-/// One span with the trace it belongs to: what every conversion works from.
-#[derive(Debug, Clone, Copy)]
-pub struct SpanRef<'a> {
-    /// The finished trace's ids and flags.
-    pub trace: TraceHead,
-    /// The span's parent, 0 for a root.
-    pub parent_id: u64,
-    /// The span, read in place.
-    pub span: SpanView<'a>,
-}
+use crate::view::{EndpointView, TraceHead};
 
 /// The trace id as 16 bytes, high half first (W3C / OTLP order).
 pub fn trace_id_bytes(trace: &TraceHead) -> [u8; 16] {
@@ -199,8 +188,7 @@ pub(crate) mod testing {
     use espan::wire::Trace;
     use prost::Message;
 
-    use super::SpanRef;
-    use crate::batch::{SpanView, TraceHead};
+    use crate::view::{SpanRef, SpanView, TraceHead};
 
     /// A trace with each span encoded alone.
     pub struct Encoded {

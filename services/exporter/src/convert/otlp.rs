@@ -14,10 +14,8 @@ use opentelemetry_proto::tonic::trace::v1::{
     ResourceSpans, ScopeSpans, Span, Status, span, status,
 };
 
-use super::{
-    SpanRef, decimal, hex128, ip_text, port, route, span_id_hex, split_host, trace_id_bytes,
-};
-use crate::batch::{AppTraceView, EndpointView, HttpView, SpanView};
+use super::{decimal, hex128, ip_text, port, route, span_id_hex, split_host, trace_id_bytes};
+use crate::view::{AppTraceView, EndpointView, HttpView, SpanRef, SpanView};
 
 /// The instrumentation scope every span is reported under.
 pub const SCOPE_NAME: &str = "espan";

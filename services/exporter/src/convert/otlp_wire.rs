@@ -13,8 +13,14 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 
+use espan::protowire::{
+    self, LEN, VARINT, len_prefixed_len, put_fixed64, put_key, put_len_prefixed, put_varint,
+    put_varint_field, varint_len, write_varint,
+};
+
 use super::otlp::{self, Attributes, ResourceKey, SCOPE_NAME, SCOPE_VERSION, Scratch};
-use super::{SpanRef, trace_id_bytes};
+use super::trace_id_bytes;
+use crate::view::SpanRef;
 
 // Field numbers of opentelemetry/proto (collector/trace/v1, trace/v1, common/v1).
 const REQUEST_RESOURCE_SPANS: u32 = 1;
@@ -41,10 +47,6 @@ const KEY_VALUE_VALUE: u32 = 2;
 const ANY_STRING: u32 = 1;
 const ANY_BOOL: u32 = 2;
 const ANY_INT: u32 = 3;
-
-const VARINT: u32 = 0;
-const FIXED64: u32 = 1;
-const LEN: u32 = 2;
 
 /// Encodes the request for `spans`, grouped by process as the struct path does.
 ///
@@ -145,31 +147,26 @@ fn encode_with<'a>(
     string_field(&mut scope, SCOPE_VERSION_FIELD, SCOPE_VERSION);
     out.reserve(groups[..used].iter().map(|g| g.spans.len()).sum::<usize>() + total * 4 + 64);
     for group in &groups[..used] {
-        let mut scope_spans_len = field_len(SCOPE_SPANS_SCOPE, scope.len());
+        let mut scope_spans_len = len_prefixed_len(SCOPE_SPANS_SCOPE, scope.len());
         let mut start = 0;
         for &end in &group.ends {
-            scope_spans_len += field_len(SCOPE_SPANS_SPANS, end - start);
+            scope_spans_len += len_prefixed_len(SCOPE_SPANS_SPANS, end - start);
             start = end;
         }
-        let resource_spans_len = field_len(RESOURCE_SPANS_RESOURCE, group.resource.len())
-            + field_len(RESOURCE_SPANS_SCOPE_SPANS, scope_spans_len);
-        key(out, REQUEST_RESOURCE_SPANS, LEN);
-        varint(out, resource_spans_len as u64);
-        bytes_field(out, RESOURCE_SPANS_RESOURCE, &group.resource);
-        key(out, RESOURCE_SPANS_SCOPE_SPANS, LEN);
-        varint(out, scope_spans_len as u64);
-        bytes_field(out, SCOPE_SPANS_SCOPE, &scope);
+        let resource_spans_len = len_prefixed_len(RESOURCE_SPANS_RESOURCE, group.resource.len())
+            + len_prefixed_len(RESOURCE_SPANS_SCOPE_SPANS, scope_spans_len);
+        put_key(out, REQUEST_RESOURCE_SPANS, LEN);
+        put_varint(out, resource_spans_len as u64);
+        put_len_prefixed(out, RESOURCE_SPANS_RESOURCE, &group.resource);
+        put_key(out, RESOURCE_SPANS_SCOPE_SPANS, LEN);
+        put_varint(out, scope_spans_len as u64);
+        put_len_prefixed(out, SCOPE_SPANS_SCOPE, &scope);
         let mut start = 0;
         for &end in &group.ends {
-            bytes_field(out, SCOPE_SPANS_SPANS, &group.spans[start..end]);
+            put_len_prefixed(out, SCOPE_SPANS_SPANS, &group.spans[start..end]);
             start = end;
         }
     }
-}
-
-/// The bytes a length-delimited field of `len` bytes takes, key included.
-fn field_len(field: u32, len: usize) -> usize {
-    varint_len(u64::from(field << 3 | LEN)) + varint_len(len as u64) + len
 }
 
 /// Appends one span's fields (without its own key and length); `attributes`
@@ -183,16 +180,15 @@ fn write_span(
     let espan = &span_ref.span;
     attributes.clear();
     let head = otlp::describe(&mut Wire(attributes, SPAN_ATTRIBUTES), span_ref, scratch);
-    bytes_field(out, SPAN_TRACE_ID, &trace_id_bytes(&span_ref.trace));
-    bytes_field(out, SPAN_SPAN_ID, &espan.span_id.to_be_bytes());
+    put_len_prefixed(out, SPAN_TRACE_ID, &trace_id_bytes(&span_ref.trace));
+    put_len_prefixed(out, SPAN_SPAN_ID, &espan.span_id.to_be_bytes());
     if span_ref.parent_id != 0 {
-        bytes_field(out, SPAN_PARENT_SPAN_ID, &span_ref.parent_id.to_be_bytes());
+        put_len_prefixed(out, SPAN_PARENT_SPAN_ID, &span_ref.parent_id.to_be_bytes());
     }
     string_field(out, SPAN_NAME, &scratch.name);
     let kind = head.kind as i32;
     if kind != 0 {
-        key(out, SPAN_KIND, VARINT);
-        varint(out, kind as u64);
+        put_varint_field(out, SPAN_KIND, kind as u64);
     }
     fixed64_field(out, SPAN_START, espan.start_ns);
     fixed64_field(out, SPAN_END, espan.end_ns);
@@ -206,12 +202,11 @@ fn write_span(
     };
     let code_len = if code == 0 { 0 } else { 1 + varint_len(code) };
     // Always present (possibly empty), as the struct path sets `Some(status)`.
-    key(out, SPAN_STATUS, LEN);
-    varint(out, (message_len + code_len) as u64);
+    put_key(out, SPAN_STATUS, LEN);
+    put_varint(out, (message_len + code_len) as u64);
     string_field(out, STATUS_MESSAGE, message);
     if code != 0 {
-        key(out, STATUS_CODE, VARINT);
-        varint(out, code);
+        put_varint_field(out, STATUS_CODE, code);
     }
 }
 
@@ -233,26 +228,20 @@ impl Wire<'_> {
         let name = &name.as_bytes()[..name.len().min(MAX_NAME)];
         let any_len = 1 + value_len;
         let kv_len = 2 + name.len() + 1 + varint_len(any_len as u64) + any_len;
+        // The field numbers are below 16, so each key is one byte.
         let mut head = [0u8; MAX_NAME + 32];
-        let mut at = 0;
-        let mut put = |byte: u8| {
-            head[at] = byte;
-            at += 1;
-        };
-        put((self.1 << 3 | LEN) as u8);
-        varint_with(kv_len as u64, &mut put);
-        put((KEY_VALUE_KEY << 3 | LEN) as u8);
-        put(name.len() as u8);
-        let name_at = at;
+        head[0] = protowire::key(self.1, LEN) as u8;
+        let mut at = 1 + write_varint(&mut head[1..], kv_len as u64);
+        head[at] = protowire::key(KEY_VALUE_KEY, LEN) as u8;
+        head[at + 1] = name.len() as u8;
+        at += 2;
+        head[at..at + name.len()].copy_from_slice(name);
         at += name.len();
-        head[name_at..at].copy_from_slice(name);
-        let mut put = |byte: u8| {
-            head[at] = byte;
-            at += 1;
-        };
-        put((KEY_VALUE_VALUE << 3 | LEN) as u8);
-        varint_with(any_len as u64, &mut put);
-        put(value_key);
+        head[at] = protowire::key(KEY_VALUE_VALUE, LEN) as u8;
+        at += 1;
+        at += write_varint(&mut head[at..], any_len as u64);
+        head[at] = value_key;
+        at += 1;
         let out = &mut *self.0;
         out.reserve(at + value_len);
         out.extend_from_slice(&head[..at]);
@@ -262,71 +251,37 @@ impl Wire<'_> {
 impl Attributes for Wire<'_> {
     fn str(&mut self, name: &'static str, value: &str) {
         let len = varint_len(value.len() as u64) + value.len();
-        self.header(name, (ANY_STRING << 3 | LEN) as u8, len);
-        varint(self.0, value.len() as u64);
+        self.header(name, protowire::key(ANY_STRING, LEN) as u8, len);
+        put_varint(self.0, value.len() as u64);
         self.0.extend_from_slice(value.as_bytes());
     }
 
     fn int(&mut self, name: &'static str, value: i64) {
         self.header(
             name,
-            (ANY_INT << 3 | VARINT) as u8,
+            protowire::key(ANY_INT, VARINT) as u8,
             varint_len(value as u64),
         );
-        varint(self.0, value as u64);
+        put_varint(self.0, value as u64);
     }
 
     fn bool(&mut self, name: &'static str, value: bool) {
-        self.header(name, (ANY_BOOL << 3 | VARINT) as u8, 1);
+        self.header(name, protowire::key(ANY_BOOL, VARINT) as u8, 1);
         self.0.push(u8::from(value));
     }
-}
-
-/// Feeds the varint bytes of `value` to `put`.
-#[inline]
-fn varint_with(mut value: u64, put: &mut impl FnMut(u8)) {
-    while value >= 0x80 {
-        put((value as u8) | 0x80);
-        value >>= 7;
-    }
-    put(value as u8);
-}
-
-fn key(out: &mut Vec<u8>, field: u32, wire_type: u32) {
-    varint(out, u64::from(field << 3 | wire_type));
-}
-
-#[inline]
-fn varint(out: &mut Vec<u8>, value: u64) {
-    if value < 0x80 {
-        out.push(value as u8);
-        return;
-    }
-    varint_with(value, &mut |byte| out.push(byte));
-}
-
-fn varint_len(value: u64) -> usize {
-    // 1 byte per 7 bits, at least one.
-    (64 - (value | 1).leading_zeros() as usize).div_ceil(7)
-}
-
-fn bytes_field(out: &mut Vec<u8>, field: u32, bytes: &[u8]) {
-    key(out, field, LEN);
-    varint(out, bytes.len() as u64);
-    out.extend_from_slice(bytes);
 }
 
 /// proto3 leaves empty strings out.
 fn string_field(out: &mut Vec<u8>, field: u32, text: &str) {
     if !text.is_empty() {
-        bytes_field(out, field, text.as_bytes());
+        put_len_prefixed(out, field, text.as_bytes());
     }
 }
 
+/// proto3 leaves zeros out.
 fn fixed64_field(out: &mut Vec<u8>, field: u32, value: u64) {
     if value != 0 {
-        key(out, field, FIXED64);
-        out.extend_from_slice(&value.to_le_bytes());
+        put_fixed64(out, field, value);
     }
 }
 
@@ -401,14 +356,5 @@ mod tests {
         assert_eq!(got, want);
         // Byte-identical too: same fields in the same order as prost writes them.
         assert_eq!(bytes, want.encode_to_vec());
-    }
-
-    #[test]
-    fn varint_lengths() {
-        for value in [0u64, 1, 127, 128, 16_383, 16_384, u32::MAX as u64, u64::MAX] {
-            let mut out = Vec::new();
-            varint(&mut out, value);
-            assert_eq!(out.len(), varint_len(value), "{value}");
-        }
     }
 }

@@ -14,7 +14,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use crate::convert::{self, SpanRef};
+use crate::convert;
+use crate::view::SpanRef;
 
 /// One request's body, cheap to clone for retries.
 #[derive(Debug, Clone)]

@@ -10,7 +10,7 @@ use super::hash::endpoint_fingerprint;
 
 /// The fields of an eSpan that linking, trace ids and sampling depend on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct SpanFacts {
+pub struct LinkFacts {
     /// `span_id`.
     pub span_id: u64,
     /// `kind` (a `SpanKind` number).
@@ -46,7 +46,7 @@ pub struct AppContext {
     pub sampling: i32,
 }
 
-impl SpanFacts {
+impl LinkFacts {
     /// The facts of a decoded span.
     pub fn of(span: &ESpan) -> Self {
         Self {

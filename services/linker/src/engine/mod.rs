@@ -17,7 +17,7 @@
 //! its trace id and sampling decision, and its spans stay known for
 //! `late_retention` so a late span joins the same trace id and decision.
 //!
-//! What the engine reads of a span is its [`SpanFacts`]; the span itself is an
+//! What the engine reads of a span is its [`LinkFacts`]; the span itself is an
 //! opaque payload `P` carried through to the finished trace (an `ESpan` for
 //! [`Engine::ingest`], the bytes as received for the service).
 //!
@@ -64,7 +64,7 @@ use std::collections::BinaryHeap;
 use espan::wire::{ESpan, LinkedSpan, SpanKind, Trace};
 
 pub use config::{ConfigError, EngineConfig, SameHostTuple};
-pub use facts::{AppContext, SpanFacts};
+pub use facts::{AppContext, LinkFacts};
 pub use hash::{endpoint_fingerprint, fingerprint};
 pub use trace_id::TraceId;
 
@@ -405,7 +405,7 @@ pub struct Engine<P = ESpan> {
     track_forgotten: bool,
     /// [`Engine::ingest_batch`]'s spans and their index hashes, kept for the
     /// next batch (no allocation per batch).
-    batch: Vec<(u32, SpanFacts, P)>,
+    batch: Vec<(u32, LinkFacts, P)>,
     batch_keys: Vec<SpanKeys>,
     /// `expire`'s nodes to forget, and `advance`'s groups due, kept for the
     /// next call.
@@ -425,7 +425,7 @@ struct SpanKeys {
 }
 
 impl SpanKeys {
-    fn of(host: u32, facts: &SpanFacts) -> Self {
+    fn of(host: u32, facts: &LinkFacts) -> Self {
         Self {
             span: hash::span_key(host, facts.span_id),
             call: hash::call_key(facts.req_seq, facts.resp_seq),
@@ -447,7 +447,7 @@ impl Engine<ESpan> {
     /// Takes one span. `tag` is the caller's name for where it came from (the
     /// store's batch id); `now_ns` is the linker's clock. Never panics.
     pub fn ingest(&mut self, span: ESpan, tag: u64, now_ns: u64) -> Ingested {
-        let facts = SpanFacts::of(&span);
+        let facts = LinkFacts::of(&span);
         let host = self.intern_host(&span.host);
         let keys = SpanKeys::of(host, &facts);
         self.insert(host, &facts, span, tag, now_ns, keys)
@@ -516,7 +516,7 @@ impl<P> Engine<P> {
     pub fn ingest_with(
         &mut self,
         host: HostId,
-        facts: &SpanFacts,
+        facts: &LinkFacts,
         payload: P,
         tag: u64,
         now_ns: u64,
@@ -532,7 +532,7 @@ impl<P> Engine<P> {
     /// so their cache misses overlap. The outcome of each span is in the stats.
     pub fn ingest_batch(
         &mut self,
-        spans: impl IntoIterator<Item = (HostId, SpanFacts, P)>,
+        spans: impl IntoIterator<Item = (HostId, LinkFacts, P)>,
         tag: u64,
         now_ns: u64,
     ) {
@@ -599,7 +599,7 @@ impl<P> Engine<P> {
     fn insert(
         &mut self,
         host: u32,
-        facts: &SpanFacts,
+        facts: &LinkFacts,
         payload: P,
         tag: u64,
         now_ns: u64,
@@ -786,7 +786,7 @@ impl<P> Engine<P> {
         id
     }
 
-    fn add_node(&mut self, facts: &SpanFacts, payload: P, host: u32, tag: u64) -> u32 {
+    fn add_node(&mut self, facts: &LinkFacts, payload: P, host: u32, tag: u64) -> u32 {
         let kind = match SpanKind::try_from(facts.kind) {
             Ok(SpanKind::Client) => Kind::Client,
             Ok(SpanKind::Server) => Kind::Server,
