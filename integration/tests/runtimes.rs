@@ -36,18 +36,19 @@ enum Middle {
 }
 
 /// Each case, and the in-process recall it must reach (false edges must be 0
-/// in every case). The floors hold with the machine busy: on an idle 2-core VM
-/// Node.js reaches 100%, but with both cores loaded a request whose answer is
-/// still being piped back stays runnable across turns, and its neighbours'
-/// calls are left unnamed (67% measured); asyncio resumes a coroutine a loop
-/// iteration after its read, and a timer's gap makes a request runnable for the
-/// whole gap: both are ambiguous under 16 clients, so nearly unnamed. Go and
-/// thread-pool hand-offs have no sound rule yet (their parents are unset and
-/// counted).
+/// in every case). nginx and Node.js reach 100% when the test runs alone; the
+/// floors leave room for a busy machine, where read-to-write gaps stretch past
+/// the turn's bound and requests stay runnable longer (with other builds on
+/// both cores we measured 56-100%; part of that was SYN retries, see
+/// backend.py). asyncio resumes a coroutine a loop iteration after its read, and
+/// a timer's gap makes a request runnable for the whole gap: both are ambiguous
+/// under 16 clients, so nearly unnamed. Go (every request of the process counts
+/// as runnable) and thread-pool hand-offs (no sound rule) are nearly or wholly
+/// unnamed.
 const CASES: &[(Middle, &str, f64)] = &[
-    (Middle::Nginx, "nginx 1.22 reverse proxy", 0.99),
+    (Middle::Nginx, "nginx 1.22 reverse proxy", 0.9),
     (Middle::Go, "Go net/http + http.Client", 0.0),
-    (Middle::Node, "Node.js http + keep-alive Agent", 0.5),
+    (Middle::Node, "Node.js http + keep-alive Agent", 0.9),
     (
         Middle::NodeGap,
         "Node.js, half the calls after a timer (async gap)",

@@ -22,6 +22,10 @@ class Handler(BaseHTTPRequestHandler):
         pass
 
 
+# Python's default listen backlog is 5: when a middle tier opens 16 upstream
+# connections at once, SYNs beyond it are dropped and retried after 1 s, and
+# the requests behind them wait a second (real servers listen with 128+).
+ThreadingHTTPServer.request_queue_size = 128
 server = ThreadingHTTPServer((sys.argv[1], int(sys.argv[2])), Handler)
 server.daemon_threads = True
 print("READY", flush=True)

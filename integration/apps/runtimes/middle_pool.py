@@ -40,6 +40,7 @@ class Handler(BaseHTTPRequestHandler):
         pass
 
 
+ThreadingHTTPServer.request_queue_size = 128  # as in backend.py
 server = ThreadingHTTPServer((host, port), Handler)
 server.daemon_threads = True
 print("READY", flush=True)
