@@ -51,7 +51,7 @@ pub struct RunningProbe {
     pub boot_id: u64,
     stop: Arc<AtomicBool>,
     reader: Option<std::thread::JoinHandle<()>>,
-    batcher: tokio::task::JoinHandle<()>,
+    sealer: tokio::task::JoinHandle<()>,
     sender: tokio::task::JoinHandle<()>,
     trigger: ShutdownTrigger,
 }
@@ -104,7 +104,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<RunningProbe> {
     };
     let (tx, rx) = tokio::sync::mpsc::channel(65_536);
     let outbox = Outbox::new(settings.buffer_bytes, metrics.clone());
-    let batcher = tokio::spawn(publish::batcher(publish.clone(), rx, outbox.clone()));
+    let sealer = tokio::spawn(publish::seal_messages(publish.clone(), rx, outbox.clone()));
     let sender = tokio::spawn(publish::sender(
         publish,
         bus,
@@ -140,7 +140,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<RunningProbe> {
         boot_id,
         stop,
         reader: Some(reader),
-        batcher,
+        sealer,
         sender,
         trigger,
     })
@@ -153,7 +153,7 @@ impl RunningProbe {
         if let Some(reader) = self.reader.take() {
             let _ = tokio::task::spawn_blocking(move || reader.join()).await;
         }
-        let _ = (&mut self.batcher).await;
+        let _ = (&mut self.sealer).await;
         self.trigger.trigger();
         let _ = (&mut self.sender).await;
     }

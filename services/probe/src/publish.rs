@@ -1,6 +1,7 @@
 //! Batching eSpans and publishing them to `espan.<host>`.
 //!
-//! The batcher seals a batch at `batch_spans` spans or after `batch_interval`,
+//! [`seal_messages`] seals an ESPANS message (a batch of eSpans) at
+//! `batch_spans` spans or after `batch_interval`,
 //! encodes it and puts it in a bounded buffer; the sender publishes from that
 //! buffer with msg id `<host>/<boot_id hex>/<seq>` (so a re-sent batch is stored
 //! once) and removes a batch only when JetStream acked it. While NATS is away the
@@ -45,7 +46,7 @@ struct Buffer {
     bytes: u64,
 }
 
-/// The shared buffer between the batcher and the sender.
+/// The shared buffer between [`seal_messages`] and the sender.
 #[derive(Clone)]
 pub struct Outbox {
     inner: Arc<Mutex<Buffer>>,
@@ -139,8 +140,13 @@ impl Outbox {
     }
 }
 
-/// Collects spans into batches until the channel closes (the reader stopped).
-pub async fn batcher(config: PublishConfig, mut spans: mpsc::Receiver<ESpan>, outbox: Outbox) {
+/// Collects spans into ESPANS messages until the channel closes (the reader
+/// stopped).
+pub async fn seal_messages(
+    config: PublishConfig,
+    mut spans: mpsc::Receiver<ESpan>,
+    outbox: Outbox,
+) {
     let mut seq = 0u64;
     let mut current: Vec<ESpan> = Vec::new();
     let mut tick = tokio::time::interval(config.batch_interval);
