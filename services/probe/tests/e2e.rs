@@ -576,11 +576,26 @@ async fn node_js_server_spans_carry_their_callers_sequence_numbers() {
     let paths: Vec<String> = (0..40)
         .map(|i| format!("/{}/{i}", kinds[i % kinds.len()]))
         .collect();
+    server_spans_pair_with_their_clients(&mut h, "node", port, &paths).await;
+    h.stop().await;
+}
+
+/// Sends `paths` on one keep-alive connection from a traced client
+/// (`<name>-client`) to the traced server on `port` (`<name>-server`), and checks
+/// that every request gives a client and a server span with the same sequence
+/// numbers, the whole response on both sides, nothing lost.
+async fn server_spans_pair_with_their_clients(
+    h: &mut Harness,
+    name: &str,
+    port: u16,
+    paths: &[String],
+) {
+    let (client_name, server_name) = (format!("{name}-client"), format!("{name}-server"));
     let status = Command::new("python3")
         .arg(apps().join("keepalive_paths.py"))
         .arg(port.to_string())
-        .args(&paths)
-        .envs(env_refs(&h.traced("node-client")))
+        .args(paths)
+        .envs(env_refs(&h.traced(&client_name)))
         .status()
         .unwrap();
     assert!(status.success());
@@ -588,18 +603,18 @@ async fn node_js_server_spans_carry_their_callers_sequence_numbers() {
     let spans = h
         .reader
         .until("a client and a server span per request", |s| {
-            of(s, "node-client", SpanKind::Client).len() >= n
-                && of(s, "node-server", SpanKind::Server).len() >= n
+            of(s, &client_name, SpanKind::Client).len() >= n
+                && of(s, &server_name, SpanKind::Server).len() >= n
         })
         .await;
-    let clients = of(&spans, "node-client", SpanKind::Client);
-    let servers = of(&spans, "node-server", SpanKind::Server);
+    let clients = of(&spans, &client_name, SpanKind::Client);
+    let servers = of(&spans, &server_name, SpanKind::Server);
     assert_eq!((clients.len(), servers.len()), (n, n));
     let by_seq: HashMap<(u32, u32), &ESpan> = servers
         .iter()
         .map(|s| ((s.req_seq, s.resp_seq), *s))
         .collect();
-    for (c, path) in clients.iter().zip(&paths) {
+    for (c, path) in clients.iter().zip(paths) {
         assert_eq!(&c.http.as_ref().unwrap().path, path, "in order");
         let s = by_seq
             .get(&(c.req_seq, c.resp_seq))
@@ -614,6 +629,25 @@ async fn node_js_server_spans_carry_their_callers_sequence_numbers() {
     }
     assert_eq!(h.metric("unanswered_total"), 0);
     assert_eq!(h.metric("stream_gaps_total"), 0);
+    assert_eq!(h.metric("http_truncated_total"), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root (eBPF); scripts/test.sh runs it as root"]
+async fn heads_read_and_written_in_several_iovecs_are_whole() {
+    let mut h = Harness::start(|_| {}).await;
+    let port = free_port().unwrap();
+    let mut server = Command::new("python3");
+    server
+        .arg(apps().join("split_head_server.py"))
+        .arg(port.to_string())
+        .envs(env_refs(&h.traced("split-server")))
+        .stdout(Stdio::null());
+    let _srv = Proc(server.spawn().unwrap());
+    wait_listening(port);
+    h.wait_traced(1).await;
+    let paths: Vec<String> = (0..20).map(|i| format!("/split/{i}")).collect();
+    server_spans_pair_with_their_clients(&mut h, "split", port, &paths).await;
     h.stop().await;
 }
 
