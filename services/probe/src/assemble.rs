@@ -165,9 +165,7 @@ const EGRESS_TURNS: usize = 4;
 pub struct Assembler {
     conns: HashMap<u64, Entry>,
     /// tid → server spans it has read and not answered.
-    serving: HashMap<u32, Vec<u64>>,
-    /// pid → the same, for the whole process.
-    serving_process: HashMap<u32, Vec<u64>>,
+    serving: Serving,
     /// Processes one of whose threads served several requests at once.
     multiplexing: HashSet<u32>,
     /// The turn rule's state.
@@ -209,8 +207,7 @@ impl Assembler {
     pub fn new(host: String, wall_offset: i128) -> Self {
         Self {
             conns: HashMap::new(),
-            serving: HashMap::new(),
-            serving_process: HashMap::new(),
+            serving: Serving::default(),
             multiplexing: HashSet::new(),
             turns: Turns::default(),
             woke: Vec::new(),
@@ -227,16 +224,6 @@ impl Assembler {
     /// Connections being followed.
     pub fn conns(&self) -> usize {
         self.conns.len()
-    }
-
-    /// The requests a client call on thread `tid` of `pid` may be made for: the
-    /// thread's, or in Go (goroutines move between threads) the process's.
-    fn served(&self, runtime: Runtime, pid: u32, tid: u32) -> &[u64] {
-        let list = match runtime {
-            Runtime::Go => self.serving_process.get(&pid),
-            _ => self.serving.get(&tid),
-        };
-        list.map_or(&[][..], Vec::as_slice)
     }
 
     /// Requests seen whose answer has not come yet, on every connection.
@@ -259,7 +246,7 @@ impl Assembler {
                     Some(e) if e.conn.pid == d.pid => e.info.as_ref().map(|i| i.runtime),
                     _ => procs(d.pid).map(|i| i.runtime),
                 };
-                let served = self.served(runtime.unwrap_or_default(), d.pid, tid);
+                let served = self.serving.of(runtime.unwrap_or_default(), d.pid, tid);
                 self.turns.sole_woken(tid, served, now_ns)
             }
             Direction::Ingress => None,
@@ -381,23 +368,14 @@ impl Assembler {
             let runtime = entry.info.as_ref().map(|i| i.runtime).unwrap_or_default();
             match role {
                 Role::Server => {
-                    let serving = self.serving.entry(msg.last_tid).or_default();
-                    if !serving.is_empty() {
+                    if self.serving.add(pid, msg.last_tid, span_id) {
                         // Two requests at once on one thread: not thread-per-request.
                         self.multiplexing.insert(pid);
                     }
-                    serving.push(span_id);
-                    self.serving_process.entry(pid).or_default().push(span_id);
                     self.woke.push(Some(span_id));
                 }
                 Role::Client => {
-                    // Same list as `Assembler::served` (field by field: `entry`
-                    // is borrowed).
-                    let served = match runtime {
-                        Runtime::Go => self.serving_process.get(&pid),
-                        _ => self.serving.get(&msg.first_tid),
-                    }
-                    .map_or(&[][..], Vec::as_slice);
+                    let served = self.serving.of(runtime, pid, msg.first_tid);
                     // A socket's origin is for its first request only, whichever
                     // rule names that one's parent. Not in Go: net/http dials in
                     // a goroutine of its own and gives the new connection to
@@ -496,8 +474,7 @@ impl Assembler {
         match role {
             Role::Server => {
                 self.turns.served(req.span_id);
-                unserve(&mut self.serving, req.msg.last_tid, req.span_id);
-                unserve(&mut self.serving_process, pid, req.span_id);
+                self.serving.remove(pid, req.msg.last_tid, req.span_id);
             }
             Role::Client => {
                 self.turns.call_ended(req.span_id);
@@ -561,7 +538,7 @@ impl Assembler {
         procs: &dyn Fn(u32) -> Option<ProcInfo>,
         out: &mut Vec<ESpan>,
     ) {
-        self.turns.forget_socket(sk);
+        self.turns.take_origin(sk);
         let Some(entry) = self.conns.get_mut(&sk) else {
             return;
         };
@@ -691,8 +668,7 @@ impl Assembler {
                 for p in e.pending {
                     self.turns.served(p.span_id);
                     self.turns.call_ended(p.span_id);
-                    unserve(&mut self.serving, p.msg.last_tid, p.span_id);
-                    unserve(&mut self.serving_process, e.conn.pid, p.span_id);
+                    self.serving.remove(e.conn.pid, p.msg.last_tid, p.span_id);
                 }
             }
         }
@@ -701,8 +677,8 @@ impl Assembler {
     /// A process ended (`pid` is also its main thread's id): nothing its main
     /// thread served can be a parent any more, and a new process may take its pid.
     pub fn forget_process(&mut self, pid: u32) {
-        self.serving.remove(&pid);
-        self.serving_process.remove(&pid);
+        self.serving.by_thread.remove(&pid);
+        self.serving.by_process.remove(&pid);
         self.multiplexing.remove(&pid);
         self.turns.forget_thread(pid);
     }
@@ -711,18 +687,49 @@ impl Assembler {
     pub fn connect(&mut self, tid: u32, sk: u64, ts_ns: u64) {
         // Go's origins are not used (see on_message); the thread's list is
         // enough for the rest.
-        let served = self.serving.get(&tid).map_or(&[][..], Vec::as_slice);
+        let served = self.serving.of(Runtime::Threads, 0, tid);
         self.turns.connect(tid, sk, served, ts_ns);
     }
 }
 
-/// Takes `span` off `key`'s list of requests being served.
-fn unserve(serving: &mut HashMap<u32, Vec<u64>>, key: u32, span: u64) {
-    if let Some(list) = serving.get_mut(&key) {
-        list.retain(|&id| id != span);
-        if list.is_empty() {
-            serving.remove(&key);
+/// Server spans read and not yet answered, by thread and by process.
+#[derive(Debug, Default)]
+struct Serving {
+    by_thread: HashMap<u32, Vec<u64>>,
+    by_process: HashMap<u32, Vec<u64>>,
+}
+
+impl Serving {
+    /// `span` was read by thread `tid` of `pid`; true if that thread was
+    /// already serving another.
+    fn add(&mut self, pid: u32, tid: u32, span: u64) -> bool {
+        let thread = self.by_thread.entry(tid).or_default();
+        let busy = !thread.is_empty();
+        thread.push(span);
+        self.by_process.entry(pid).or_default().push(span);
+        busy
+    }
+
+    /// `span` was answered or given up.
+    fn remove(&mut self, pid: u32, tid: u32, span: u64) {
+        for (map, key) in [(&mut self.by_thread, tid), (&mut self.by_process, pid)] {
+            if let Some(list) = map.get_mut(&key) {
+                list.retain(|&id| id != span);
+                if list.is_empty() {
+                    map.remove(&key);
+                }
+            }
         }
+    }
+
+    /// The requests a client call on thread `tid` of `pid` may be made for: the
+    /// thread's, or in Go (goroutines move between threads) the process's.
+    fn of(&self, runtime: Runtime, pid: u32, tid: u32) -> &[u64] {
+        let list = match runtime {
+            Runtime::Go => self.by_process.get(&pid),
+            _ => self.by_thread.get(&tid),
+        };
+        list.map_or(&[][..], Vec::as_slice)
     }
 }
 

@@ -130,7 +130,8 @@ impl Turns {
     }
 
     /// The request whose turn connected socket `sk`, taken by the socket's
-    /// first client request (whichever rule then names its parent).
+    /// first client request (whichever rule then names its parent), or dropped
+    /// when the socket closes.
     pub fn take_origin(&mut self, sk: u64) -> Option<u64> {
         let (origin, _) = self.origins.remove(&sk)?;
         if let Some(w) = self.waiting.get_mut(&origin) {
@@ -173,11 +174,6 @@ impl Turns {
         self.waiting.remove(&request);
     }
 
-    /// Socket `sk` is gone: a connect nobody wrote on is forgotten.
-    pub fn forget_socket(&mut self, sk: u64) {
-        self.take_origin(sk);
-    }
-
     /// Drops connect origins that never saw a request, and threads' state of a
     /// process that ended.
     pub fn expire(&mut self, now_ns: u64) {
@@ -188,15 +184,6 @@ impl Turns {
     /// Thread `tid` ended.
     pub fn forget_thread(&mut self, tid: u32) {
         self.last.remove(&tid);
-    }
-
-    /// Entries held (for tests and bounds).
-    pub fn len(&self) -> usize {
-        self.last.len() + self.waiting.len() + self.calls.len() + self.origins.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 
@@ -270,7 +257,7 @@ mod tests {
         assert_eq!(t.take_origin(7), None);
         t.set_last(1, Some(10), 0);
         t.connect(1, 8, &[10], 2);
-        t.forget_socket(8);
+        t.take_origin(8);
         assert!(t.origins.is_empty());
         assert_eq!(t.waiting[&10].calls, 0);
     }
