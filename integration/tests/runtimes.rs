@@ -239,7 +239,7 @@ fn third_party_runtimes_never_get_a_false_parent() {
             .unwrap_or_default()
             .lines()
             .filter(|l| l.starts_with("espan_probe_parent_unset")
-                || l.starts_with("espan_probe_http_unframed"))
+                || l.starts_with("espan_probe_l7_unframed"))
             .collect::<Vec<_>>()
             .join("\n         ")
     );

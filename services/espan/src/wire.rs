@@ -15,8 +15,8 @@ pub mod pb {
 }
 
 pub use pb::{
-    AppTrace, ESpan, ESpanBatch, Endpoint, Http, LinkedSpan, Protocol, SamplingDecision, SpanKind,
-    Trace, TraceBatch, TraceFormat,
+    AppTrace, Db, ESpan, ESpanBatch, Endpoint, Http, LinkedSpan, Protocol, SamplingDecision,
+    SpanKind, Trace, TraceBatch, TraceFormat,
 };
 
 /// The batch version this build writes and reads.
@@ -398,6 +398,7 @@ pub mod sample {
             host: "host-a".into(),
             container_id: String::new(),
             conn_id: n / 10 + 1,
+            db: None,
         }
     }
 

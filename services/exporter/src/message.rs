@@ -264,7 +264,7 @@ fn read_parent(bytes: &[u8]) -> Result<u64, MessageError> {
 
 #[cfg(test)]
 mod tests {
-    use espan::wire::{AppTrace, ESpan, Endpoint, Http, Trace, TraceBatch, sample};
+    use espan::wire::{AppTrace, Db, ESpan, Endpoint, Http, Protocol, Trace, TraceBatch, sample};
     use rand::rngs::StdRng;
     use rand::{Rng, SeedableRng};
 
@@ -300,7 +300,16 @@ mod tests {
                 span.error = "reset".into();
                 span.container_id = "c0ffee".into();
             }
-            13 => span.http = None,
+            13 => {
+                span.http = None;
+                span.protocol = Protocol::Redis as i32;
+                span.db = Some(Db {
+                    system: "redis".into(),
+                    operation: "HGETALL".into(),
+                    status_code: "WRONGTYPE".into(),
+                    ..Db::default()
+                });
+            }
             14 => {
                 span.http = Some(Http {
                     method: "é€".into(),
@@ -381,6 +390,13 @@ mod tests {
             host: view.host.into(),
             container_id: view.container_id.into(),
             conn_id: view.conn_id,
+            db: view.db.map(|d| Db {
+                system: d.system.into(),
+                operation: d.operation.into(),
+                summary: d.summary.into(),
+                query: d.query.into(),
+                status_code: d.status_code.into(),
+            }),
         }
     }
 

@@ -76,6 +76,8 @@ pub struct SpanView<'a> {
     pub container_id: &'a str,
     /// The probe's connection id.
     pub conn_id: u64,
+    /// The database call (Redis, …).
+    pub db: Option<DbView<'a>>,
 }
 
 /// One end of a TCP connection.
@@ -113,6 +115,21 @@ pub struct HttpView<'a> {
     pub status: u32,
     /// The `Host` header.
     pub host: &'a str,
+}
+
+/// The L7 fields of a database call.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DbView<'a> {
+    /// OpenTelemetry's `db.system.name`: `redis`.
+    pub system: &'a str,
+    /// The command or statement kind: `GET`.
+    pub operation: &'a str,
+    /// A low-cardinality summary, when the protocol has one.
+    pub summary: &'a str,
+    /// The statement without its literals.
+    pub query: &'a str,
+    /// The server's error code; empty on success.
+    pub status_code: &'a str,
 }
 
 /// The application's own trace context.
@@ -183,7 +200,8 @@ impl<'a> SpanView<'a> {
                 HOST => span.host = reader.str()?,
                 CONTAINER_ID => span.container_id = reader.str()?,
                 CONN_ID => span.conn_id = reader.fixed64()?,
-                k if k >> 3 <= 22 => {
+                DB => db(span.db.get_or_insert_default(), reader.message()?)?,
+                k if k >> 3 <= 23 => {
                     return Err(ReadError::WrongWireType {
                         field: k >> 3,
                         wire_type: (k & 7) as u8,
@@ -219,6 +237,7 @@ const APP_TRACE: u32 = protowire::key(19, LEN);
 const HOST: u32 = protowire::key(20, LEN);
 const CONTAINER_ID: u32 = protowire::key(21, LEN);
 const CONN_ID: u32 = protowire::key(22, FIXED64);
+const DB: u32 = protowire::key(23, LEN);
 
 fn endpoint<'a>(endpoint: &mut EndpointView<'a>, mut reader: Reader<'a>) -> Result<(), ReadError> {
     while let Some((field, wire_type)) = reader.key()? {
@@ -240,6 +259,21 @@ fn http<'a>(http: &mut HttpView<'a>, mut reader: Reader<'a>) -> Result<(), ReadE
             (3, LEN) => http.version = reader.str()?,
             (4, VARINT) => http.status = reader.varint()? as u32,
             (5, LEN) => http.host = reader.str()?,
+            (1..=5, _) => return Err(ReadError::WrongWireType { field, wire_type }),
+            _ => reader.skip(field, wire_type)?,
+        }
+    }
+    Ok(())
+}
+
+fn db<'a>(db: &mut DbView<'a>, mut reader: Reader<'a>) -> Result<(), ReadError> {
+    while let Some((field, wire_type)) = reader.key()? {
+        match (field, wire_type) {
+            (1, LEN) => db.system = reader.str()?,
+            (2, LEN) => db.operation = reader.str()?,
+            (3, LEN) => db.summary = reader.str()?,
+            (4, LEN) => db.query = reader.str()?,
+            (5, LEN) => db.status_code = reader.str()?,
             (1..=5, _) => return Err(ReadError::WrongWireType { field, wire_type }),
             _ => reader.skip(field, wire_type)?,
         }

@@ -219,6 +219,7 @@ fn detailed_trace() -> Trace {
         host: "node-1".into(),
         container_id: String::new(),
         conn_id: 7,
+        db: None,
     };
     let client = ESpan {
         span_id: 0x2222,
@@ -248,6 +249,7 @@ fn detailed_trace() -> Trace {
             sampling: SamplingDecision::Keep as i32,
         }),
         conn_id: 8,
+        db: None,
         ..server.clone()
     };
     Trace {

@@ -531,6 +531,7 @@ impl<'a> World<'a> {
             host: self.host_names[s.host].clone(),
             container_id: String::new(),
             conn_id: u64::from(local.1) << 32 | u64::from(remote.1),
+            db: None,
         }
     }
 

@@ -23,10 +23,11 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 
-use espan::wire::{ESpan, Endpoint, Http, Protocol, SpanKind};
+use espan::wire::{Db, ESpan, Endpoint, Http, Protocol, SpanKind};
 
 use crate::conn::{Conn, Direction};
-use crate::http1::{Message, Transfer};
+use crate::message::{L7, Message, Transfer};
+use crate::resp::Frame;
 use crate::runtime::Runtime;
 use crate::turns::Turns;
 
@@ -55,8 +56,12 @@ pub struct AssembleStats {
     pub evicted: u64,
     /// Transfers read from a socket after its CLOSE (queued before a reset).
     pub after_close: u64,
-    /// Chunked bodies whose framing lay beyond the capture (see [`crate::http1`]).
+    /// Messages whose framing lay beyond the capture (see [`crate::http1`],
+    /// [`crate::resp`]).
     pub unframed: u64,
+    /// Times a connection's pairing of requests and answers was lost (Redis,
+    /// see [`crate::resp`]); its waiting requests count as unanswered.
+    pub desyncs: u64,
     /// Client spans left without a parent, by [`ParentUnset`] reason.
     pub parent_unset: [u64; ParentUnset::ALL.len()],
 }
@@ -294,9 +299,10 @@ impl Assembler {
             missed = entry.conn.sync(other, pos) && answer_dir == Some(other);
         }
         missed |= answer_dir == Some(d.dir) && !entry.conn.continues(d.dir, d.transfer.seq);
-        let p = entry.conn.take_problems();
+        let (p, desyncs) = entry.conn.take_problems();
         self.stats.gaps += p.gaps;
-        if missed {
+        self.stats.desyncs += desyncs;
+        if missed || desyncs > 0 {
             self.abandon(d.sk, procs, out);
         }
         let Some(entry) = self.conns.get_mut(&d.sk) else {
@@ -312,11 +318,12 @@ impl Assembler {
         self.woke.clear();
         let mut messages = Vec::new();
         entry.conn.feed(d.dir, d.transfer, &mut messages);
-        let p = entry.conn.take_problems();
+        let (p, desyncs) = entry.conn.take_problems();
         self.stats.malformed += p.malformed;
         self.stats.truncated += p.truncated;
         self.stats.gaps += p.gaps;
         self.stats.unframed += p.unframed;
+        self.stats.desyncs += desyncs;
         for (dir, msg) in messages {
             self.on_message(d.sk, dir, msg, procs, out);
         }
@@ -327,8 +334,9 @@ impl Assembler {
             _ => None,
         };
         self.turns.set_last(tid, woke, now_ns);
-        if answer_dir == Some(d.dir) && p.malformed + p.truncated + p.gaps > 0 {
-            // The answer being read is lost (a head beyond the capture, garbage).
+        if (answer_dir == Some(d.dir) && p.malformed + p.truncated + p.gaps > 0) || desyncs > 0 {
+            // The answer being read is lost (a head beyond the capture, garbage),
+            // or which answer is whose is.
             self.abandon(d.sk, procs, out);
         }
         if self
@@ -352,7 +360,7 @@ impl Assembler {
         let Some(entry) = self.conns.get_mut(&sk) else {
             return;
         };
-        if msg.head.is_request() {
+        if msg.l7.is_request() {
             let role = if dir == Direction::Ingress {
                 Role::Server
             } else {
@@ -487,14 +495,47 @@ impl Assembler {
         };
         let end = resp.map_or(req.msg.end_ns, |r| r.end_ns.max(req.msg.start_ns));
         self.stats.spans += 1;
-        let head = req.msg.head;
+        let (protocol, http, db, app_trace) = match req.msg.l7 {
+            L7::Http(head) => (
+                Protocol::Http1,
+                Some(Http {
+                    method: head.method,
+                    path: head.path,
+                    version: head.version,
+                    status: match resp.map(|r| &r.l7) {
+                        Some(L7::Http(answer)) => answer.status,
+                        _ => 0,
+                    },
+                    host: head.host,
+                }),
+                None,
+                head.app_trace,
+            ),
+            L7::Redis(command) => (
+                Protocol::Redis,
+                None,
+                Some(Db {
+                    system: "redis".into(),
+                    operation: match command {
+                        Frame::Command { name } => name,
+                        Frame::Reply { .. } => String::new(),
+                    },
+                    status_code: match resp.map(|r| &r.l7) {
+                        Some(L7::Redis(Frame::Reply { error })) => error.clone(),
+                        _ => String::new(),
+                    },
+                    ..Db::default()
+                }),
+                None,
+            ),
+        };
         ESpan {
             span_id: req.span_id,
             kind: match role {
                 Role::Server => SpanKind::Server,
                 Role::Client => SpanKind::Client,
             } as i32,
-            protocol: Protocol::Http1 as i32,
+            protocol: protocol as i32,
             local: Some(Endpoint::from_socket_addr(local)),
             remote: Some(Endpoint::from_socket_addr(remote)),
             req_seq: req.msg.seq,
@@ -506,13 +547,8 @@ impl Assembler {
             comm: info.comm,
             service: info.service,
             local_parent_id: if role == Role::Client { req.parent } else { 0 },
-            http: Some(Http {
-                method: head.method,
-                path: head.path,
-                version: head.version,
-                status: resp.map_or(0, |r| r.head.status),
-                host: head.host,
-            }),
+            http,
+            db,
             bytes_in,
             bytes_out,
             error: if resp.is_none() {
@@ -520,7 +556,7 @@ impl Assembler {
             } else {
                 String::new()
             },
-            app_trace: head.app_trace,
+            app_trace,
             host: self.host.clone(),
             container_id: String::new(),
             conn_id: sk,
@@ -827,6 +863,117 @@ mod tests {
 
     const REQ: &[u8] = b"GET /x HTTP/1.1\r\n\r\n";
     const RESP: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+
+    #[test]
+    fn pipelined_redis_calls_are_spans_of_their_own_under_the_request_served() {
+        let mut f = Feed::new();
+        f.data(1, 11, SK, Direction::Ingress, 100, REQ, 80, 5000);
+        let pipeline = b"*2\r\n$4\r\nINCR\r\n$1\r\nn\r\n*2\r\n$3\r\nGET\r\n$1\r\nk\r\n";
+        f.data(1, 11, SK + 1, Direction::Egress, 7000, pipeline, 6000, 6379);
+        f.data(
+            1,
+            11,
+            SK + 1,
+            Direction::Ingress,
+            9000,
+            b":1\r\n-WRONGTYPE no\r\n",
+            6000,
+            6379,
+        );
+        f.data(1, 11, SK, Direction::Egress, 300, RESP, 80, 5000);
+        let server = f.server(SK).clone();
+        let incr = f.client(SK + 1, 7000);
+        let get = f.client(SK + 1, 7000 + 21);
+        assert_eq!((incr.resp_seq, get.resp_seq), (9000, 9004));
+        for (span, op, code) in [(incr, "INCR", ""), (get, "GET", "WRONGTYPE")] {
+            assert_eq!(span.protocol, Protocol::Redis as i32);
+            assert_eq!(span.local_parent_id, server.span_id);
+            assert!(span.http.is_none());
+            let db = span.db.as_ref().unwrap();
+            assert_eq!((db.system.as_str(), db.operation.as_str()), ("redis", op));
+            assert_eq!(db.status_code, code);
+            espan::wire::validate_span(span).unwrap();
+        }
+    }
+
+    #[test]
+    fn a_redis_connection_that_lost_its_pairing_abandons_the_commands_waiting() {
+        let mut f = Feed::new();
+        let two = b"*2\r\n$3\r\nGET\r\n$1\r\na\r\n*2\r\n$3\r\nGET\r\n$1\r\nb\r\n";
+        f.data(1, 11, SK, Direction::Egress, 7000, two, 6000, 6379);
+        // Bytes of the replies were missed: which reply is whose is unknown.
+        f.data(
+            1,
+            11,
+            SK,
+            Direction::Ingress,
+            9000,
+            b"$1\r\nx\r\n",
+            6000,
+            6379,
+        );
+        f.data(
+            1,
+            11,
+            SK,
+            Direction::Ingress,
+            9100,
+            b"$1\r\ny\r\n",
+            6000,
+            6379,
+        );
+        assert_eq!(f.out.len(), 2);
+        assert!(f.out.iter().all(|s| s.resp_seq == 0 || s.req_seq == 7000));
+        assert_eq!(f.a.stats.desyncs, 1);
+        // A command sent before the connection was quiet is not paired...
+        f.data(
+            1,
+            11,
+            SK,
+            Direction::Egress,
+            7040,
+            b"*1\r\n$4\r\nPING\r\n",
+            6000,
+            6379,
+        );
+        f.data(
+            1,
+            11,
+            SK,
+            Direction::Ingress,
+            9107,
+            b"+PONG\r\n",
+            6000,
+            6379,
+        );
+        assert_eq!(f.out.len(), 2);
+        // ...one sent after a quiet second is.
+        let quiet = f.ts + UNFRAMED_QUIET_NS + 1;
+        f.a.expire(quiet, &procs, &mut f.out);
+        f.ts = quiet;
+        f.data(
+            1,
+            11,
+            SK,
+            Direction::Egress,
+            7054,
+            b"*1\r\n$4\r\nPING\r\n",
+            6000,
+            6379,
+        );
+        f.data(
+            1,
+            11,
+            SK,
+            Direction::Ingress,
+            9114,
+            b"+PONG\r\n",
+            6000,
+            6379,
+        );
+        assert_eq!(f.client(SK, 7054).resp_seq, 9114);
+        assert_eq!(f.a.stats.desyncs, 1);
+    }
 
     #[test]
     fn server_then_client_call_gets_the_parent() {

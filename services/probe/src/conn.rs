@@ -1,9 +1,15 @@
-//! One TCP connection as a traced process sees it: its two byte streams, each
-//! reassembled into HTTP/1.x messages by sequence number.
+//! One TCP connection as a traced process sees it: its two byte streams,
+//! followed by sequence number, and the messages of the protocol they speak.
+//!
+//! The protocol is taken from the first transfer that starts like a message of
+//! one ([`crate::http1::looks_like_start`], [`crate::resp::looks_like_command`]);
+//! until then the connection's bytes are only counted along.
 
 use std::net::SocketAddr;
 
-use crate::http1::{HeadQueue, Message, Stream, Transfer};
+use crate::http1::{self, HeadQueue};
+use crate::message::{Cursor, Message, Problems, Transfer};
+use crate::resp::{self, Side};
 
 /// Which way bytes went, from the traced process's side.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -23,15 +29,33 @@ impl Direction {
     }
 }
 
+/// The protocol a connection speaks, and its parsers.
+#[derive(Debug)]
+enum Parser {
+    /// No transfer has started like a message yet.
+    Unknown,
+    Http1 {
+        egress: http1::Stream,
+        ingress: http1::Stream,
+        heads: HeadQueue,
+    },
+    Redis {
+        /// The direction commands go (the client's writes).
+        commands: Direction,
+        session: resp::Session,
+    },
+}
+
 /// Both directions of one connection.
 #[derive(Debug)]
 pub struct Conn {
     pub pid: u32,
     pub local: SocketAddr,
     pub remote: SocketAddr,
-    egress: Stream,
-    ingress: Stream,
-    heads: HeadQueue,
+    egress: Cursor,
+    ingress: Cursor,
+    parser: Parser,
+    gaps: u64,
     pub last_ns: u64,
 }
 
@@ -41,99 +65,212 @@ impl Conn {
             pid,
             local,
             remote,
-            egress: Stream::new(),
-            ingress: Stream::new(),
-            heads: HeadQueue::new(),
+            egress: Cursor::default(),
+            ingress: Cursor::default(),
+            parser: Parser::Unknown,
+            gaps: 0,
             last_ns: 0,
+        }
+    }
+
+    fn cursor(&mut self, dir: Direction) -> &mut Cursor {
+        match dir {
+            Direction::Egress => &mut self.egress,
+            Direction::Ingress => &mut self.ingress,
         }
     }
 
     /// Feeds a transfer; returns the messages it completed.
     pub fn feed(&mut self, dir: Direction, t: Transfer<'_>, out: &mut Vec<(Direction, Message)>) {
         self.last_ns = t.ts_ns;
-        let mut done = Vec::new();
-        // A message left open without framing on the other side ended before
-        // this one starts.
-        let other = match dir {
-            Direction::Egress => &mut self.ingress,
-            Direction::Ingress => &mut self.egress,
-        };
-        if other.unframed() && crate::http1::looks_like_start(t.data) {
-            other.conclude(&mut done);
-            out.extend(done.drain(..).map(|m| (dir.opposite(), m)));
+        if self.cursor(dir).advance(t.seq, t.len) {
+            self.missed(dir);
         }
-        match dir {
-            Direction::Egress => self.egress.feed(t, &mut self.heads, &mut done),
-            Direction::Ingress => self.ingress.feed(t, &mut self.heads, &mut done),
+        if matches!(self.parser, Parser::Unknown) {
+            self.parser = if http1::looks_like_start(t.data) {
+                Parser::Http1 {
+                    egress: http1::Stream::new(),
+                    ingress: http1::Stream::new(),
+                    heads: HeadQueue::new(),
+                }
+            } else if resp::looks_like_command(t.data) {
+                Parser::Redis {
+                    commands: dir,
+                    session: resp::Session::new(),
+                }
+            } else {
+                return;
+            };
         }
-        out.extend(done.into_iter().map(|m| (dir, m)));
+        match &mut self.parser {
+            Parser::Unknown => {}
+            Parser::Http1 {
+                egress,
+                ingress,
+                heads,
+            } => {
+                let (this, other) = match dir {
+                    Direction::Egress => (egress, ingress),
+                    Direction::Ingress => (ingress, egress),
+                };
+                let mut done = Vec::new();
+                // A message left open without framing on the other side ended
+                // before this one starts.
+                if other.unframed() && http1::looks_like_start(t.data) {
+                    other.conclude(&mut done);
+                    out.extend(done.drain(..).map(|m| (dir.opposite(), m)));
+                }
+                this.feed(t, heads, &mut done);
+                out.extend(done.into_iter().map(|m| (dir, m)));
+            }
+            Parser::Redis { commands, session } => {
+                let side = if dir == *commands {
+                    Side::Commands
+                } else {
+                    Side::Replies
+                };
+                let mut done = Vec::new();
+                session.feed(side, t, &mut done);
+                out.extend(done.into_iter().map(|(s, m)| (direction(*commands, s), m)));
+            }
+        }
+    }
+
+    /// Bytes were missed in `dir`: what is half read there is lost (for Redis,
+    /// the pairing of both directions; see [`crate::resp`]).
+    fn missed(&mut self, dir: Direction) {
+        self.gaps += 1;
+        match &mut self.parser {
+            Parser::Unknown => {}
+            Parser::Http1 {
+                egress, ingress, ..
+            } => match dir {
+                Direction::Egress => egress.gap(),
+                Direction::Ingress => ingress.gap(),
+            },
+            Parser::Redis { session, .. } => session.gap(),
+        }
     }
 
     /// The connection closed: completes responses that end with it.
     pub fn close(&mut self, out: &mut Vec<(Direction, Message)>) {
-        let mut done = Vec::new();
-        self.egress.close(&mut done);
-        out.extend(done.drain(..).map(|m| (Direction::Egress, m)));
-        self.ingress.close(&mut done);
-        out.extend(done.drain(..).map(|m| (Direction::Ingress, m)));
+        self.each_ended(out, |s, done| s.close(done));
     }
 
     /// The socket reached CLOSE: completes messages that end with the connection
     /// and keeps the rest (bytes queued before a reset may still be read).
     pub fn end(&mut self, out: &mut Vec<(Direction, Message)>) {
-        let mut done = Vec::new();
-        self.egress.end(&mut done);
-        out.extend(done.drain(..).map(|m| (Direction::Egress, m)));
-        self.ingress.end(&mut done);
-        out.extend(done.drain(..).map(|m| (Direction::Ingress, m)));
+        self.each_ended(out, |s, done| s.end(done));
     }
 
-    /// See [`crate::http1::Stream::sync_to`]: true when `dir` missed bytes.
-    pub fn sync(&mut self, dir: Direction, pos: u32) -> bool {
-        match dir {
-            Direction::Egress => self.egress.sync_to(pos),
-            Direction::Ingress => self.ingress.sync_to(pos),
+    /// Applies an end to both HTTP streams, or ends a Redis reply left open.
+    fn each_ended(
+        &mut self,
+        out: &mut Vec<(Direction, Message)>,
+        http: impl Fn(&mut http1::Stream, &mut Vec<Message>),
+    ) {
+        match &mut self.parser {
+            Parser::Unknown => {}
+            Parser::Http1 {
+                egress, ingress, ..
+            } => {
+                let mut done = Vec::new();
+                http(egress, &mut done);
+                out.extend(done.drain(..).map(|m| (Direction::Egress, m)));
+                http(ingress, &mut done);
+                out.extend(done.drain(..).map(|m| (Direction::Ingress, m)));
+            }
+            Parser::Redis { commands, session } => {
+                let mut done = Vec::new();
+                session.end(&mut done);
+                out.extend(done.into_iter().map(|(s, m)| (direction(*commands, s), m)));
+            }
         }
+    }
+
+    /// The kernel says `dir`'s counter stood at `pos`: true when `dir` missed
+    /// bytes (see [`Cursor::sync_to`]).
+    pub fn sync(&mut self, dir: Direction, pos: u32) -> bool {
+        let missed = self.cursor(dir).sync_to(pos);
+        if missed {
+            self.missed(dir);
+        }
+        missed
     }
 
     /// Whether a transfer starting at `seq` continues this connection's stream in
     /// `dir` (true when that stream has seen nothing yet).
     pub fn continues(&self, dir: Direction, seq: u32) -> bool {
-        let stream = match dir {
+        let cursor = match dir {
             Direction::Egress => &self.egress,
             Direction::Ingress => &self.ingress,
         };
-        stream.next_seq().is_none_or(|next| next == seq)
+        cursor.next_seq().is_none_or(|next| next == seq)
     }
 
-    /// Ends messages left open without framing (see [`crate::http1`]) when the
-    /// connection has been quiet since before `quiet_since_ns`: true if any ended.
+    /// Ends messages left open without framing when the connection has been
+    /// quiet since before `quiet_since_ns`; a Redis connection whose pairing was
+    /// lost is followed again (see [`crate::resp`]).
     pub fn conclude_quiet(&mut self, quiet_since_ns: u64, out: &mut Vec<(Direction, Message)>) {
         if self.last_ns >= quiet_since_ns {
             return;
         }
-        let mut done = Vec::new();
-        self.egress.conclude(&mut done);
-        out.extend(done.drain(..).map(|m| (Direction::Egress, m)));
-        self.ingress.conclude(&mut done);
-        out.extend(done.drain(..).map(|m| (Direction::Ingress, m)));
+        match &mut self.parser {
+            Parser::Unknown => {}
+            Parser::Http1 {
+                egress, ingress, ..
+            } => {
+                let mut done = Vec::new();
+                egress.conclude(&mut done);
+                out.extend(done.drain(..).map(|m| (Direction::Egress, m)));
+                ingress.conclude(&mut done);
+                out.extend(done.drain(..).map(|m| (Direction::Ingress, m)));
+            }
+            Parser::Redis { commands, session } => {
+                let mut done = Vec::new();
+                session.resync_if_quiet(&mut done);
+                out.extend(done.into_iter().map(|(s, m)| (direction(*commands, s), m)));
+            }
+        }
     }
 
     /// Forgets which waiting requests were HEADs (their answers were lost).
     pub fn forget_heads(&mut self) {
-        self.heads.clear();
+        if let Parser::Http1 { heads, .. } = &mut self.parser {
+            heads.clear();
+        }
     }
 
-    /// Problems counted by both streams since the last call, then reset.
-    pub fn take_problems(&mut self) -> crate::http1::Problems {
-        let mut p = self.egress.problems;
-        let q = self.ingress.problems;
-        p.malformed += q.malformed;
-        p.truncated += q.truncated;
-        p.gaps += q.gaps;
-        p.unframed += q.unframed;
-        self.egress.problems = Default::default();
-        self.ingress.problems = Default::default();
-        p
+    /// Problems counted since the last call, then reset; `desyncs` counts the
+    /// times a connection's pairing of requests and answers was lost in either
+    /// direction (its waiting requests are abandoned).
+    pub fn take_problems(&mut self) -> (Problems, u64) {
+        let mut p = Problems {
+            gaps: std::mem::take(&mut self.gaps),
+            ..Problems::default()
+        };
+        let mut desyncs = 0;
+        match &mut self.parser {
+            Parser::Unknown => {}
+            Parser::Http1 {
+                egress, ingress, ..
+            } => {
+                p.add(std::mem::take(&mut egress.problems));
+                p.add(std::mem::take(&mut ingress.problems));
+            }
+            Parser::Redis { session, .. } => {
+                p.add(std::mem::take(&mut session.problems));
+                desyncs = std::mem::take(&mut session.desyncs);
+            }
+        }
+        (p, desyncs)
+    }
+}
+
+/// The direction of a Redis side, given the direction of its commands.
+fn direction(commands: Direction, side: Side) -> Direction {
+    match side {
+        Side::Commands => commands,
+        Side::Replies => commands.opposite(),
     }
 }

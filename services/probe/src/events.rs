@@ -19,8 +19,8 @@ use tokio::sync::mpsc;
 
 use crate::assemble::{Assembler, DataIn, ProcInfo};
 use crate::conn::Direction;
-use crate::http1::Transfer;
 use crate::loader::Loaded;
+use crate::message::Transfer;
 use crate::metrics::Metrics;
 use crate::procs::{ProcFacts, Selection, all_pids, children_of, tgid_of};
 use crate::runtime;

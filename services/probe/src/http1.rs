@@ -20,20 +20,11 @@
 
 use espan::wire::{AppTrace, SamplingDecision, TraceFormat};
 
+use crate::message::{L7, Message, Problems, Transfer};
+
 /// Longest head accepted; a longer one is treated as malformed.
 pub const MAX_HEAD: usize = 16 * 1024;
 const MAX_HEADERS: usize = 96;
-
-/// One read or write.
-#[derive(Debug, Clone, Copy)]
-pub struct Transfer<'a> {
-    pub seq: u32,
-    pub len: u32,
-    /// The captured prefix of the payload (`data.len() ≤ len`).
-    pub data: &'a [u8],
-    pub ts_ns: u64,
-    pub tid: u32,
-}
 
 /// The parts of a head espan keeps.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -53,35 +44,6 @@ impl Head {
     pub fn is_request(&self) -> bool {
         !self.method.is_empty()
     }
-}
-
-/// A complete message.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Message {
-    pub head: Head,
-    /// Sequence number of its first byte.
-    pub seq: u32,
-    pub start_ns: u64,
-    pub end_ns: u64,
-    /// Thread of the first and of the last transfer.
-    pub first_tid: u32,
-    pub last_tid: u32,
-    /// Head plus body.
-    pub bytes: u64,
-}
-
-/// What the parser counts (the caller turns these into metrics).
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct Problems {
-    /// Bytes that are not HTTP/1.x (binary traffic, garbage): skipped.
-    pub malformed: u64,
-    /// A head (or chunk size) lay beyond the captured bytes.
-    pub truncated: u64,
-    /// A transfer did not start where the previous one ended (lost events).
-    pub gaps: u64,
-    /// A chunked body's framing lay beyond the capture: its message ended where
-    /// the stream showed it (see the module doc).
-    pub unframed: u64,
 }
 
 #[derive(Debug)]
@@ -125,7 +87,6 @@ pub struct Stream {
     buf: Vec<u8>,
     /// The message being read, once its first byte is seen.
     current: Option<Message>,
-    next_seq: Option<u32>,
     pub problems: Problems,
 }
 
@@ -166,7 +127,6 @@ impl Stream {
             state: State::Lost,
             buf: Vec::new(),
             current: None,
-            next_seq: None,
             problems: Problems::default(),
         }
     }
@@ -174,13 +134,6 @@ impl Stream {
     /// Feeds one transfer; complete messages are appended to `out`.
     pub fn feed(&mut self, t: Transfer<'_>, heads: &mut HeadQueue, out: &mut Vec<Message>) {
         let data = &t.data[..t.data.len().min(t.len as usize)];
-        if let Some(next) = self.next_seq
-            && next != t.seq
-        {
-            self.problems.gaps += 1;
-            self.lose();
-        }
-        self.next_seq = Some(t.seq.wrapping_add(t.len));
         let len = t.len as usize;
         let mut pos = 0usize;
         if matches!(self.state, State::Body(Body::Unframed)) {
@@ -215,15 +168,11 @@ impl Stream {
                     }
                     if self.current.is_none() {
                         self.buf.clear();
-                        self.current = Some(Message {
-                            head: Head::default(),
-                            seq: t.seq.wrapping_add(pos as u32),
-                            start_ns: t.ts_ns,
-                            end_ns: t.ts_ns,
-                            first_tid: t.tid,
-                            last_tid: t.tid,
-                            bytes: 0,
-                        });
+                        self.current = Some(Message::starting(
+                            L7::Http(Head::default()),
+                            t.seq.wrapping_add(pos as u32),
+                            &t,
+                        ));
                     }
                     let before = self.buf.len();
                     let take = (data.len() - pos).min(MAX_HEAD + 4 - before);
@@ -400,7 +349,7 @@ impl Stream {
         };
         let interim = !request && (100..200).contains(&head.status) && head.status != 101;
         if let Some(m) = &mut self.current {
-            m.head = head;
+            m.l7 = L7::Http(head);
             m.bytes = head_len;
             m.end_ns = t.ts_ns;
             m.last_tid = t.tid;
@@ -476,29 +425,10 @@ impl Stream {
         }
     }
 
-    /// Sequence number the next transfer must start at, once one was seen.
-    pub fn next_seq(&self) -> Option<u32> {
-        self.next_seq
-    }
-
-    /// The kernel says this direction's counter stood at `pos` (a record of the
-    /// other direction carries it). Before any transfer was seen, the next one
-    /// must start there. Past where this stream got to means bytes were missed:
-    /// a gap, as if a transfer had skipped them; returns true then. One past is
-    /// a FIN, which takes a sequence number; behind is a transfer on another
-    /// thread whose record is still to come.
-    pub fn sync_to(&mut self, pos: u32) -> bool {
-        match self.next_seq {
-            None => self.next_seq = Some(pos),
-            Some(next) if (pos.wrapping_sub(next) as i32) > 1 => {
-                self.problems.gaps += 1;
-                self.lose();
-                self.next_seq = Some(pos);
-                return true;
-            }
-            Some(_) => {}
-        }
-        false
+    /// Bytes were missed before the next transfer (the connection counts
+    /// them): what is half read is lost.
+    pub fn gap(&mut self) {
+        self.lose();
     }
 
     /// True while nothing is half read.

@@ -6,8 +6,9 @@
 //!   layouts; loads and attaches the programs of bpf/espan-ebpf.
 //! - [`events`]: the ring buffer reader thread; decodes records, keeps the
 //!   traced-pid map current with [`procs`] (DataKit's selection options).
-//! - [`conn`] and [`http1`]: per-connection reassembly by TCP sequence number and
-//!   HTTP/1.x message boundaries.
+//! - [`conn`]: per-connection reassembly by TCP sequence number, and the
+//!   protocol's message boundaries: [`http1`] (HTTP/1.x), [`resp`] (Redis), on
+//!   the shared types of [`message`].
 //! - [`assemble`]: request ↔ response pairs into eSpans, `local_parent_id` by
 //!   the thread rule where the process's [`runtime`] makes it sound, by the
 //!   event-loop [`turns`] rule elsewhere (never for Go).
@@ -20,9 +21,11 @@ pub mod conn;
 pub mod events;
 pub mod http1;
 pub mod loader;
+pub mod message;
 pub mod metrics;
 pub mod procs;
 pub mod publish;
+pub mod resp;
 pub mod runtime;
 pub mod settings;
 pub mod turns;

@@ -32,15 +32,17 @@ pub struct Metrics {
     pub kernel_sock_read_failed: Gauge,
     /// Transfers outside the hooked syscalls (sendfile, splice, io_uring, …).
     pub kernel_not_captured: Gauge,
-    pub http_malformed: Counter,
-    pub http_truncated: Counter,
+    pub l7_malformed: Counter,
+    pub l7_truncated: Counter,
     pub stream_gaps: Counter,
     pub spans: Counter,
     pub ambiguous_parent: Counter,
     /// Client spans left without a parent, by reason (see `assemble::ParentUnset`).
     pub parent_unset: Family<ReasonLabel, Counter>,
-    /// Chunked bodies whose framing lay beyond the capture.
-    pub http_unframed: Counter,
+    /// Messages whose framing lay beyond the capture.
+    pub l7_unframed: Counter,
+    /// Redis connections whose pairing was lost (see `resp`).
+    pub desyncs: Counter,
     pub unanswered: Counter,
     pub unmatched: Counter,
     pub conns_evicted: Counter,
@@ -107,12 +109,12 @@ impl Metrics {
             "Transfers made outside read/write/readv/writev/recvfrom/sendto/recvmsg/sendmsg (sendfile, splice, io_uring, ...): sequence numbers only"
         );
         reg!(
-            http_malformed,
-            "Stretches of traffic on traced sockets that are not HTTP/1.x (skipped)"
+            l7_malformed,
+            "Stretches of traffic on traced sockets that are not HTTP/1.x or Redis RESP as expected (skipped)"
         );
         reg!(
-            http_truncated,
-            "HTTP heads or chunk sizes beyond the captured bytes (skipped)"
+            l7_truncated,
+            "HTTP heads or chunk sizes, or Redis headers, beyond the captured bytes (skipped)"
         );
         reg!(
             stream_gaps,
@@ -129,8 +131,12 @@ impl Metrics {
             self.parent_unset.clone(),
         );
         reg!(
-            http_unframed,
-            "Chunked bodies whose framing lay beyond the captured bytes (ended where the stream showed it)"
+            l7_unframed,
+            "Messages whose framing lay beyond the captured bytes (HTTP chunked bodies, Redis replies; ended where the stream showed it)"
+        );
+        reg!(
+            desyncs,
+            "Times a Redis connection's pairing of commands and replies was lost (framing lost or bytes missed): its waiting commands become spans with an error, and it is followed again once quiet for 1 s"
         );
         reg!(
             unanswered,
@@ -170,10 +176,8 @@ impl Metrics {
     /// Adds the assembler's counts since `before`.
     pub fn add_assemble(&self, before: &AssembleStats, now: &AssembleStats) {
         let d = |a: u64, b: u64| b.saturating_sub(a);
-        self.http_malformed
-            .inc_by(d(before.malformed, now.malformed));
-        self.http_truncated
-            .inc_by(d(before.truncated, now.truncated));
+        self.l7_malformed.inc_by(d(before.malformed, now.malformed));
+        self.l7_truncated.inc_by(d(before.truncated, now.truncated));
         self.stream_gaps.inc_by(d(before.gaps, now.gaps));
         self.spans.inc_by(d(before.spans, now.spans));
         self.ambiguous_parent
@@ -188,7 +192,8 @@ impl Metrics {
                     .inc_by(n);
             }
         }
-        self.http_unframed.inc_by(d(before.unframed, now.unframed));
+        self.l7_unframed.inc_by(d(before.unframed, now.unframed));
+        self.desyncs.inc_by(d(before.desyncs, now.desyncs));
         self.unanswered.inc_by(d(before.unanswered, now.unanswered));
         self.unmatched.inc_by(d(before.unmatched, now.unmatched));
         self.conns_evicted.inc_by(d(before.evicted, now.evicted));

@@ -102,9 +102,13 @@ struct Harness {
 
 impl Harness {
     async fn start(tweak: impl FnOnce(&mut Settings)) -> Self {
+        Self::selecting(unique_var(), tweak).await
+    }
+
+    /// A probe tracing the processes that have `var` in their environment.
+    async fn selecting(var: String, tweak: impl FnOnce(&mut Settings)) -> Self {
         let serial = SERIAL.lock().await;
         let nats = TestNats::start().expect("nats-server");
-        let var = unique_var();
         let (_, mut settings) = Settings::from_args(["espan-probe"]).unwrap();
         settings.nats_url = nats.url();
         settings.metrics_addr = "127.0.0.1:0".parse().unwrap();
@@ -629,7 +633,7 @@ async fn server_spans_pair_with_their_clients(
     }
     assert_eq!(h.metric("unanswered_total"), 0);
     assert_eq!(h.metric("stream_gaps_total"), 0);
-    assert_eq!(h.metric("http_truncated_total"), 0);
+    assert_eq!(h.metric("l7_truncated_total"), 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -648,6 +652,190 @@ async fn heads_read_and_written_in_several_iovecs_are_whole() {
     h.wait_traced(1).await;
     let paths: Vec<String> = (0..20).map(|i| format!("/split/{i}")).collect();
     server_spans_pair_with_their_clients(&mut h, "split", port, &paths).await;
+    h.stop().await;
+}
+
+/// The Python with redis-py (scripts/setup.d/integration.sh makes it).
+fn python_with_redis() -> String {
+    std::env::var("ESPAN_E2E_PYTHON")
+        .expect("ESPAN_E2E_PYTHON: the venv with redis-py that scripts/setup.sh makes")
+}
+
+/// A redis-server on `port` with `env`, once it listens.
+fn redis_server(port: u16, env: &[(String, String)]) -> Proc {
+    redis_server_as("redis-server".as_ref(), port, env)
+}
+
+/// The same, from the binary `exe`.
+fn redis_server_as(exe: &std::path::Path, port: u16, env: &[(String, String)]) -> Proc {
+    let mut cmd = Command::new(exe);
+    cmd.args([
+        "--port",
+        &port.to_string(),
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+    ])
+    .envs(env_refs(env))
+    .stdout(Stdio::null());
+    let p = Proc(
+        cmd.spawn()
+            .expect("redis-server (scripts/setup.sh installs it)"),
+    );
+    wait_listening(port);
+    p
+}
+
+/// Where `program` is on PATH.
+fn which(program: &str) -> PathBuf {
+    std::env::var_os("PATH")
+        .and_then(|paths| {
+            std::env::split_paths(&paths)
+                .map(|d| d.join(program))
+                .find(|p| p.is_file())
+        })
+        .unwrap_or_else(|| panic!("{program} is not on PATH"))
+}
+
+/// What `redis_load.py` printed: commands sent, by name.
+fn commands_sent(stdout: &[u8]) -> HashMap<String, usize> {
+    String::from_utf8_lossy(stdout)
+        .lines()
+        .filter_map(|l| {
+            let (name, count) = l.split_once(' ')?;
+            Some((name.to_owned(), count.parse().ok()?))
+        })
+        .collect()
+}
+
+fn operation(span: &ESpan) -> &str {
+    span.db.as_ref().map_or("", |d| d.operation.as_str())
+}
+
+/// Every command of `sent` gives a client span on the client and a server span
+/// in redis-server with the same sequence numbers, the same command name and
+/// the same error code; nothing else is lost or left unpaired.
+async fn redis_spans_pair(
+    h: &mut Harness,
+    sent: &HashMap<String, usize>,
+    client_service: &str,
+    server_service: &str,
+) {
+    let total: usize = sent.values().sum();
+    let ours = |s: &[ESpan], service: &str, kind: SpanKind| {
+        of(s, service, kind)
+            .into_iter()
+            .filter(|s| sent.contains_key(operation(s)))
+            .count()
+    };
+    let spans = h
+        .reader
+        .until("a client and a server span per command", |s| {
+            ours(s, client_service, SpanKind::Client) >= total
+                && ours(s, server_service, SpanKind::Server) >= total
+        })
+        .await;
+    let clients = of(&spans, client_service, SpanKind::Client);
+    let servers = of(&spans, server_service, SpanKind::Server);
+    let mut by_op: HashMap<&str, usize> = HashMap::new();
+    for c in clients.iter().filter(|c| sent.contains_key(operation(c))) {
+        *by_op.entry(operation(c)).or_default() += 1;
+    }
+    let expected: HashMap<&str, usize> = sent.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+    assert_eq!(by_op, expected, "client spans by command");
+    let by_seq: HashMap<(u32, u32), &ESpan> = servers
+        .iter()
+        .map(|s| ((s.req_seq, s.resp_seq), *s))
+        .collect();
+    assert_eq!(by_seq.len(), servers.len(), "server pairs are distinct");
+    let mut errors = 0;
+    for c in &clients {
+        assert_eq!(c.protocol, espan::wire::Protocol::Redis as i32);
+        assert_eq!(c.error, "", "{c:#?}");
+        let s = by_seq
+            .get(&(c.req_seq, c.resp_seq))
+            .unwrap_or_else(|| panic!("no server span with the sequence numbers of {c:#?}"));
+        assert_eq!(s.db, c.db, "the same command and outcome on both sides");
+        assert_eq!((s.bytes_in, s.bytes_out), (c.bytes_out, c.bytes_in));
+        errors += usize::from(c.db.as_ref().is_some_and(|d| d.status_code == "WRONGTYPE"));
+    }
+    assert_eq!(servers.len(), clients.len(), "nothing on one side only");
+    assert_eq!(errors, sent["LPUSH"] / 2, "one WRONGTYPE per round");
+    for metric in [
+        "desyncs_total",
+        "unanswered_total",
+        "unmatched_total",
+        "stream_gaps_total",
+        "l7_truncated_total",
+        "l7_malformed_total",
+    ] {
+        assert_eq!(h.metric(metric), 0, "{metric}");
+    }
+}
+
+/// redis-py against a real redis-server: 16 connections at once (RESP2 and
+/// RESP3), plain commands, pipelines of five commands in one write, error
+/// replies. Each command is a span on both sides, linked by sequence numbers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root (eBPF); scripts/test.sh runs it as root"]
+async fn redis_commands_pipelines_and_errors_pair_with_the_server() {
+    let mut h = Harness::start(|_| {}).await;
+    let port = free_port().unwrap();
+    let _redis = redis_server(port, &h.traced("redis-server"));
+    h.wait_traced(1).await;
+    let out = Command::new(python_with_redis())
+        .arg(apps().join("redis_load.py"))
+        .args([port.to_string(), "16".into(), "40".into()])
+        .envs(env_refs(&h.traced("redis-client")))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let sent = commands_sent(&out.stdout);
+    assert_eq!(sent.values().sum::<usize>(), 16 * 40 * 8);
+    redis_spans_pair(&mut h, &sent, "redis-client", "redis-server").await;
+    h.stop().await;
+}
+
+/// Connections opened (and used) before the probe started are followed from
+/// the first command the probe sees. redis-server rewrites its process title
+/// over its environment, so a probe started later selects it by name: a copy
+/// of the binary under a name of this test's own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root (eBPF); scripts/test.sh runs it as root"]
+async fn redis_connections_opened_before_the_probe_started() {
+    use std::io::{BufRead, Write};
+    let var = unique_var();
+    let port = free_port().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let name = format!("rds-{}", std::process::id() % 100_000);
+    let exe = dir.path().join(&name);
+    let installed = std::fs::canonicalize(which("redis-server")).unwrap();
+    std::fs::copy(installed, &exe).unwrap();
+    let _redis = redis_server_as(&exe, port, &[]);
+    let mut client = Command::new(python_with_redis())
+        .arg(apps().join("redis_load.py"))
+        .args([port.to_string(), "4".into(), "10".into(), "--wait".into()])
+        .env(&var, "redis-client")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = std::io::BufReader::new(client.stdout.take().unwrap());
+    let mut line = String::new();
+    stdout.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "ready");
+    let selected = name.clone();
+    let mut h = Harness::selecting(var, move |s| s.selection.name_list = vec![selected]).await;
+    h.wait_traced(2).await;
+    writeln!(client.stdin.take().unwrap()).unwrap();
+    let mut rest = Vec::new();
+    std::io::Read::read_to_end(&mut stdout, &mut rest).unwrap();
+    assert!(client.wait().unwrap().success());
+    let mut sent = commands_sent(&rest);
+    // The PINGs went out before the probe started.
+    assert_eq!(sent.remove("PING"), Some(4));
+    redis_spans_pair(&mut h, &sent, "redis-client", &name).await;
     h.stop().await;
 }
 

@@ -69,7 +69,11 @@ fn write_line(out: &mut String, template: &mut String, span_ref: &SpanRef<'_>) {
             route::template_into(h.path, template);
             fields.strings("resource", &[h.method, " ", template]);
         }
-        _ => fields.string("resource", operation),
+        _ => match span.db.as_ref() {
+            Some(db) if !db.summary.is_empty() => fields.string("resource", db.summary),
+            Some(db) if !db.operation.is_empty() => fields.string("resource", db.operation),
+            _ => fields.string("resource", operation),
+        },
     }
     fields.int("start", span.start_ns / 1_000);
     fields.int(
@@ -100,6 +104,18 @@ fn write_line(out: &mut String, template: &mut String, span_ref: &SpanRef<'_>) {
             fields.string("http_host", h.host);
         }
     }
+    if let Some(db) = &span.db {
+        fields.string("db_system", db.system);
+        if !db.operation.is_empty() {
+            fields.string("db_operation", db.operation);
+        }
+        if !db.query.is_empty() {
+            fields.string("db_query", db.query);
+        }
+        if !db.status_code.is_empty() {
+            fields.string("db_status_code", db.status_code);
+        }
+    }
     fields.int("bytes_read", span.bytes_in);
     fields.int("bytes_written", span.bytes_out);
     if let Some(app) = &span.app_trace {
@@ -124,9 +140,10 @@ fn write_line(out: &mut String, template: &mut String, span_ref: &SpanRef<'_>) {
 }
 
 /// DataKit's status of an HTTP span: `ok` below 400, `warning` for 4xx,
-/// `error` from 500 (whichever side saw it); an exchange that failed is `error`.
+/// `error` from 500 (whichever side saw it); an exchange that failed, or a
+/// database call the server answered with an error, is `error`.
 fn status_text(span: &SpanView<'_>) -> &'static str {
-    if !span.error.is_empty() {
+    if !span.error.is_empty() || span.db.is_some_and(|db| !db.status_code.is_empty()) {
         return "error";
     }
     match span.http.as_ref().map_or(0, |h| h.status) {

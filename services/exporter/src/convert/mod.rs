@@ -300,6 +300,7 @@ mod tests {
             host: hostile_text(rng),
             container_id: hostile_text(rng),
             conn_id: rng.random(),
+            db: None,
         }
     }
 

@@ -15,7 +15,7 @@ use opentelemetry_proto::tonic::trace::v1::{
 };
 
 use super::{decimal, hex128, ip_text, port, route, span_id_hex, split_host, trace_id_bytes};
-use crate::view::{AppTraceView, EndpointView, HttpView, SpanRef, SpanView};
+use crate::view::{AppTraceView, DbView, EndpointView, HttpView, SpanRef, SpanView};
 
 /// The instrumentation scope every span is reported under.
 pub const SCOPE_NAME: &str = "espan";
@@ -173,9 +173,10 @@ pub fn describe<'a>(
     let espan = &span_ref.span;
     let kind = SpanKind::try_from(espan.kind).unwrap_or(SpanKind::Unspecified);
     scratch.name.clear();
-    match espan.http.as_ref() {
-        Some(h) => http_attributes(out, espan, h, kind, scratch),
-        None => scratch.name.push_str(protocol_name(espan.protocol)),
+    match (espan.http.as_ref(), espan.db.as_ref()) {
+        (Some(h), _) => http_attributes(out, espan, h, kind, scratch),
+        (None, Some(db)) => db_attributes(out, espan, db, scratch),
+        (None, None) => scratch.name.push_str(protocol_name(espan.protocol)),
     }
     network_attributes(out, espan, kind);
     let status = status(espan, kind);
@@ -183,6 +184,7 @@ pub fn describe<'a>(
         Ending::Fine => {}
         Ending::Failed(error) => out.str("error.type", error),
         Ending::HttpError(code) => out.str("error.type", &decimal(u64::from(code))),
+        Ending::DbError(code) => out.str("error.type", code),
     }
     out.int("thread.id", i64::from(espan.tid));
     ebpf_attributes(out, span_ref);
@@ -195,7 +197,7 @@ pub fn describe<'a>(
         status: match status {
             Ending::Fine => (status::StatusCode::Unset, ""),
             Ending::Failed(error) => (status::StatusCode::Error, error),
-            Ending::HttpError(_) => (status::StatusCode::Error, ""),
+            Ending::HttpError(_) | Ending::DbError(_) => (status::StatusCode::Error, ""),
         },
     }
 }
@@ -235,6 +237,36 @@ fn http_attributes(
     out.str("network.protocol.name", "http");
     if let Some(version) = h.version.strip_prefix("HTTP/") {
         out.str("network.protocol.version", version);
+    }
+}
+
+/// The `db.*` attributes, and the span name: the operation (`GET`), as the
+/// conventions name a span without a query summary or target.
+fn db_attributes(
+    out: &mut impl Attributes,
+    espan: &SpanView<'_>,
+    db: &DbView<'_>,
+    scratch: &mut Scratch,
+) {
+    let name = [db.summary, db.operation, db.system]
+        .into_iter()
+        .find(|n| !n.is_empty())
+        .unwrap_or_else(|| protocol_name(espan.protocol));
+    scratch.name.push_str(name);
+    if !db.system.is_empty() {
+        out.str("db.system.name", db.system);
+    }
+    if !db.operation.is_empty() {
+        out.str("db.operation.name", db.operation);
+    }
+    if !db.summary.is_empty() {
+        out.str("db.query.summary", db.summary);
+    }
+    if !db.query.is_empty() {
+        out.str("db.query.text", db.query);
+    }
+    if !db.status_code.is_empty() {
+        out.str("db.response.status_code", db.status_code);
     }
 }
 
@@ -341,6 +373,8 @@ enum Ending<'a> {
     Failed(&'a str),
     /// An HTTP status that is an error on this side.
     HttpError(u32),
+    /// A database's error code (`WRONGTYPE`, a SQLSTATE).
+    DbError(&'a str),
 }
 
 /// A failed exchange is an error; an HTTP status is one from 400 up for a
@@ -348,6 +382,11 @@ enum Ending<'a> {
 fn status<'a>(espan: &SpanView<'a>, kind: SpanKind) -> Ending<'a> {
     if !espan.error.is_empty() {
         return Ending::Failed(espan.error);
+    }
+    if let Some(db) = &espan.db
+        && !db.status_code.is_empty()
+    {
+        return Ending::DbError(db.status_code);
     }
     let code = espan.http.as_ref().map_or(0, |h| h.status);
     let failed = match kind {

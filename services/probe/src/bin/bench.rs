@@ -281,7 +281,7 @@ async fn orchestrate(secs: u64, rate: u64, calls: u64, passes: u64) -> anyhow::R
         "probe counters: ring full {}, truncated captures {}, malformed {}, dropped {}",
         probe.metrics.kernel_ring_full.get(),
         probe.metrics.truncated_captures.get(),
-        probe.metrics.http_malformed.get(),
+        probe.metrics.l7_malformed.get(),
         probe.metrics.spans_dropped_queue.get() + probe.metrics.spans_dropped_buffer.get()
     );
     probe.stop().await;

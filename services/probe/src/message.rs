@@ -1,0 +1,133 @@
+//! What every protocol's parser reads and writes: transfers in, complete
+//! messages out, with the problems it met counted. The parsers ([`crate::http1`],
+//! [`crate::resp`]) differ only in where a message ends and what it says.
+
+use crate::http1::Head;
+use crate::resp::Frame;
+
+/// One read or write.
+#[derive(Debug, Clone, Copy)]
+pub struct Transfer<'a> {
+    pub seq: u32,
+    pub len: u32,
+    /// The captured prefix of the payload (`data.len() ≤ len`).
+    pub data: &'a [u8],
+    pub ts_ns: u64,
+    pub tid: u32,
+}
+
+/// What a message says, per protocol.
+#[derive(Debug, Clone, PartialEq)]
+pub enum L7 {
+    Http(Head),
+    Redis(Frame),
+}
+
+impl L7 {
+    /// A request (or command), as opposed to its answer.
+    pub fn is_request(&self) -> bool {
+        match self {
+            L7::Http(head) => head.is_request(),
+            L7::Redis(frame) => frame.is_command(),
+        }
+    }
+}
+
+/// A complete message.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Message {
+    pub l7: L7,
+    /// Sequence number of its first byte.
+    pub seq: u32,
+    pub start_ns: u64,
+    pub end_ns: u64,
+    /// Thread of the first and of the last transfer.
+    pub first_tid: u32,
+    pub last_tid: u32,
+    /// All its bytes (HTTP: head plus body).
+    pub bytes: u64,
+}
+
+impl Message {
+    /// A message whose first byte is at `seq` in transfer `t`; `l7` is filled in
+    /// once the parser has read enough.
+    pub fn starting(l7: L7, seq: u32, t: &Transfer<'_>) -> Self {
+        Self {
+            l7,
+            seq,
+            start_ns: t.ts_ns,
+            end_ns: t.ts_ns,
+            first_tid: t.tid,
+            last_tid: t.tid,
+            bytes: 0,
+        }
+    }
+
+    /// Its last bytes so far came in transfer `t`.
+    pub fn touch(&mut self, t: &Transfer<'_>) {
+        self.end_ns = t.ts_ns;
+        self.last_tid = t.tid;
+    }
+}
+
+/// What a parser counts (the caller turns these into metrics).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Problems {
+    /// Bytes that are not the protocol (binary traffic, garbage): skipped.
+    pub malformed: u64,
+    /// A head (or chunk size, or RESP header) lay beyond the captured bytes.
+    pub truncated: u64,
+    /// A transfer did not start where the previous one ended (lost events).
+    pub gaps: u64,
+    /// A message's framing lay beyond the capture: it ended where the stream
+    /// showed it (see [`crate::http1`], [`crate::resp`]).
+    pub unframed: u64,
+}
+
+impl Problems {
+    /// Adds `other`'s counts to these.
+    pub fn add(&mut self, other: Problems) {
+        self.malformed += other.malformed;
+        self.truncated += other.truncated;
+        self.gaps += other.gaps;
+        self.unframed += other.unframed;
+    }
+}
+
+/// Where one direction's byte stream has got to, by TCP sequence number.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Cursor {
+    next_seq: Option<u32>,
+}
+
+impl Cursor {
+    /// A transfer of `len` bytes starting at `seq`: true when it does not start
+    /// where the previous one ended (bytes were missed).
+    pub fn advance(&mut self, seq: u32, len: u32) -> bool {
+        let gap = self.next_seq.is_some_and(|next| next != seq);
+        self.next_seq = Some(seq.wrapping_add(len));
+        gap
+    }
+
+    /// The kernel says this direction's counter stood at `pos` (a record of the
+    /// other direction carries it). Before any transfer was seen, the next one
+    /// must start there. Past where this stream got to means bytes were missed:
+    /// true then. One past is a FIN, which takes a sequence number; behind is a
+    /// transfer on another thread whose record is still to come.
+    pub fn sync_to(&mut self, pos: u32) -> bool {
+        match self.next_seq {
+            None => self.next_seq = Some(pos),
+            Some(next) if (pos.wrapping_sub(next) as i32) > 1 => {
+                self.next_seq = Some(pos);
+                return true;
+            }
+            Some(_) => {}
+        }
+        false
+    }
+
+    /// Sequence number the next transfer must start at, once one was seen.
+    pub fn next_seq(&self) -> Option<u32> {
+        self.next_seq
+    }
+}
