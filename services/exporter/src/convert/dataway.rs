@@ -327,6 +327,30 @@ mod tests {
     }
 
     #[test]
+    fn a_redis_call_names_its_command_and_its_error() {
+        let mut span = sample::span(2);
+        span.protocol = espan::wire::Protocol::Redis as i32;
+        span.http = None;
+        span.db = Some(espan::wire::Db {
+            system: "redis".into(),
+            operation: "HGET".into(),
+            status_code: "WRONGTYPE".into(),
+            ..Default::default()
+        });
+        let line = line_of(span, 0, trace());
+        assert!(line.contains(",operation=redis,"), "{line}");
+        assert!(line.contains(",status=error "), "{line}");
+        assert!(line.contains(",resource=\"HGET\","), "{line}");
+        assert!(
+            line.contains(
+                ",db_system=\"redis\",db_operation=\"HGET\",db_status_code=\"WRONGTYPE\","
+            ),
+            "{line}"
+        );
+        assert!(!line.contains("http_"), "{line}");
+    }
+
+    #[test]
     fn special_characters_are_escaped_and_newlines_cannot_break_a_line() {
         let mut span = sample::span(2);
         span.service = "my service,a=b".into();

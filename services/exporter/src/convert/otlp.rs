@@ -586,6 +586,38 @@ mod tests {
     }
 
     #[test]
+    fn a_redis_call_follows_the_database_conventions() {
+        let mut client = sample::span(2); // even n: CLIENT
+        client.protocol = Protocol::Redis as i32;
+        client.http = None;
+        client.db = Some(espan::wire::Db {
+            system: "redis".into(),
+            operation: "LPUSH".into(),
+            status_code: "WRONGTYPE".into(),
+            ..Default::default()
+        });
+        client.remote = Some(Endpoint::from_socket_addr("10.0.0.7:6379".parse().unwrap()));
+        let request = request_of(&trace_of(vec![(client, 0)]));
+        let span = &request.resource_spans[0].scope_spans[0].spans[0];
+        assert_eq!(span.name, "LPUSH");
+        assert_eq!(span.kind, span::SpanKind::Client as i32);
+        let a = &span.attributes;
+        assert_eq!(text(a, "db.system.name").unwrap(), "redis");
+        assert_eq!(text(a, "db.operation.name").unwrap(), "LPUSH");
+        assert_eq!(text(a, "db.response.status_code").unwrap(), "WRONGTYPE");
+        assert_eq!(text(a, "error.type").unwrap(), "WRONGTYPE");
+        assert_eq!(text(a, "server.address").unwrap(), "10.0.0.7");
+        assert_eq!(number(a, "server.port"), Some(6379));
+        assert_eq!(text(a, "ebpf.protocol").unwrap(), "redis");
+        assert!(text(a, "http.request.method").is_none());
+        assert!(text(a, "url.full").is_none());
+        assert_eq!(
+            span.status.as_ref().unwrap().code,
+            status::StatusCode::Error as i32
+        );
+    }
+
+    #[test]
     fn a_client_span_is_an_error_from_400_and_names_the_called_server() {
         let mut client = sample::span(2); // even n: CLIENT
         client.local_parent_id = 77;
