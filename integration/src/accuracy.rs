@@ -1,7 +1,15 @@
 //! espan's traces against the ground truth of the apps' own spans.
 //!
 //! Every HTTP call of a run has a unique path, so one side of one call is
-//! `(server?, path)` in both worlds. Truth edges:
+//! `(server?, path)` in both worlds. A Redis call (redis-server is not traced:
+//! its client side only) is named after the request it was made for, as the
+//! app recorded it: `<server path> redis <command> #<n>`; espan's Redis span is
+//! that call when it was made on the same thread, with the same command, and
+//! starts while the app's span of it is open (both clocks are the one
+//! kernel's; the app's span also covers connecting, and redis-py's
+//! `CLIENT SETINFO` on a new connection). Calls the app's
+//! instrumentation does not record (redis-py's `CLIENT SETINFO` on a new
+//! connection) are left out. Truth edges:
 //! - inside a process: an app CLIENT span's nearest SERVER ancestor in the same
 //!   service (what the app's SDK recorded as parent chain);
 //! - across processes: the CLIENT and the SERVER side of the same path (with
@@ -35,10 +43,21 @@ impl std::fmt::Display for Side {
 
 type Edge = (Side, Side);
 
+/// A Redis call the app recorded, to find espan's span of it.
+#[derive(Debug, Clone)]
+pub struct RedisCall {
+    pub thread: u64,
+    pub op: String,
+    pub start_ns: u64,
+    pub end_ns: u64,
+    pub side: Side,
+}
+
 /// The ground truth of one run.
 #[derive(Debug, Default)]
 pub struct Truth {
     pub sides: BTreeSet<Side>,
+    pub redis_calls: Vec<RedisCall>,
     /// parent → child.
     pub edges: BTreeSet<Edge>,
     /// The app's trace id of each side.
@@ -79,6 +98,7 @@ impl Truth {
             t.app_trace.insert(side.clone(), s.trace_id.clone());
             t.sides.insert(side);
         }
+        t.add_redis_calls(app_spans, &by_id, run);
         for (side, span) in &by_side {
             if side.server {
                 let client = Side {
@@ -112,6 +132,79 @@ impl Truth {
             }
         }
         t
+    }
+
+    /// Redis calls: a side named after the nearest SERVER ancestor in the same
+    /// process, and the edge from it.
+    fn add_redis_calls(
+        &mut self,
+        app_spans: &[AppSpan],
+        by_id: &HashMap<(&str, &str), &AppSpan>,
+        run: &str,
+    ) {
+        let mut calls: Vec<&AppSpan> = app_spans
+            .iter()
+            .filter(|s| s.redis_op.is_some() && s.kind == "CLIENT")
+            .collect();
+        calls.sort_by_key(|s| s.start_ns);
+        let mut ordinal: HashMap<(String, String), usize> = HashMap::new();
+        for call in calls {
+            let mut cur = call.parent_id.as_deref();
+            let mut server = None;
+            while let Some(id) = cur {
+                let Some(p) = by_id.get(&(call.service.as_str(), id)) else {
+                    break;
+                };
+                if p.kind == "SERVER" {
+                    server = p.path.clone().filter(|path| in_run(path, run));
+                    break;
+                }
+                cur = p.parent_id.as_deref();
+            }
+            let (Some(path), Some(op), Some(thread)) = (server, call.redis_op.clone(), call.thread)
+            else {
+                continue;
+            };
+            let n = ordinal.entry((path.clone(), op.clone())).or_default();
+            *n += 1;
+            let side = Side {
+                server: false,
+                path: format!("{path} redis {op} #{n}"),
+            };
+            self.edges
+                .insert((Side { server: true, path }, side.clone()));
+            self.app_trace.insert(side.clone(), call.trace_id.clone());
+            self.sides.insert(side.clone());
+            self.redis_calls.push(RedisCall {
+                thread,
+                op,
+                start_ns: call.start_ns,
+                end_ns: call.end_ns,
+                side,
+            });
+        }
+    }
+
+    /// The app's Redis call that an exported Redis client span is: same
+    /// thread, same command, starting while the app's span is open (1 ms
+    /// either side for the two clocks' readings).
+    pub fn redis_call(&self, e: &ExportedSpan) -> Option<&Side> {
+        if e.is_server() || e.attributes.get("db.system.name").map(String::as_str) != Some("redis")
+        {
+            return None;
+        }
+        let thread: u64 = e.attributes.get("thread.id")?.parse().ok()?;
+        let op = e.attributes.get("db.operation.name")?;
+        const SLACK_NS: u64 = 1_000_000;
+        self.redis_calls
+            .iter()
+            .find(|c| {
+                c.thread == thread
+                    && &c.op == op
+                    && c.start_ns.saturating_sub(SLACK_NS) <= e.start_ns
+                    && e.start_ns <= c.end_ns + SLACK_NS
+            })
+            .map(|c| &c.side)
     }
 
     /// The traces: sets of sides joined by edges, each with its root.
@@ -203,10 +296,13 @@ pub fn score(
         .map(|e| (e.span_id.as_str(), e))
         .collect();
     let side = |e: &ExportedSpan| -> Option<Side> {
-        in_run(&e.path, run).then(|| Side {
-            server: e.is_server(),
-            path: e.path.clone(),
-        })
+        if in_run(&e.path, run) {
+            return Some(Side {
+                server: e.is_server(),
+                path: e.path.clone(),
+            });
+        }
+        truth.redis_call(e).cloned()
     };
     let mut espan_side: BTreeMap<Side, &ExportedSpan> = BTreeMap::new();
     for e in &exported.spans {
@@ -376,6 +472,7 @@ mod tests {
             start_ns: 0,
             end_ns: 0,
             thread: None,
+            redis_op: None,
         }
     }
 
@@ -405,6 +502,68 @@ mod tests {
             app("front", "9", None, "SERVER", "/r/other/1"),
         ];
         Truth::build(&spans, "x", true)
+    }
+
+    #[test]
+    fn redis_calls_are_found_by_thread_command_and_start() {
+        let call = |id: &str, op: &str, thread: u64, start_ns: u64| AppSpan {
+            name: op.into(),
+            path: None,
+            start_ns,
+            end_ns: start_ns + 500_000,
+            thread: Some(thread),
+            redis_op: Some(op.into()),
+            ..app("back2", id, Some("s"), "CLIENT", "")
+        };
+        let spans = vec![
+            app("back2", "s", None, "SERVER", "/b2/x/1"),
+            call("r1", "INCRBY", 7, 1_000_000),
+            call("r2", "GET", 7, 2_000_000),
+        ];
+        let t = Truth::build(&spans, "x", true);
+        assert_eq!(t.sides.len(), 3);
+        assert_eq!(t.edges.len(), 2);
+        let redis = |id: &str, op: &str, thread: &str, start_ns: u64| {
+            let mut e = esp(id, "a", "SPAN_KIND_CLIENT", "", "T");
+            e.start_ns = start_ns;
+            e.attributes = [
+                ("db.system.name", "redis"),
+                ("db.operation.name", op),
+                ("thread.id", thread),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect();
+            e
+        };
+        let exported = Exported {
+            spans: vec![
+                esp("a", "", "SPAN_KIND_SERVER", "/b2/x/1", "T"),
+                redis("b", "INCRBY", "7", 1_050_000),
+                redis("c", "GET", "7", 2_040_000),
+                // redis-py's CLIENT SETINFO: not the app's, not scored.
+                redis("d", "CLIENT", "7", 900_000),
+            ],
+            ..Exported::default()
+        };
+        let s = score("redis", true, &t, &exported, "x");
+        assert_eq!((s.found_spans, s.right_edges), (3, 2));
+        assert!(s.false_edges.is_empty() && s.missed_edges.is_empty());
+        assert_eq!(s.exact_traces, 1);
+        // On another thread, or far from the call, it is not that call.
+        let elsewhere = Exported {
+            spans: vec![
+                esp("a", "", "SPAN_KIND_SERVER", "/b2/x/1", "T"),
+                redis("b", "INCRBY", "8", 1_050_000),
+                redis("c", "GET", "7", 90_000_000),
+            ],
+            ..Exported::default()
+        };
+        let s = score("redis", true, &t, &elsewhere, "x");
+        assert_eq!(
+            (s.found_spans, s.right_edges, s.missing_spans.len()),
+            (1, 0, 2)
+        );
     }
 
     #[test]

@@ -20,8 +20,10 @@ pub struct AppSpan {
     pub path: Option<String>,
     pub start_ns: u64,
     pub end_ns: u64,
-    /// The native thread id that served the request (server spans).
+    /// The native thread id that started the span.
     pub thread: Option<u64>,
+    /// A Redis call's command (`INCRBY`), from the redis instrumentation.
+    pub redis_op: Option<String>,
 }
 
 /// The path of an HTTP span from the attributes of either semantic-convention
@@ -70,6 +72,8 @@ pub fn read_app_spans(path: &Path) -> Result<Vec<AppSpan>> {
             start_ns: v.get("start_ns").and_then(Value::as_u64).unwrap_or(0),
             end_ns: v.get("end_ns").and_then(Value::as_u64).unwrap_or(0),
             thread: attrs.get("test.thread").and_then(Value::as_u64),
+            redis_op: (attrs.get("db.system").and_then(Value::as_str) == Some("redis"))
+                .then(|| text("name").unwrap_or_default()),
         });
     }
     Ok(spans)
