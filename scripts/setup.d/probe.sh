@@ -1,9 +1,9 @@
 # The probe's toolchain (sourced by scripts/setup.sh; see /work/shared/design/toolchain.md):
 # LLVM 22 for bpf-linker (Debian 12's llvm-22 matches nightly-2026-05-19's LLVM),
 # the pinned nightly with rust-src for the bpf target, and the tools the probe's
-# tests drive (curl, python3, redis-server; redis-py comes with the e2e venv of
-# integration.sh).
-apt_install llvm-22-dev libpolly-22-dev libzstd-dev zlib1g-dev libxml2-dev curl python3 redis-server
+# tests drive (curl, python3, redis-server, PostgreSQL 15; redis-py and psycopg
+# come with the e2e venv of integration.sh).
+apt_install llvm-22-dev libpolly-22-dev libzstd-dev zlib1g-dev libxml2-dev curl python3 redis-server postgresql
 
 probe_nightly=nightly-2026-05-19
 # The machine may carry that nightly as plain `nightly`; use the dated one otherwise.

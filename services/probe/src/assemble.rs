@@ -30,6 +30,7 @@ use crate::message::{L7, Message, Transfer};
 use crate::resp::Frame;
 use crate::runtime::Runtime;
 use crate::turns::Turns;
+use crate::{pg, sql};
 
 /// How long a connection closed with requests unanswered waits for bytes read
 /// after its CLOSE (ns).
@@ -528,6 +529,28 @@ impl Assembler {
                 }),
                 None,
             ),
+            L7::Postgres(query) => {
+                let text = match query {
+                    pg::Frame::Query { text } => sql::without_literals(&text),
+                    pg::Frame::Result { .. } => String::new(),
+                };
+                let (operation, summary) = sql::summarize(&text);
+                (
+                    Protocol::Postgres,
+                    None,
+                    Some(Db {
+                        system: "postgresql".into(),
+                        operation,
+                        summary,
+                        query: text,
+                        status_code: match resp.map(|r| &r.l7) {
+                            Some(L7::Postgres(pg::Frame::Result { sqlstate })) => sqlstate.clone(),
+                            _ => String::new(),
+                        },
+                    }),
+                    None,
+                )
+            }
         };
         ESpan {
             span_id: req.span_id,

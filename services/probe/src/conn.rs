@@ -9,6 +9,7 @@ use std::net::SocketAddr;
 
 use crate::http1::{self, HeadQueue};
 use crate::message::{Cursor, Message, Problems, Transfer};
+use crate::pg;
 use crate::resp::{self, Side};
 
 /// Which way bytes went, from the traced process's side.
@@ -43,6 +44,11 @@ enum Parser {
         /// The direction commands go (the client's writes).
         commands: Direction,
         session: resp::Session,
+    },
+    Postgres {
+        /// The direction queries go (the client's writes).
+        queries: Direction,
+        session: pg::Session,
     },
 }
 
@@ -98,6 +104,11 @@ impl Conn {
                     commands: dir,
                     session: resp::Session::new(),
                 }
+            } else if let Some(mid_way) = pg::starts_session(&t) {
+                Parser::Postgres {
+                    queries: dir,
+                    session: pg::Session::new(mid_way),
+                }
             } else {
                 return;
             };
@@ -133,6 +144,19 @@ impl Conn {
                 session.feed(side, t, &mut done);
                 out.extend(done.into_iter().map(|(s, m)| (direction(*commands, s), m)));
             }
+            Parser::Postgres { queries, session } => {
+                let side = if dir == *queries {
+                    pg::Side::Client
+                } else {
+                    pg::Side::Server
+                };
+                let mut done = Vec::new();
+                session.feed(side, t, &mut done);
+                out.extend(
+                    done.into_iter()
+                        .map(|(s, m)| (pg_direction(*queries, s), m)),
+                );
+            }
         }
     }
 
@@ -149,6 +173,7 @@ impl Conn {
                 Direction::Ingress => ingress.gap(),
             },
             Parser::Redis { session, .. } => session.gap(),
+            Parser::Postgres { session, .. } => session.gap(),
         }
     }
 
@@ -163,7 +188,8 @@ impl Conn {
         self.each_ended(out, |s, done| s.end(done));
     }
 
-    /// Applies an end to both HTTP streams, or ends a Redis reply left open.
+    /// Applies an end to both HTTP streams, or ends a Redis reply or a
+    /// PostgreSQL result left open.
     fn each_ended(
         &mut self,
         out: &mut Vec<(Direction, Message)>,
@@ -184,6 +210,14 @@ impl Conn {
                 let mut done = Vec::new();
                 session.end(&mut done);
                 out.extend(done.into_iter().map(|(s, m)| (direction(*commands, s), m)));
+            }
+            Parser::Postgres { queries, session } => {
+                let mut done = Vec::new();
+                session.end(&mut done);
+                out.extend(
+                    done.into_iter()
+                        .map(|(s, m)| (pg_direction(*queries, s), m)),
+                );
             }
         }
     }
@@ -231,6 +265,14 @@ impl Conn {
                 session.resync_if_quiet(&mut done);
                 out.extend(done.into_iter().map(|(s, m)| (direction(*commands, s), m)));
             }
+            Parser::Postgres { queries, session } => {
+                let mut done = Vec::new();
+                session.resync_if_quiet(&mut done);
+                out.extend(
+                    done.into_iter()
+                        .map(|(s, m)| (pg_direction(*queries, s), m)),
+                );
+            }
         }
     }
 
@@ -262,8 +304,20 @@ impl Conn {
                 p.add(std::mem::take(&mut session.problems));
                 desyncs = std::mem::take(&mut session.desyncs);
             }
+            Parser::Postgres { session, .. } => {
+                p.add(std::mem::take(&mut session.problems));
+                desyncs = std::mem::take(&mut session.desyncs);
+            }
         }
         (p, desyncs)
+    }
+}
+
+/// The direction of a PostgreSQL side, given the direction of its queries.
+fn pg_direction(queries: Direction, side: pg::Side) -> Direction {
+    match side {
+        pg::Side::Client => queries,
+        pg::Side::Server => queries.opposite(),
     }
 }
 

@@ -23,11 +23,13 @@ pub mod http1;
 pub mod loader;
 pub mod message;
 pub mod metrics;
+pub mod pg;
 pub mod procs;
 pub mod publish;
 pub mod resp;
 pub mod runtime;
 pub mod settings;
+pub mod sql;
 pub mod turns;
 
 use std::net::SocketAddr;

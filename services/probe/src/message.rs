@@ -3,7 +3,7 @@
 //! [`crate::resp`]) differ only in where a message ends and what it says.
 
 use crate::http1::Head;
-use crate::resp::Frame;
+use crate::{pg, resp};
 
 /// One read or write.
 #[derive(Debug, Clone, Copy)]
@@ -20,7 +20,8 @@ pub struct Transfer<'a> {
 #[derive(Debug, Clone, PartialEq)]
 pub enum L7 {
     Http(Head),
-    Redis(Frame),
+    Redis(resp::Frame),
+    Postgres(pg::Frame),
 }
 
 impl L7 {
@@ -29,6 +30,7 @@ impl L7 {
         match self {
             L7::Http(head) => head.is_request(),
             L7::Redis(frame) => frame.is_command(),
+            L7::Postgres(frame) => frame.is_query(),
         }
     }
 }

@@ -713,20 +713,26 @@ fn operation(span: &ESpan) -> &str {
     span.db.as_ref().map_or("", |d| d.operation.as_str())
 }
 
-/// Every command of `sent` gives a client span on the client and a server span
-/// in redis-server with the same sequence numbers, the same command name and
-/// the same error code; nothing else is lost or left unpaired.
-async fn redis_spans_pair(
-    h: &mut Harness,
+fn summary(span: &ESpan) -> &str {
+    span.db.as_ref().map_or("", |d| d.summary.as_str())
+}
+
+/// Every call of `sent` (by `key`: the command, the query summary) gives a
+/// client span on the client and a server span in the server with the same
+/// sequence numbers, the same fields and outcome; nothing else is lost or left
+/// unpaired. Returns the client spans.
+async fn db_spans_pair<'a>(
+    h: &'a mut Harness,
+    key: fn(&ESpan) -> &str,
     sent: &HashMap<String, usize>,
     client_service: &str,
     server_service: &str,
-) {
+) -> Vec<ESpan> {
     let total: usize = sent.values().sum();
     let ours = |s: &[ESpan], service: &str, kind: SpanKind| {
         of(s, service, kind)
             .into_iter()
-            .filter(|s| sent.contains_key(operation(s)))
+            .filter(|s| sent.contains_key(key(s)))
             .count()
     };
     let spans = h
@@ -738,30 +744,27 @@ async fn redis_spans_pair(
         .await;
     let clients = of(&spans, client_service, SpanKind::Client);
     let servers = of(&spans, server_service, SpanKind::Server);
-    let mut by_op: HashMap<&str, usize> = HashMap::new();
-    for c in clients.iter().filter(|c| sent.contains_key(operation(c))) {
-        *by_op.entry(operation(c)).or_default() += 1;
+    let mut by_key: HashMap<&str, usize> = HashMap::new();
+    for c in clients.iter().filter(|c| sent.contains_key(key(c))) {
+        *by_key.entry(key(c)).or_default() += 1;
     }
     let expected: HashMap<&str, usize> = sent.iter().map(|(k, v)| (k.as_str(), *v)).collect();
-    assert_eq!(by_op, expected, "client spans by command");
+    assert_eq!(by_key, expected, "client spans by call");
     let by_seq: HashMap<(u32, u32), &ESpan> = servers
         .iter()
         .map(|s| ((s.req_seq, s.resp_seq), *s))
         .collect();
     assert_eq!(by_seq.len(), servers.len(), "server pairs are distinct");
-    let mut errors = 0;
     for c in &clients {
-        assert_eq!(c.protocol, espan::wire::Protocol::Redis as i32);
         assert_eq!(c.error, "", "{c:#?}");
         let s = by_seq
             .get(&(c.req_seq, c.resp_seq))
             .unwrap_or_else(|| panic!("no server span with the sequence numbers of {c:#?}"));
-        assert_eq!(s.db, c.db, "the same command and outcome on both sides");
+        assert_eq!(s.protocol, c.protocol);
+        assert_eq!(s.db, c.db, "the same call and outcome on both sides");
         assert_eq!((s.bytes_in, s.bytes_out), (c.bytes_out, c.bytes_in));
-        errors += usize::from(c.db.as_ref().is_some_and(|d| d.status_code == "WRONGTYPE"));
     }
     assert_eq!(servers.len(), clients.len(), "nothing on one side only");
-    assert_eq!(errors, sent["LPUSH"] / 2, "one WRONGTYPE per round");
     for metric in [
         "desyncs_total",
         "unanswered_total",
@@ -772,6 +775,139 @@ async fn redis_spans_pair(
     ] {
         assert_eq!(h.metric(metric), 0, "{metric}");
     }
+    clients.into_iter().cloned().collect()
+}
+
+/// The Redis calls of `sent` pair across both sides (see [`db_spans_pair`]),
+/// with one WRONGTYPE error per round.
+async fn redis_spans_pair(
+    h: &mut Harness,
+    sent: &HashMap<String, usize>,
+    client_service: &str,
+    server_service: &str,
+) {
+    let clients = db_spans_pair(h, operation, sent, client_service, server_service).await;
+    let errors = clients
+        .iter()
+        .filter(|c| c.db.as_ref().is_some_and(|d| d.status_code == "WRONGTYPE"))
+        .count();
+    assert!(
+        clients
+            .iter()
+            .all(|c| c.protocol == espan::wire::Protocol::Redis as i32)
+    );
+    assert_eq!(errors, sent["LPUSH"] / 2, "one WRONGTYPE per round");
+}
+
+/// psycopg 3 (libpq) against a real PostgreSQL 15: 16 connections at once,
+/// each opened with an SSLRequest (refused) and a startup; parameterized
+/// queries (extended protocol), a query with literals (simple protocol), an
+/// error, and 2000-row results far beyond the capture. Every query is a span
+/// on both sides with the same sequence numbers, summary, text without its
+/// literals, and SQLSTATE.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root (eBPF); scripts/test.sh runs it as root"]
+async fn postgres_queries_pair_with_the_server() {
+    let mut h = Harness::start(|_| {}).await;
+    let (_pg, port, _data) = postgres_server(&h.traced("pg-server"));
+    h.wait_traced(1).await;
+    let out = Command::new(python_with_redis())
+        .arg(apps().join("pg_load.py"))
+        .args([port.to_string(), "16".into(), "10".into()])
+        .envs(env_refs(&h.traced("pg-client")))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let kinds = commands_sent(&out.stdout);
+    let n = |k: &str| kinds.get(k).copied().unwrap_or(0);
+    assert_eq!(n("insert"), 160);
+    let sent: HashMap<String, usize> = [
+        ("CREATE items", 1),
+        ("INSERT items", n("insert") + n("prepare_insert")),
+        (
+            "SELECT items",
+            n("select_param") + n("select_literal") + n("prepare_select_param"),
+        ),
+        ("SELECT missing_table", n("error")),
+        ("SELECT", n("many_rows") + n("prepare_many_rows")),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
+    let clients = db_spans_pair(&mut h, summary, &sent, "pg-client", "pg-server").await;
+    for c in &clients {
+        let db = c.db.as_ref().unwrap();
+        assert_eq!(c.protocol, espan::wire::Protocol::Postgres as i32);
+        assert_eq!(db.system, "postgresql");
+        assert!(
+            !db.query.contains("secret") && !db.query.contains("12345"),
+            "a literal kept: {db:?}"
+        );
+        let want_state = if db.summary == "SELECT missing_table" {
+            "42P01"
+        } else {
+            ""
+        };
+        assert_eq!(db.status_code, want_state, "{db:?}");
+    }
+    let literal = clients
+        .iter()
+        .filter_map(|c| c.db.as_ref())
+        .find(|d| d.query.starts_with("SELECT count(*)"))
+        .expect("the simple-protocol query");
+    assert_eq!(
+        literal.query,
+        "SELECT count(*) FROM items WHERE k = ? AND v > ?"
+    );
+    assert!(
+        h.metric("l7_unframed_total") > 0,
+        "2000 rows overflow the capture"
+    );
+    h.stop().await;
+}
+
+/// A PostgreSQL 15 server (Debian's) on a free port with `env`, run as the
+/// `postgres` user from a fresh data directory: its process, port and directory.
+fn postgres_server(env: &[(String, String)]) -> (Proc, u16, tempfile::TempDir) {
+    let bin = std::path::Path::new("/usr/lib/postgresql/15/bin");
+    assert!(
+        bin.join("postgres").exists(),
+        "PostgreSQL 15 (scripts/setup.sh installs it)"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let owned = Command::new("chown")
+        .args(["postgres"])
+        .arg(dir.path())
+        .status()
+        .unwrap();
+    assert!(owned.success());
+    let init = Command::new("runuser")
+        .args(["-u", "postgres", "--"])
+        .arg(bin.join("initdb"))
+        .args(["--auth=trust", "-U", "postgres", "-D"])
+        .arg(&data)
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(init.success(), "initdb");
+    let port = free_port().unwrap();
+    let mut cmd = Command::new("runuser");
+    cmd.args(["-u", "postgres", "--", "env"]);
+    for (k, v) in env {
+        cmd.arg(format!("{k}={v}"));
+    }
+    cmd.arg(bin.join("postgres"))
+        .arg("-D")
+        .arg(&data)
+        .args(["-p", &port.to_string(), "-k"])
+        .arg(dir.path())
+        .args(["-c", "listen_addresses=127.0.0.1", "-c", "ssl=off"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let p = Proc(cmd.spawn().unwrap());
+    wait_listening(port);
+    (p, port, dir)
 }
 
 /// redis-py against a real redis-server: 16 connections at once (RESP2 and

@@ -1,0 +1,608 @@
+//! PostgreSQL (frontend/backend protocol 3.0) on one connection: one exchange
+//! per query, from the client's `Query` (simple protocol) or its extended-protocol
+//! messages up to `Sync` (Parse, Bind, Describe, Execute…), to the server's
+//! `ReadyForQuery`. The server answers each in order, so pipelined queries pair
+//! as HTTP requests do; each exchange keeps the sequence number of its first
+//! byte on both sides, and the linker pairs client and server by them.
+//!
+//! A connection is PostgreSQL from its startup (`SSLRequest`, answered `N` here,
+//! or `StartupMessage`): the startup and authentication exchange makes no span;
+//! the server's first `ReadyForQuery` ends it. A connection first seen mid-way
+//! is taken up at a `Query` that fills its transfer exactly, or a `Parse`
+//! followed by a `Bind`. An `S` answer to `SSLRequest` means TLS: not followed.
+//!
+//! Messages are skipped by their length, so rows and long statements beyond the
+//! capture cost nothing; a statement's first bytes are kept (the assembler takes
+//! its literals out, [`crate::sql`]) and an `ErrorResponse`'s SQLSTATE. A named
+//! prepared statement's text is remembered from its `Parse` (up to
+//! [`MAX_STATEMENTS`] per connection), so a later `Bind` of it names its query. Losing
+//! the framing (a header beyond the capture, garbage, missed bytes) is handled
+//! as for Redis ([`crate::resp`]): a result whose framing lies beyond the
+//! capture while it answers the only query waiting (many rows) stays open until
+//! the client's next message; otherwise the connection is not paired again
+//! until it has been quiet for a while.
+
+use crate::message::{L7, Message, Problems, Transfer};
+
+/// What a PostgreSQL exchange says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Frame {
+    /// A query, with its statement's first bytes as captured (literals in).
+    Query { text: String },
+    /// Its result; `sqlstate` is an `ErrorResponse`'s code, else empty.
+    Result { sqlstate: String },
+}
+
+impl Frame {
+    pub fn is_query(&self) -> bool {
+        matches!(self, Frame::Query { .. })
+    }
+}
+
+/// Which of the connection's two directions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    Client,
+    Server,
+}
+
+const SSL_REQUEST: u32 = 80_877_103;
+const GSSENC_REQUEST: u32 = 80_877_104;
+const PROTOCOL_3: u32 = 196_608;
+/// Longest message length taken as real (PostgreSQL's own limit is 1 GiB).
+const MAX_LEN: u32 = 1 << 30;
+/// Statement bytes kept.
+const KEEP_TEXT: usize = 1024;
+/// ErrorResponse bytes kept (the SQLSTATE field comes early).
+const KEEP_ERROR: usize = 256;
+/// Bind bytes kept: the portal's and the statement's names.
+const KEEP_BIND: usize = 128;
+/// Named prepared statements remembered per connection.
+pub const MAX_STATEMENTS: usize = 256;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Startup and authentication: no span.
+    Startup,
+    /// Queries and results.
+    Ready,
+    /// The server accepted TLS: not followed.
+    Tls,
+    /// Framing lost: not followed until the connection is quiet.
+    Lost,
+}
+
+/// One complete message as a [`Reader`] saw it.
+struct Msg<'a> {
+    /// 0 for an untyped startup message.
+    kind: u8,
+    seq: u32,
+    ts_ns: u64,
+    tid: u32,
+    /// Type byte, length and body.
+    bytes: u64,
+    /// The body's first bytes, as far as kept and captured.
+    body: &'a [u8],
+}
+
+/// How a transfer ended for a reader.
+enum Read {
+    Whole,
+    /// The rest lies beyond the captured bytes at a header: the message that
+    /// starts at this sequence number (its header maybe begun) and after.
+    BeyondCapture(u32),
+    Malformed,
+}
+
+/// One direction's framing: a header (type byte unless untyped, then a
+/// 4-byte big-endian length that counts itself), then a body skipped by length.
+#[derive(Debug, Default)]
+struct Reader {
+    header: [u8; 5],
+    have: usize,
+    /// The next message has no type byte (a client's startup messages).
+    untyped: bool,
+    /// Body bytes left to skip, once a header is complete.
+    body_left: Option<u32>,
+    /// The message being read: where and when it started.
+    start: (u32, u64, u32),
+    keep: usize,
+    kept: Vec<u8>,
+}
+
+impl Reader {
+    fn header_len(&self) -> usize {
+        if self.untyped { 4 } else { 5 }
+    }
+
+    fn reset(&mut self, untyped: bool) {
+        *self = Reader {
+            untyped,
+            ..Reader::default()
+        };
+    }
+
+    fn at_boundary(&self) -> bool {
+        self.have == 0 && self.body_left.is_none()
+    }
+
+    /// Reads a transfer; each complete message goes to `on_message`.
+    fn feed(
+        &mut self,
+        t: &Transfer<'_>,
+        keep_of: impl Fn(u8) -> usize,
+        mut on_message: impl FnMut(&mut Reader, Msg<'_>),
+    ) -> Read {
+        let len = t.len as usize;
+        let data = &t.data[..t.data.len().min(len)];
+        let mut pos = 0;
+        while pos < len {
+            match self.body_left {
+                None => {
+                    if pos >= data.len() {
+                        let from = if self.have > 0 {
+                            self.start.0
+                        } else {
+                            t.seq.wrapping_add(pos as u32)
+                        };
+                        return Read::BeyondCapture(from);
+                    }
+                    if self.have == 0 {
+                        self.start = (t.seq.wrapping_add(pos as u32), t.ts_ns, t.tid);
+                    }
+                    let need = self.header_len() - self.have;
+                    let take = need.min(data.len() - pos);
+                    self.header[self.have..self.have + take]
+                        .copy_from_slice(&data[pos..pos + take]);
+                    self.have += take;
+                    pos += take;
+                    if self.have < self.header_len() {
+                        continue;
+                    }
+                    let (kind, len_at) = if self.untyped {
+                        (0, 0)
+                    } else {
+                        (self.header[0], 1)
+                    };
+                    let n = u32::from_be_bytes([
+                        self.header[len_at],
+                        self.header[len_at + 1],
+                        self.header[len_at + 2],
+                        self.header[len_at + 3],
+                    ]);
+                    // Type bytes are letters, or the digits of Parse/Bind/Close complete.
+                    let typed_ok = self.untyped || self.header[0].is_ascii_alphanumeric();
+                    if !(4..=MAX_LEN).contains(&n) || !typed_ok {
+                        return Read::Malformed;
+                    }
+                    self.keep = keep_of(kind);
+                    self.kept.clear();
+                    self.body_left = Some(n - 4);
+                }
+                Some(left) => {
+                    let n = (left as usize).min(len - pos);
+                    if self.kept.len() < self.keep {
+                        let end = (pos + n).min(data.len());
+                        if pos < end {
+                            let take = (end - pos).min(self.keep - self.kept.len());
+                            self.kept.extend_from_slice(&data[pos..pos + take]);
+                        }
+                    }
+                    pos += n;
+                    self.body_left = Some(left - n as u32);
+                }
+            }
+            if self.body_left == Some(0) {
+                let kind = if self.untyped { 0 } else { self.header[0] };
+                let length_field = if self.untyped { 0 } else { 1 };
+                let total = u64::from(u32::from_be_bytes([
+                    self.header[length_field],
+                    self.header[length_field + 1],
+                    self.header[length_field + 2],
+                    self.header[length_field + 3],
+                ])) + length_field as u64;
+                let kept = std::mem::take(&mut self.kept);
+                let (seq, ts_ns, tid) = self.start;
+                self.have = 0;
+                self.body_left = None;
+                on_message(
+                    self,
+                    Msg {
+                        kind,
+                        seq,
+                        ts_ns,
+                        tid,
+                        bytes: total,
+                        body: &kept,
+                    },
+                );
+            }
+        }
+        Read::Whole
+    }
+}
+
+/// A PostgreSQL connection: both directions and the exchanges in flight.
+#[derive(Debug)]
+pub struct Session {
+    client: Reader,
+    server: Reader,
+    phase: Phase,
+    /// After an SSLRequest (or GSSENCRequest): the server's one-byte answer is next.
+    answer_byte_next: bool,
+    /// Queries sent and not yet answered.
+    waiting: u64,
+    request: Option<Message>,
+    response: Option<Message>,
+    sqlstate: String,
+    /// The response is open beyond the capture (see the module doc).
+    unframed: bool,
+    /// Named prepared statements' texts, by name.
+    statements: std::collections::HashMap<String, String>,
+    pub problems: Problems,
+    /// Times the pairing of queries and results was lost.
+    pub desyncs: u64,
+}
+
+impl Session {
+    /// A session from the transfer that showed the connection is PostgreSQL
+    /// (see [`starts_session`]).
+    pub fn new(mid_way: bool) -> Self {
+        let mut client = Reader::default();
+        client.reset(!mid_way);
+        Self {
+            client,
+            server: Reader::default(),
+            phase: if mid_way {
+                Phase::Ready
+            } else {
+                Phase::Startup
+            },
+            answer_byte_next: false,
+            waiting: 0,
+            request: None,
+            response: None,
+            sqlstate: String::new(),
+            unframed: false,
+            statements: std::collections::HashMap::new(),
+            problems: Problems::default(),
+            desyncs: 0,
+        }
+    }
+
+    /// Feeds one transfer of `side`; complete exchanges' halves go to `out`.
+    pub fn feed(&mut self, side: Side, t: Transfer<'_>, out: &mut Vec<(Side, Message)>) {
+        if matches!(self.phase, Phase::Tls | Phase::Lost) || t.len == 0 {
+            return;
+        }
+        match side {
+            Side::Client => {
+                if self.unframed && !t.data.is_empty() {
+                    // The client's next message: the result it waited for is over.
+                    self.finish_response(out);
+                }
+                let keep_of = |kind: u8| match kind {
+                    0 => 8,
+                    b'Q' | b'P' => KEEP_TEXT,
+                    b'B' | b'C' => KEEP_BIND,
+                    _ => 0,
+                };
+                let mut client = std::mem::take(&mut self.client);
+                let read = client.feed(&t, keep_of, |reader, m| self.on_client(reader, m, out));
+                self.client = client;
+                match read {
+                    Read::Whole => {}
+                    Read::BeyondCapture(_) => self.lose(true),
+                    Read::Malformed => self.lose(false),
+                }
+            }
+            Side::Server => {
+                if self.unframed {
+                    if let Some(m) = &mut self.response {
+                        m.bytes += u64::from(t.len);
+                        m.touch(&t);
+                    }
+                    return;
+                }
+                let mut t = t;
+                if self.answer_byte_next {
+                    self.answer_byte_next = false;
+                    match t.data.first() {
+                        Some(b'N') => {
+                            t = Transfer {
+                                seq: t.seq.wrapping_add(1),
+                                len: t.len - 1,
+                                data: &t.data[1..],
+                                ..t
+                            };
+                        }
+                        // TLS (or GSSAPI encryption) from here on.
+                        Some(_) => {
+                            self.phase = Phase::Tls;
+                            return;
+                        }
+                        None => return self.lose(true),
+                    }
+                }
+                let keep_of = |kind: u8| if kind == b'E' { KEEP_ERROR } else { 0 };
+                let mut server = std::mem::take(&mut self.server);
+                let read = server.feed(&t, keep_of, |_, m| self.on_server(m, out));
+                self.server = server;
+                match read {
+                    Read::Whole => {}
+                    Read::BeyondCapture(from) => self.beyond_capture(&t, from),
+                    Read::Malformed => self.lose(false),
+                }
+            }
+        }
+    }
+
+    fn on_client(&mut self, reader: &mut Reader, m: Msg<'_>, out: &mut Vec<(Side, Message)>) {
+        if self.phase == Phase::Startup {
+            if m.kind == 0 {
+                let code = m
+                    .body
+                    .get(..4)
+                    .map_or(0, |c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]));
+                if code == SSL_REQUEST || code == GSSENC_REQUEST {
+                    self.answer_byte_next = true;
+                    // The startup message proper comes next, untyped too.
+                    reader.untyped = true;
+                } else {
+                    reader.untyped = false;
+                }
+            }
+            // Password and SASL messages: part of the startup.
+            return;
+        }
+        match m.kind {
+            // COPY data answers the server, and Terminate expects nothing.
+            b'd' | b'c' | b'f' => return,
+            b'X' => {
+                self.request = None;
+                return;
+            }
+            _ => {}
+        }
+        let request = self.request.get_or_insert_with(|| Message {
+            l7: L7::Postgres(Frame::Query {
+                text: String::new(),
+            }),
+            seq: m.seq,
+            start_ns: m.ts_ns,
+            end_ns: m.ts_ns,
+            first_tid: m.tid,
+            last_tid: m.tid,
+            bytes: 0,
+        });
+        request.bytes += m.bytes;
+        request.end_ns = m.ts_ns;
+        request.last_tid = m.tid;
+        let text = match m.kind {
+            b'Q' => Some(cstring(m.body)),
+            // Parse: the statement's name, then its text.
+            b'P' => {
+                let (name, rest) = split_cstring(m.body);
+                let text = cstring(rest);
+                if !name.is_empty()
+                    && (self.statements.len() < MAX_STATEMENTS
+                        || self.statements.contains_key(&name))
+                {
+                    self.statements.insert(name, text.clone());
+                }
+                Some(text)
+            }
+            // Bind: the portal's name, then the statement's.
+            b'B' => {
+                let (_, rest) = split_cstring(m.body);
+                let (statement, _) = split_cstring(rest);
+                self.statements.get(&statement).cloned()
+            }
+            // Close of a statement ('S') by name.
+            b'C' => {
+                if let Some((b'S', name)) = m.body.split_first() {
+                    self.statements.remove(&cstring(name));
+                }
+                None
+            }
+            _ => None,
+        };
+        if let (Some(text), L7::Postgres(Frame::Query { text: kept })) = (text, &mut request.l7)
+            && kept.is_empty()
+        {
+            *kept = text;
+        }
+        if matches!(m.kind, b'Q' | b'S')
+            && let Some(request) = self.request.take()
+        {
+            self.waiting += 1;
+            out.push((Side::Client, request));
+        }
+    }
+
+    fn on_server(&mut self, m: Msg<'_>, out: &mut Vec<(Side, Message)>) {
+        if self.phase == Phase::Startup {
+            if m.kind == b'Z' {
+                self.phase = Phase::Ready;
+            }
+            return;
+        }
+        if self.response.is_none() && self.waiting == 0 && matches!(m.kind, b'N' | b'A' | b'S') {
+            // A notice, a notification or a parameter change between queries.
+            return;
+        }
+        let response = self.response.get_or_insert_with(|| Message {
+            l7: L7::Postgres(Frame::Result {
+                sqlstate: String::new(),
+            }),
+            seq: m.seq,
+            start_ns: m.ts_ns,
+            end_ns: m.ts_ns,
+            first_tid: m.tid,
+            last_tid: m.tid,
+            bytes: 0,
+        });
+        response.bytes += m.bytes;
+        response.end_ns = m.ts_ns;
+        response.last_tid = m.tid;
+        if m.kind == b'E' && self.sqlstate.is_empty() {
+            self.sqlstate = sqlstate(m.body);
+        }
+        if m.kind == b'Z' {
+            self.finish_response(out);
+        }
+    }
+
+    fn finish_response(&mut self, out: &mut Vec<(Side, Message)>) {
+        if let Some(mut response) = self.response.take() {
+            response.l7 = L7::Postgres(Frame::Result {
+                sqlstate: std::mem::take(&mut self.sqlstate),
+            });
+            self.waiting = self.waiting.saturating_sub(1);
+            out.push((Side::Server, response));
+        }
+        if self.unframed {
+            self.unframed = false;
+            self.server.reset(false);
+        }
+    }
+
+    /// The server's transfer goes on beyond the capture at a header.
+    fn beyond_capture(&mut self, t: &Transfer<'_>, from: u32) {
+        if self.phase == Phase::Ready && self.waiting == 1 {
+            self.problems.unframed += 1;
+            let response = self.response.get_or_insert_with(|| {
+                Message::starting(
+                    L7::Postgres(Frame::Result {
+                        sqlstate: String::new(),
+                    }),
+                    from,
+                    t,
+                )
+            });
+            response.bytes += u64::from(t.seq.wrapping_add(t.len).wrapping_sub(from));
+            response.touch(t);
+            self.unframed = true;
+        } else {
+            self.lose(true);
+        }
+    }
+
+    /// Which result answers which query is unknown from here on.
+    fn lose(&mut self, truncated: bool) {
+        if truncated {
+            self.problems.truncated += 1;
+        } else {
+            self.problems.malformed += 1;
+        }
+        self.gap();
+    }
+
+    /// Bytes were missed: the connection cannot be followed for now.
+    pub fn gap(&mut self) {
+        if matches!(self.phase, Phase::Tls | Phase::Lost) {
+            return;
+        }
+        self.phase = Phase::Lost;
+        self.desyncs += 1;
+        self.request = None;
+        self.response = None;
+        self.unframed = false;
+    }
+
+    /// The connection has been quiet: a result left open is over, and a
+    /// connection whose framing was lost is taken up again (every query has
+    /// had its answer by now).
+    pub fn resync_if_quiet(&mut self, out: &mut Vec<(Side, Message)>) {
+        if self.unframed {
+            self.finish_response(out);
+        }
+        if self.phase == Phase::Lost {
+            self.client.reset(false);
+            self.server.reset(false);
+            self.waiting = 0;
+            self.sqlstate.clear();
+            self.phase = Phase::Ready;
+        }
+    }
+
+    /// The connection ended: a result left open ends with it.
+    pub fn end(&mut self, out: &mut Vec<(Side, Message)>) {
+        if self.unframed {
+            self.finish_response(out);
+        }
+    }
+
+    /// Whether nothing is half read in either direction.
+    pub fn idle(&self) -> bool {
+        self.client.at_boundary() && self.server.at_boundary()
+    }
+}
+
+/// A NUL-terminated string and what follows it.
+fn split_cstring(body: &[u8]) -> (String, &[u8]) {
+    match body.iter().position(|&b| b == 0) {
+        Some(end) => (
+            String::from_utf8_lossy(&body[..end]).into_owned(),
+            &body[end + 1..],
+        ),
+        None => (String::from_utf8_lossy(body).into_owned(), &[]),
+    }
+}
+
+/// The text of a NUL-terminated string (as far as captured).
+fn cstring(body: &[u8]) -> String {
+    let end = body.iter().position(|&b| b == 0).unwrap_or(body.len());
+    String::from_utf8_lossy(&body[..end]).into_owned()
+}
+
+/// The `C` (SQLSTATE) field of an ErrorResponse body: fields of a type byte and
+/// a NUL-terminated string, ended by a 0 byte.
+fn sqlstate(body: &[u8]) -> String {
+    let mut rest = body;
+    while let Some((&field, tail)) = rest.split_first() {
+        if field == 0 {
+            break;
+        }
+        let end = tail.iter().position(|&b| b == 0).unwrap_or(tail.len());
+        if field == b'C' {
+            let code = &tail[..end];
+            if code.len() == 5 && code.iter().all(u8::is_ascii_alphanumeric) {
+                return String::from_utf8_lossy(code).into_owned();
+            }
+            break;
+        }
+        rest = tail.get(end + 1..).unwrap_or_default();
+    }
+    // Not captured (or malformed): still an error.
+    "XX000".into()
+}
+
+/// Whether a client's transfer shows a PostgreSQL connection: its startup
+/// (`Some(false)`), or, first seen mid-way, a `Query` that fills the transfer
+/// exactly or a `Parse` followed by a `Bind` (`Some(true)`).
+pub fn starts_session(t: &Transfer<'_>) -> Option<bool> {
+    let d = t.data;
+    let be = |at: usize| -> Option<u32> {
+        Some(u32::from_be_bytes(d.get(at..at + 4)?.try_into().ok()?))
+    };
+    if let (Some(len), Some(code)) = (be(0), be(4)) {
+        let startup = (code == SSL_REQUEST || code == GSSENC_REQUEST) && len == 8
+            || code == PROTOCOL_3 && (8..=10_000).contains(&len) && len <= t.len;
+        if startup {
+            return Some(false);
+        }
+    }
+    let len = be(1)?;
+    match d.first()? {
+        b'Q' => (len >= 5 && len.checked_add(1) == Some(t.len)).then_some(true),
+        b'P' => {
+            let next = usize::try_from(len).ok()?.checked_add(1)?;
+            (len >= 6 && d.get(next) == Some(&b'B')).then_some(true)
+        }
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests;
