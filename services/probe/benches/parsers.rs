@@ -2,7 +2,9 @@
 //! the probe's user space (sequence cursor, protocol detection, framing, the
 //! fields kept) over a keep-alive connection, as `Conn::feed` runs it for each
 //! ring record. Messages per second and MB per second per core, for HTTP/1.x
-//! (the baseline) and for Redis, one command per write and pipelines of 10.
+//! (the baseline), Redis (one command per write, and pipelines of 10) and
+//! PostgreSQL (a parameterized query, extended protocol: Parse, Bind,
+//! Describe, Execute, Sync, answered by a one-row result).
 //!
 //! `cargo bench -p espan-probe --bench parsers [-- --exchanges 200000 --passes 5]`
 
@@ -49,7 +51,39 @@ fn workloads() -> Vec<Workload> {
         response: value.repeat(10),
         per_transfer: 10,
     };
-    vec![http, redis, pipeline]
+    let postgres = Workload {
+        name: "PostgreSQL",
+        request: [
+            pg_msg(b'P', b"\0SELECT v FROM items WHERE k = $1\0\0\0"),
+            pg_msg(b'B', b"\0\0\0\0\0\x01\0\0\0\x05c1234\0\0"),
+            pg_msg(b'D', b"P\0"),
+            pg_msg(b'E', b"\0\0\0\0\0"),
+            pg_msg(b'S', b""),
+        ]
+        .concat(),
+        response: [
+            pg_msg(b'1', b""),
+            pg_msg(b'2', b""),
+            pg_msg(
+                b'T',
+                b"\0\x01v\0\0\0\0\0\0\0\0\0\0\x17\0\x04\xff\xff\xff\xff\0\0",
+            ),
+            pg_msg(b'D', b"\0\x01\0\0\0\x0512345"),
+            pg_msg(b'C', b"SELECT 1\0"),
+            pg_msg(b'Z', b"I"),
+        ]
+        .concat(),
+        per_transfer: 1,
+    };
+    vec![http, redis, pipeline, postgres]
+}
+
+/// A typed PostgreSQL message.
+fn pg_msg(kind: u8, body: &[u8]) -> Vec<u8> {
+    let mut v = vec![kind];
+    v.extend_from_slice(&(body.len() as u32 + 4).to_be_bytes());
+    v.extend_from_slice(body);
+    v
 }
 
 /// Feeds `exchanges` request/response pairs; returns (messages, bytes, seconds).
