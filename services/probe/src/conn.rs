@@ -2,15 +2,15 @@
 //! followed by sequence number, and the messages of the protocol they speak.
 //!
 //! The protocol is taken from the first transfer that starts like a message of
-//! one ([`crate::http1::looks_like_start`], [`crate::resp::looks_like_command`]);
+//! one ([`crate::http1::looks_like_start`], [`crate::resp::looks_like_command`],
+//! [`crate::pg::starts_session`]);
 //! until then the connection's bytes are only counted along.
 
 use std::net::SocketAddr;
 
 use crate::http1::{self, HeadQueue};
-use crate::message::{Cursor, Message, Problems, Transfer};
-use crate::pg;
-use crate::resp::{self, Side};
+use crate::message::{Cursor, Exchanges, Message, Problems, Side, Transfer};
+use crate::{pg, resp};
 
 /// Which way bytes went, from the traced process's side.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,6 +31,8 @@ impl Direction {
 }
 
 /// The protocol a connection speaks, and its parsers.
+// HTTP/1.x, the common case, stays inline; the others are boxed behind a trait.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 enum Parser {
     /// No transfer has started like a message yet.
@@ -40,15 +42,11 @@ enum Parser {
         ingress: http1::Stream,
         heads: HeadQueue,
     },
-    Redis {
-        /// The direction commands go (the client's writes).
-        commands: Direction,
-        session: resp::Session,
-    },
-    Postgres {
-        /// The direction queries go (the client's writes).
-        queries: Direction,
-        session: pg::Session,
+    /// Redis or PostgreSQL: the client speaks first, answers come in order.
+    Exchanges {
+        /// The direction requests go (the client's writes).
+        requests: Direction,
+        session: Box<dyn Exchanges>,
     },
 }
 
@@ -100,14 +98,14 @@ impl Conn {
                     heads: HeadQueue::new(),
                 }
             } else if resp::looks_like_command(t.data) {
-                Parser::Redis {
-                    commands: dir,
-                    session: resp::Session::new(),
+                Parser::Exchanges {
+                    requests: dir,
+                    session: Box::new(resp::Session::new()),
                 }
             } else if let Some(mid_way) = pg::starts_session(&t) {
-                Parser::Postgres {
-                    queries: dir,
-                    session: pg::Session::new(mid_way),
+                Parser::Exchanges {
+                    requests: dir,
+                    session: Box::new(pg::Session::new(mid_way)),
                 }
             } else {
                 return;
@@ -134,34 +132,21 @@ impl Conn {
                 this.feed(t, heads, &mut done);
                 out.extend(done.into_iter().map(|m| (dir, m)));
             }
-            Parser::Redis { commands, session } => {
-                let side = if dir == *commands {
-                    Side::Commands
+            Parser::Exchanges { requests, session } => {
+                let side = if dir == *requests {
+                    Side::Requests
                 } else {
-                    Side::Replies
+                    Side::Answers
                 };
                 let mut done = Vec::new();
                 session.feed(side, t, &mut done);
-                out.extend(done.into_iter().map(|(s, m)| (direction(*commands, s), m)));
-            }
-            Parser::Postgres { queries, session } => {
-                let side = if dir == *queries {
-                    pg::Side::Client
-                } else {
-                    pg::Side::Server
-                };
-                let mut done = Vec::new();
-                session.feed(side, t, &mut done);
-                out.extend(
-                    done.into_iter()
-                        .map(|(s, m)| (pg_direction(*queries, s), m)),
-                );
+                out.extend(done.into_iter().map(|(s, m)| (direction(*requests, s), m)));
             }
         }
     }
 
-    /// Bytes were missed in `dir`: what is half read there is lost (for Redis,
-    /// the pairing of both directions; see [`crate::resp`]).
+    /// Bytes were missed in `dir`: what is half read there is lost (for Redis
+    /// and PostgreSQL, the pairing of both directions; see [`crate::resp`]).
     fn missed(&mut self, dir: Direction) {
         self.gaps += 1;
         match &mut self.parser {
@@ -172,28 +157,27 @@ impl Conn {
                 Direction::Egress => egress.gap(),
                 Direction::Ingress => ingress.gap(),
             },
-            Parser::Redis { session, .. } => session.gap(),
-            Parser::Postgres { session, .. } => session.gap(),
+            Parser::Exchanges { session, .. } => session.gap(),
         }
     }
 
     /// The connection closed: completes responses that end with it.
     pub fn close(&mut self, out: &mut Vec<(Direction, Message)>) {
-        self.each_ended(out, |s, done| s.close(done));
+        self.each_ended(out, |s, done| s.close(done), |e, done| e.end(done));
     }
 
     /// The socket reached CLOSE: completes messages that end with the connection
     /// and keeps the rest (bytes queued before a reset may still be read).
     pub fn end(&mut self, out: &mut Vec<(Direction, Message)>) {
-        self.each_ended(out, |s, done| s.end(done));
+        self.each_ended(out, |s, done| s.end(done), |e, done| e.end(done));
     }
 
-    /// Applies an end to both HTTP streams, or ends a Redis reply or a
-    /// PostgreSQL result left open.
+    /// Applies an end (`http` to both HTTP streams, `exchanges` to the others).
     fn each_ended(
         &mut self,
         out: &mut Vec<(Direction, Message)>,
         http: impl Fn(&mut http1::Stream, &mut Vec<Message>),
+        exchanges: impl Fn(&mut dyn Exchanges, &mut Vec<(Side, Message)>),
     ) {
         match &mut self.parser {
             Parser::Unknown => {}
@@ -206,18 +190,10 @@ impl Conn {
                 http(ingress, &mut done);
                 out.extend(done.drain(..).map(|m| (Direction::Ingress, m)));
             }
-            Parser::Redis { commands, session } => {
+            Parser::Exchanges { requests, session } => {
                 let mut done = Vec::new();
-                session.end(&mut done);
-                out.extend(done.into_iter().map(|(s, m)| (direction(*commands, s), m)));
-            }
-            Parser::Postgres { queries, session } => {
-                let mut done = Vec::new();
-                session.end(&mut done);
-                out.extend(
-                    done.into_iter()
-                        .map(|(s, m)| (pg_direction(*queries, s), m)),
-                );
+                exchanges(session.as_mut(), &mut done);
+                out.extend(done.into_iter().map(|(s, m)| (direction(*requests, s), m)));
             }
         }
     }
@@ -243,37 +219,17 @@ impl Conn {
     }
 
     /// Ends messages left open without framing when the connection has been
-    /// quiet since before `quiet_since_ns`; a Redis connection whose pairing was
-    /// lost is followed again (see [`crate::resp`]).
+    /// quiet since before `quiet_since_ns`; a Redis or PostgreSQL connection
+    /// whose pairing was lost is followed again (see [`crate::resp`]).
     pub fn conclude_quiet(&mut self, quiet_since_ns: u64, out: &mut Vec<(Direction, Message)>) {
         if self.last_ns >= quiet_since_ns {
             return;
         }
-        match &mut self.parser {
-            Parser::Unknown => {}
-            Parser::Http1 {
-                egress, ingress, ..
-            } => {
-                let mut done = Vec::new();
-                egress.conclude(&mut done);
-                out.extend(done.drain(..).map(|m| (Direction::Egress, m)));
-                ingress.conclude(&mut done);
-                out.extend(done.drain(..).map(|m| (Direction::Ingress, m)));
-            }
-            Parser::Redis { commands, session } => {
-                let mut done = Vec::new();
-                session.resync_if_quiet(&mut done);
-                out.extend(done.into_iter().map(|(s, m)| (direction(*commands, s), m)));
-            }
-            Parser::Postgres { queries, session } => {
-                let mut done = Vec::new();
-                session.resync_if_quiet(&mut done);
-                out.extend(
-                    done.into_iter()
-                        .map(|(s, m)| (pg_direction(*queries, s), m)),
-                );
-            }
-        }
+        self.each_ended(
+            out,
+            |s, done| s.conclude(done),
+            |e, done| e.resync_if_quiet(done),
+        );
     }
 
     /// Forgets which waiting requests were HEADs (their answers were lost).
@@ -300,31 +256,20 @@ impl Conn {
                 p.add(std::mem::take(&mut egress.problems));
                 p.add(std::mem::take(&mut ingress.problems));
             }
-            Parser::Redis { session, .. } => {
-                p.add(std::mem::take(&mut session.problems));
-                desyncs = std::mem::take(&mut session.desyncs);
-            }
-            Parser::Postgres { session, .. } => {
-                p.add(std::mem::take(&mut session.problems));
-                desyncs = std::mem::take(&mut session.desyncs);
+            Parser::Exchanges { session, .. } => {
+                let (q, n) = session.take_problems();
+                p.add(q);
+                desyncs = n;
             }
         }
         (p, desyncs)
     }
 }
 
-/// The direction of a PostgreSQL side, given the direction of its queries.
-fn pg_direction(queries: Direction, side: pg::Side) -> Direction {
+/// The direction of a side, given the direction of its requests.
+fn direction(requests: Direction, side: Side) -> Direction {
     match side {
-        pg::Side::Client => queries,
-        pg::Side::Server => queries.opposite(),
-    }
-}
-
-/// The direction of a Redis side, given the direction of its commands.
-fn direction(commands: Direction, side: Side) -> Direction {
-    match side {
-        Side::Commands => commands,
-        Side::Replies => commands.opposite(),
+        Side::Requests => requests,
+        Side::Answers => requests.opposite(),
     }
 }

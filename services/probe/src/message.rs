@@ -96,6 +96,32 @@ impl Problems {
     }
 }
 
+/// Which way a message went on a connection whose client speaks first and
+/// whose server answers each request in order (Redis, PostgreSQL).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// The client's writes: commands, queries.
+    Requests,
+    /// The server's: replies, results.
+    Answers,
+}
+
+/// Both directions of one such connection, for a protocol whose pairing of
+/// requests and answers is lost as a whole when its framing is.
+pub trait Exchanges: std::fmt::Debug + Send {
+    /// Feeds one transfer of `side`; complete messages go to `out`.
+    fn feed(&mut self, side: Side, t: Transfer<'_>, out: &mut Vec<(Side, Message)>);
+    /// Bytes were missed: the connection cannot be followed for now.
+    fn gap(&mut self);
+    /// The connection has been quiet: an answer left open is over, and a
+    /// connection whose framing was lost is followed again.
+    fn resync_if_quiet(&mut self, out: &mut Vec<(Side, Message)>);
+    /// The connection ended: an answer left open ends with it.
+    fn end(&mut self, out: &mut Vec<(Side, Message)>);
+    /// Problems counted, and times the pairing was lost, since the last call.
+    fn take_problems(&mut self) -> (Problems, u64);
+}
+
 /// Where one direction's byte stream has got to, by TCP sequence number.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Cursor {

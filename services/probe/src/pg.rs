@@ -22,7 +22,7 @@
 //! the client's next message; otherwise the connection is not paired again
 //! until it has been quiet for a while.
 
-use crate::message::{L7, Message, Problems, Transfer};
+use crate::message::{Exchanges, L7, Message, Problems, Side, Transfer};
 
 /// What a PostgreSQL exchange says.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,13 +37,6 @@ impl Frame {
     pub fn is_query(&self) -> bool {
         matches!(self, Frame::Query { .. })
     }
-}
-
-/// Which of the connection's two directions.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Side {
-    Client,
-    Server,
 }
 
 const SSL_REQUEST: u32 = 80_877_103;
@@ -85,6 +78,28 @@ struct Msg<'a> {
     body: &'a [u8],
 }
 
+impl Msg<'_> {
+    /// An exchange's half whose first message this is.
+    fn begins(&self, frame: Frame) -> Message {
+        Message {
+            l7: L7::Postgres(frame),
+            seq: self.seq,
+            start_ns: self.ts_ns,
+            end_ns: self.ts_ns,
+            first_tid: self.tid,
+            last_tid: self.tid,
+            bytes: 0,
+        }
+    }
+
+    /// This message belongs to `half`.
+    fn add_to(&self, half: &mut Message) {
+        half.bytes += self.bytes;
+        half.end_ns = self.ts_ns;
+        half.last_tid = self.tid;
+    }
+}
+
 /// How a transfer ended for a reader.
 enum Read {
     Whole,
@@ -120,10 +135,6 @@ impl Reader {
             untyped,
             ..Reader::default()
         };
-    }
-
-    fn at_boundary(&self) -> bool {
-        self.have == 0 && self.body_left.is_none()
     }
 
     /// Reads a transfer; each complete message goes to `on_message`.
@@ -270,13 +281,160 @@ impl Session {
         }
     }
 
+    fn on_client(&mut self, reader: &mut Reader, m: Msg<'_>, out: &mut Vec<(Side, Message)>) {
+        if self.phase == Phase::Startup {
+            if m.kind == 0 {
+                let code = m
+                    .body
+                    .get(..4)
+                    .map_or(0, |c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]));
+                if code == SSL_REQUEST || code == GSSENC_REQUEST {
+                    self.answer_byte_next = true;
+                    // The startup message proper comes next, untyped too.
+                    reader.untyped = true;
+                } else {
+                    reader.untyped = false;
+                }
+            }
+            // Password and SASL messages: part of the startup.
+            return;
+        }
+        match m.kind {
+            // COPY data answers the server, and Terminate expects nothing.
+            b'd' | b'c' | b'f' => return,
+            b'X' => {
+                self.request = None;
+                return;
+            }
+            _ => {}
+        }
+        let request = self.request.get_or_insert_with(|| {
+            m.begins(Frame::Query {
+                text: String::new(),
+            })
+        });
+        m.add_to(request);
+        let text = match m.kind {
+            b'Q' => Some(cstring(m.body)),
+            // Parse: the statement's name, then its text.
+            b'P' => {
+                let (name, rest) = split_cstring(m.body);
+                let text = cstring(rest);
+                if !name.is_empty()
+                    && (self.statements.len() < MAX_STATEMENTS
+                        || self.statements.contains_key(&name))
+                {
+                    self.statements.insert(name, text.clone());
+                }
+                Some(text)
+            }
+            // Bind: the portal's name, then the statement's.
+            b'B' => {
+                let (_, rest) = split_cstring(m.body);
+                let (statement, _) = split_cstring(rest);
+                self.statements.get(&statement).cloned()
+            }
+            // Close of a statement ('S') by name.
+            b'C' => {
+                if let Some((b'S', name)) = m.body.split_first() {
+                    self.statements.remove(&cstring(name));
+                }
+                None
+            }
+            _ => None,
+        };
+        if let (Some(text), L7::Postgres(Frame::Query { text: kept })) = (text, &mut request.l7)
+            && kept.is_empty()
+        {
+            *kept = text;
+        }
+        if matches!(m.kind, b'Q' | b'S')
+            && let Some(request) = self.request.take()
+        {
+            self.waiting += 1;
+            out.push((Side::Requests, request));
+        }
+    }
+
+    fn on_server(&mut self, m: Msg<'_>, out: &mut Vec<(Side, Message)>) {
+        if self.phase == Phase::Startup {
+            if m.kind == b'Z' {
+                self.phase = Phase::Ready;
+            }
+            return;
+        }
+        if self.response.is_none() && self.waiting == 0 && matches!(m.kind, b'N' | b'A' | b'S') {
+            // A notice, a notification or a parameter change between queries.
+            return;
+        }
+        let response = self.response.get_or_insert_with(|| {
+            m.begins(Frame::Result {
+                sqlstate: String::new(),
+            })
+        });
+        m.add_to(response);
+        if m.kind == b'E' && self.sqlstate.is_empty() {
+            self.sqlstate = sqlstate(m.body);
+        }
+        if m.kind == b'Z' {
+            self.finish_response(out);
+        }
+    }
+
+    fn finish_response(&mut self, out: &mut Vec<(Side, Message)>) {
+        if let Some(mut response) = self.response.take() {
+            response.l7 = L7::Postgres(Frame::Result {
+                sqlstate: std::mem::take(&mut self.sqlstate),
+            });
+            self.waiting = self.waiting.saturating_sub(1);
+            out.push((Side::Answers, response));
+        }
+        if self.unframed {
+            self.unframed = false;
+            self.server.reset(false);
+        }
+    }
+
+    /// The server's transfer goes on beyond the capture at a header.
+    fn beyond_capture(&mut self, t: &Transfer<'_>, from: u32) {
+        if self.phase == Phase::Ready && self.waiting == 1 {
+            self.problems.unframed += 1;
+            let response = self.response.get_or_insert_with(|| {
+                Message::starting(
+                    L7::Postgres(Frame::Result {
+                        sqlstate: String::new(),
+                    }),
+                    from,
+                    t,
+                )
+            });
+            response.bytes += u64::from(t.seq.wrapping_add(t.len).wrapping_sub(from));
+            response.touch(t);
+            self.unframed = true;
+        } else {
+            self.lose(true);
+        }
+    }
+
+    /// Which result answers which query is unknown from here on.
+    fn lose(&mut self, truncated: bool) {
+        if truncated {
+            self.problems.truncated += 1;
+        } else {
+            self.problems.malformed += 1;
+        }
+        self.gap();
+    }
+}
+
+impl Exchanges for Session {
     /// Feeds one transfer of `side`; complete exchanges' halves go to `out`.
-    pub fn feed(&mut self, side: Side, t: Transfer<'_>, out: &mut Vec<(Side, Message)>) {
+    fn feed(&mut self, side: Side, t: Transfer<'_>, out: &mut Vec<(Side, Message)>) {
         if matches!(self.phase, Phase::Tls | Phase::Lost) || t.len == 0 {
             return;
         }
         match side {
-            Side::Client => {
+            Side::Requests => {
                 if self.unframed && !t.data.is_empty() {
                     // The client's next message: the result it waited for is over.
                     self.finish_response(out);
@@ -296,7 +454,7 @@ impl Session {
                     Read::Malformed => self.lose(false),
                 }
             }
-            Side::Server => {
+            Side::Answers => {
                 if self.unframed {
                     if let Some(m) = &mut self.response {
                         m.bytes += u64::from(t.len);
@@ -337,169 +495,8 @@ impl Session {
         }
     }
 
-    fn on_client(&mut self, reader: &mut Reader, m: Msg<'_>, out: &mut Vec<(Side, Message)>) {
-        if self.phase == Phase::Startup {
-            if m.kind == 0 {
-                let code = m
-                    .body
-                    .get(..4)
-                    .map_or(0, |c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]));
-                if code == SSL_REQUEST || code == GSSENC_REQUEST {
-                    self.answer_byte_next = true;
-                    // The startup message proper comes next, untyped too.
-                    reader.untyped = true;
-                } else {
-                    reader.untyped = false;
-                }
-            }
-            // Password and SASL messages: part of the startup.
-            return;
-        }
-        match m.kind {
-            // COPY data answers the server, and Terminate expects nothing.
-            b'd' | b'c' | b'f' => return,
-            b'X' => {
-                self.request = None;
-                return;
-            }
-            _ => {}
-        }
-        let request = self.request.get_or_insert_with(|| Message {
-            l7: L7::Postgres(Frame::Query {
-                text: String::new(),
-            }),
-            seq: m.seq,
-            start_ns: m.ts_ns,
-            end_ns: m.ts_ns,
-            first_tid: m.tid,
-            last_tid: m.tid,
-            bytes: 0,
-        });
-        request.bytes += m.bytes;
-        request.end_ns = m.ts_ns;
-        request.last_tid = m.tid;
-        let text = match m.kind {
-            b'Q' => Some(cstring(m.body)),
-            // Parse: the statement's name, then its text.
-            b'P' => {
-                let (name, rest) = split_cstring(m.body);
-                let text = cstring(rest);
-                if !name.is_empty()
-                    && (self.statements.len() < MAX_STATEMENTS
-                        || self.statements.contains_key(&name))
-                {
-                    self.statements.insert(name, text.clone());
-                }
-                Some(text)
-            }
-            // Bind: the portal's name, then the statement's.
-            b'B' => {
-                let (_, rest) = split_cstring(m.body);
-                let (statement, _) = split_cstring(rest);
-                self.statements.get(&statement).cloned()
-            }
-            // Close of a statement ('S') by name.
-            b'C' => {
-                if let Some((b'S', name)) = m.body.split_first() {
-                    self.statements.remove(&cstring(name));
-                }
-                None
-            }
-            _ => None,
-        };
-        if let (Some(text), L7::Postgres(Frame::Query { text: kept })) = (text, &mut request.l7)
-            && kept.is_empty()
-        {
-            *kept = text;
-        }
-        if matches!(m.kind, b'Q' | b'S')
-            && let Some(request) = self.request.take()
-        {
-            self.waiting += 1;
-            out.push((Side::Client, request));
-        }
-    }
-
-    fn on_server(&mut self, m: Msg<'_>, out: &mut Vec<(Side, Message)>) {
-        if self.phase == Phase::Startup {
-            if m.kind == b'Z' {
-                self.phase = Phase::Ready;
-            }
-            return;
-        }
-        if self.response.is_none() && self.waiting == 0 && matches!(m.kind, b'N' | b'A' | b'S') {
-            // A notice, a notification or a parameter change between queries.
-            return;
-        }
-        let response = self.response.get_or_insert_with(|| Message {
-            l7: L7::Postgres(Frame::Result {
-                sqlstate: String::new(),
-            }),
-            seq: m.seq,
-            start_ns: m.ts_ns,
-            end_ns: m.ts_ns,
-            first_tid: m.tid,
-            last_tid: m.tid,
-            bytes: 0,
-        });
-        response.bytes += m.bytes;
-        response.end_ns = m.ts_ns;
-        response.last_tid = m.tid;
-        if m.kind == b'E' && self.sqlstate.is_empty() {
-            self.sqlstate = sqlstate(m.body);
-        }
-        if m.kind == b'Z' {
-            self.finish_response(out);
-        }
-    }
-
-    fn finish_response(&mut self, out: &mut Vec<(Side, Message)>) {
-        if let Some(mut response) = self.response.take() {
-            response.l7 = L7::Postgres(Frame::Result {
-                sqlstate: std::mem::take(&mut self.sqlstate),
-            });
-            self.waiting = self.waiting.saturating_sub(1);
-            out.push((Side::Server, response));
-        }
-        if self.unframed {
-            self.unframed = false;
-            self.server.reset(false);
-        }
-    }
-
-    /// The server's transfer goes on beyond the capture at a header.
-    fn beyond_capture(&mut self, t: &Transfer<'_>, from: u32) {
-        if self.phase == Phase::Ready && self.waiting == 1 {
-            self.problems.unframed += 1;
-            let response = self.response.get_or_insert_with(|| {
-                Message::starting(
-                    L7::Postgres(Frame::Result {
-                        sqlstate: String::new(),
-                    }),
-                    from,
-                    t,
-                )
-            });
-            response.bytes += u64::from(t.seq.wrapping_add(t.len).wrapping_sub(from));
-            response.touch(t);
-            self.unframed = true;
-        } else {
-            self.lose(true);
-        }
-    }
-
-    /// Which result answers which query is unknown from here on.
-    fn lose(&mut self, truncated: bool) {
-        if truncated {
-            self.problems.truncated += 1;
-        } else {
-            self.problems.malformed += 1;
-        }
-        self.gap();
-    }
-
     /// Bytes were missed: the connection cannot be followed for now.
-    pub fn gap(&mut self) {
+    fn gap(&mut self) {
         if matches!(self.phase, Phase::Tls | Phase::Lost) {
             return;
         }
@@ -513,7 +510,7 @@ impl Session {
     /// The connection has been quiet: a result left open is over, and a
     /// connection whose framing was lost is taken up again (every query has
     /// had its answer by now).
-    pub fn resync_if_quiet(&mut self, out: &mut Vec<(Side, Message)>) {
+    fn resync_if_quiet(&mut self, out: &mut Vec<(Side, Message)>) {
         if self.unframed {
             self.finish_response(out);
         }
@@ -527,15 +524,17 @@ impl Session {
     }
 
     /// The connection ended: a result left open ends with it.
-    pub fn end(&mut self, out: &mut Vec<(Side, Message)>) {
+    fn end(&mut self, out: &mut Vec<(Side, Message)>) {
         if self.unframed {
             self.finish_response(out);
         }
     }
 
-    /// Whether nothing is half read in either direction.
-    pub fn idle(&self) -> bool {
-        self.client.at_boundary() && self.server.at_boundary()
+    fn take_problems(&mut self) -> (Problems, u64) {
+        (
+            std::mem::take(&mut self.problems),
+            std::mem::take(&mut self.desyncs),
+        )
     }
 }
 

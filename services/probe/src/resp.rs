@@ -22,7 +22,7 @@
 //! capture while it answers the only command waiting stays open until the client
 //! sends its next command (or the connection goes quiet or ends).
 
-use crate::message::{L7, Message, Problems, Transfer};
+use crate::message::{Exchanges, L7, Message, Problems, Side, Transfer};
 
 /// What a Redis message says.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,13 +37,6 @@ impl Frame {
     pub fn is_command(&self) -> bool {
         matches!(self, Frame::Command { .. })
     }
-}
-
-/// Which of the connection's two directions.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Side {
-    Commands,
-    Replies,
 }
 
 /// Deepest nesting of aggregates followed; deeper is taken as garbage.
@@ -131,17 +124,19 @@ impl Default for Session {
 impl Session {
     pub fn new() -> Self {
         Self {
-            commands: Stream::new(Side::Commands),
-            replies: Stream::new(Side::Replies),
+            commands: Stream::new(Side::Requests),
+            replies: Stream::new(Side::Answers),
             shared: Shared::default(),
             problems: Problems::default(),
             desyncs: 0,
         }
     }
+}
 
+impl Exchanges for Session {
     /// Feeds one transfer of `side`; complete messages go to `out`.
-    pub fn feed(&mut self, side: Side, t: Transfer<'_>, out: &mut Vec<(Side, Message)>) {
-        if side == Side::Commands
+    fn feed(&mut self, side: Side, t: Transfer<'_>, out: &mut Vec<(Side, Message)>) {
+        if side == Side::Requests
             && self.replies.state == State::Unframed
             && self.commands.at_boundary()
             && !t.data.is_empty()
@@ -150,8 +145,8 @@ impl Session {
             self.replies.finish_unframed(&mut self.shared, out);
         }
         let (stream, other) = match side {
-            Side::Commands => (&mut self.commands, &mut self.replies),
-            Side::Replies => (&mut self.replies, &mut self.commands),
+            Side::Requests => (&mut self.commands, &mut self.replies),
+            Side::Answers => (&mut self.replies, &mut self.commands),
         };
         if stream.feed(t, &mut self.shared, &mut self.problems, out) == Outcome::Lost {
             // Which reply answers which command is unknown from here on.
@@ -162,7 +157,7 @@ impl Session {
     }
 
     /// Bytes were missed: the connection cannot be followed for now.
-    pub fn gap(&mut self) {
+    fn gap(&mut self) {
         if self.commands.state != State::Lost || self.replies.state != State::Lost {
             self.desyncs += 1;
         }
@@ -173,22 +168,29 @@ impl Session {
     /// The connection has been quiet: a reply left open is over, and a connection
     /// whose framing was lost is followed again (every command has had its answer
     /// by now, so counting starts afresh).
-    pub fn resync_if_quiet(&mut self, out: &mut Vec<(Side, Message)>) {
+    fn resync_if_quiet(&mut self, out: &mut Vec<(Side, Message)>) {
         if self.replies.state == State::Unframed {
             self.replies.finish_unframed(&mut self.shared, out);
         }
         if self.commands.state == State::Lost || self.replies.state == State::Lost {
-            self.commands = Stream::new(Side::Commands);
-            self.replies = Stream::new(Side::Replies);
+            self.commands = Stream::new(Side::Requests);
+            self.replies = Stream::new(Side::Answers);
             self.shared = Shared::default();
         }
     }
 
     /// The connection ended: a reply left open ends with it.
-    pub fn end(&mut self, out: &mut Vec<(Side, Message)>) {
+    fn end(&mut self, out: &mut Vec<(Side, Message)>) {
         if self.replies.state == State::Unframed {
             self.replies.finish_unframed(&mut self.shared, out);
         }
+    }
+
+    fn take_problems(&mut self) -> (Problems, u64) {
+        (
+            std::mem::take(&mut self.problems),
+            std::mem::take(&mut self.desyncs),
+        )
     }
 }
 
@@ -357,7 +359,7 @@ impl Stream {
         waiting: u64,
         problems: &mut Problems,
     ) -> Outcome {
-        let answers_the_only_command = self.side == Side::Replies && !self.push && waiting == 1;
+        let answers_the_only_command = self.side == Side::Answers && !self.push && waiting == 1;
         if answers_the_only_command {
             problems.unframed += 1;
             let m = self.current.get_or_insert_with(|| {
@@ -391,7 +393,7 @@ impl Stream {
             return Outcome::Lost;
         };
         let top = self.open.is_empty();
-        if top && self.side == Side::Commands && kind != b'*' {
+        if top && self.side == Side::Requests && kind != b'*' {
             // Commands are arrays (inline commands are not followed).
             return Outcome::Lost;
         }
@@ -444,7 +446,7 @@ impl Stream {
                     return Outcome::Lost;
                 }
                 self.open.push(elements as u64);
-                if top && self.side == Side::Commands {
+                if top && self.side == Side::Requests {
                     self.name_next = true;
                 }
                 Outcome::Followed
@@ -493,7 +495,7 @@ impl Stream {
         };
         m.touch(t);
         match self.side {
-            Side::Commands => {
+            Side::Requests => {
                 let L7::Redis(frame) = &mut m.l7 else {
                     return Outcome::Lost;
                 };
@@ -506,13 +508,13 @@ impl Stream {
                 let subscribing = matches!(frame, Frame::Command { name }
                     if SUBSCRIBING.contains(&name.as_str()));
                 shared.waiting += 1;
-                out.push((Side::Commands, m));
+                out.push((Side::Requests, m));
                 if subscribing {
                     shared.subscribed = true;
                     self.state = State::Pushes;
                 }
             }
-            Side::Replies => {
+            Side::Answers => {
                 if self.push {
                     // Answers no command.
                     return Outcome::Followed;
@@ -521,7 +523,7 @@ impl Stream {
                     error: std::mem::take(&mut self.error),
                 });
                 shared.waiting = shared.waiting.saturating_sub(1);
-                out.push((Side::Replies, m));
+                out.push((Side::Answers, m));
                 if shared.subscribed && shared.waiting == 0 {
                     self.state = State::Pushes;
                 }
@@ -537,7 +539,7 @@ impl Stream {
                 error: std::mem::take(&mut self.error),
             });
             shared.waiting = shared.waiting.saturating_sub(1);
-            out.push((Side::Replies, m));
+            out.push((Side::Answers, m));
         }
         self.open.clear();
         self.state = State::Line;

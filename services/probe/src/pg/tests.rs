@@ -77,8 +77,8 @@ impl Pg {
     }
     fn send(&mut self, side: Side, bytes: &[u8]) -> Vec<(Side, Message)> {
         let seq = match side {
-            Side::Client => &mut self.c,
-            Side::Server => &mut self.r,
+            Side::Requests => &mut self.c,
+            Side::Answers => &mut self.r,
         };
         let t = Transfer {
             seq: *seq,
@@ -95,11 +95,11 @@ impl Pg {
     /// SSLRequest, `N`, startup, trust authentication, ready.
     fn connect(&mut self) {
         assert!(
-            self.send(Side::Client, &[0, 0, 0, 8, 4, 0xd2, 0x16, 0x2f])
+            self.send(Side::Requests, &[0, 0, 0, 8, 4, 0xd2, 0x16, 0x2f])
                 .is_empty()
         );
-        assert!(self.send(Side::Server, b"N").is_empty());
-        assert!(self.send(Side::Client, &startup()).is_empty());
+        assert!(self.send(Side::Answers, b"N").is_empty());
+        assert!(self.send(Side::Requests, &startup()).is_empty());
         let hello = [
             msg(b'R', &[0, 0, 0, 0]),
             msg(b'S', b"server_version\x0015.18\0"),
@@ -107,7 +107,7 @@ impl Pg {
             ready(),
         ]
         .concat();
-        assert!(self.send(Side::Server, &hello).is_empty());
+        assert!(self.send(Side::Answers, &hello).is_empty());
     }
 }
 
@@ -131,14 +131,14 @@ fn startup_makes_no_span_and_a_simple_query_makes_one() {
     pg.connect();
     let (c, r) = (pg.c, pg.r);
     let q = query("SELECT id FROM users WHERE name = 'bob'");
-    let out = pg.send(Side::Client, &q);
+    let out = pg.send(Side::Requests, &q);
     assert_eq!(out.len(), 1);
     assert_eq!(
         (out[0].1.seq, text(&out[0].1)),
         (c, "SELECT id FROM users WHERE name = 'bob'")
     );
     let res = result(3);
-    let out = pg.send(Side::Server, &res);
+    let out = pg.send(Side::Answers, &res);
     assert_eq!((out.len(), out[0].1.seq, state(&out[0].1)), (1, r, ""));
     assert_eq!(out[0].1.bytes, res.len() as u64);
     assert_eq!(pg.s.desyncs, 0);
@@ -151,7 +151,7 @@ fn pipelined_extended_queries_pair_in_order_with_their_errors() {
     let (c, r) = (pg.c, pg.r);
     let a = extended("SELECT * FROM t WHERE id = $1");
     let b = extended("SELECT * FROM nope");
-    let out = pg.send(Side::Client, &[a.clone(), b].concat());
+    let out = pg.send(Side::Requests, &[a.clone(), b].concat());
     let seqs: Vec<_> = out
         .iter()
         .map(|(_, m)| (m.seq, text(m).to_owned()))
@@ -165,7 +165,7 @@ fn pipelined_extended_queries_pair_in_order_with_their_errors() {
     );
     let ok = [msg(b'1', b""), msg(b'2', b""), result(1)].concat();
     let out = pg.send(
-        Side::Server,
+        Side::Answers,
         &[ok.clone(), msg(b'1', b""), error("42P01")].concat(),
     );
     let got: Vec<_> = out
@@ -191,10 +191,10 @@ fn a_prepared_statement_names_its_query_when_bound_later() {
     ]
     .concat();
     assert_eq!(
-        text(&pg.send(Side::Client, &prepare)[0].1),
+        text(&pg.send(Side::Requests, &prepare)[0].1),
         "SELECT v FROM items WHERE k = $1"
     );
-    pg.send(Side::Server, &[msg(b'1', b""), ready()].concat());
+    pg.send(Side::Answers, &[msg(b'1', b""), ready()].concat());
     let execute = [
         msg(b'B', b"\0_pg3_0\0\0\0\0\x01\0\0\0\x01a\0\0"),
         msg(b'E', b"\0\0\0\0\0"),
@@ -202,25 +202,25 @@ fn a_prepared_statement_names_its_query_when_bound_later() {
     ]
     .concat();
     assert_eq!(
-        text(&pg.send(Side::Client, &execute)[0].1),
+        text(&pg.send(Side::Requests, &execute)[0].1),
         "SELECT v FROM items WHERE k = $1"
     );
-    pg.send(Side::Server, &[msg(b'2', b""), result(1)].concat());
+    pg.send(Side::Answers, &[msg(b'2', b""), result(1)].concat());
     // Closed: a later Bind of that name names nothing.
     pg.send(
-        Side::Client,
+        Side::Requests,
         &[msg(b'C', b"S_pg3_0\0"), msg(b'S', b"")].concat(),
     );
-    pg.send(Side::Server, &[msg(b'3', b""), ready()].concat());
-    assert_eq!(text(&pg.send(Side::Client, &execute)[0].1), "");
+    pg.send(Side::Answers, &[msg(b'3', b""), ready()].concat());
+    assert_eq!(text(&pg.send(Side::Requests, &execute)[0].1), "");
 }
 
 #[test]
 fn ssl_accepted_is_not_followed() {
     let mut pg = Pg::new(false);
-    pg.send(Side::Client, &[0, 0, 0, 8, 4, 0xd2, 0x16, 0x2f]);
-    pg.send(Side::Server, b"S");
-    assert!(pg.send(Side::Client, &query("SELECT 1")).is_empty());
+    pg.send(Side::Requests, &[0, 0, 0, 8, 4, 0xd2, 0x16, 0x2f]);
+    pg.send(Side::Answers, b"S");
+    assert!(pg.send(Side::Requests, &query("SELECT 1")).is_empty());
     assert_eq!(pg.s.desyncs, 0);
 }
 
@@ -230,14 +230,14 @@ fn many_rows_beyond_the_capture_answer_the_only_query_until_the_next_one() {
     pg.connect();
     pg.cap = 256;
     let r = pg.r;
-    pg.send(Side::Client, &query("SELECT id FROM big"));
+    pg.send(Side::Requests, &query("SELECT id FROM big"));
     let rows = result(500);
-    assert!(pg.send(Side::Server, &rows).is_empty());
+    assert!(pg.send(Side::Answers, &rows).is_empty());
     assert_eq!(pg.s.problems.unframed, 1);
-    let out = pg.send(Side::Client, &query("SELECT 2"));
+    let out = pg.send(Side::Requests, &query("SELECT 2"));
     assert_eq!(out.len(), 2);
     assert_eq!((out[0].1.seq, out[0].1.bytes), (r, rows.len() as u64));
-    let out = pg.send(Side::Server, &result(0));
+    let out = pg.send(Side::Answers, &result(0));
     assert_eq!((out.len(), out[0].1.seq), (1, r + rows.len() as u32));
 }
 
@@ -247,19 +247,19 @@ fn framing_lost_with_two_queries_waiting_is_a_desync_until_quiet() {
     pg.connect();
     pg.cap = 256;
     pg.send(
-        Side::Client,
+        Side::Requests,
         &[query("SELECT a FROM big"), query("SELECT 1")].concat(),
     );
     assert!(
-        pg.send(Side::Server, &[result(500), result(0)].concat())
+        pg.send(Side::Answers, &[result(500), result(0)].concat())
             .is_empty()
     );
     assert_eq!((pg.s.problems.truncated, pg.s.desyncs), (1, 1));
-    assert!(pg.send(Side::Client, &query("SELECT 3")).is_empty());
-    pg.send(Side::Server, &result(0));
+    assert!(pg.send(Side::Requests, &query("SELECT 3")).is_empty());
+    pg.send(Side::Answers, &result(0));
     pg.s.resync_if_quiet(&mut Vec::new());
-    assert_eq!(pg.send(Side::Client, &query("SELECT 4")).len(), 1);
-    assert_eq!(pg.send(Side::Server, &result(0)).len(), 1);
+    assert_eq!(pg.send(Side::Requests, &query("SELECT 4")).len(), 1);
+    assert_eq!(pg.send(Side::Answers, &result(0)).len(), 1);
 }
 
 #[test]
@@ -267,18 +267,21 @@ fn notices_between_queries_and_copy_data_are_no_exchanges() {
     let mut pg = Pg::new(false);
     pg.connect();
     assert!(
-        pg.send(Side::Server, &msg(b'A', b"\0\0\0\x01chan\0hi\0"))
+        pg.send(Side::Answers, &msg(b'A', b"\0\0\0\x01chan\0hi\0"))
             .is_empty()
     );
-    pg.send(Side::Client, &query("COPY t FROM STDIN"));
-    pg.send(Side::Server, &msg(b'G', b"\0\0\0"));
+    pg.send(Side::Requests, &query("COPY t FROM STDIN"));
+    pg.send(Side::Answers, &msg(b'G', b"\0\0\0"));
     assert!(
-        pg.send(Side::Client, &[msg(b'd', b"1\n"), msg(b'c', b"")].concat())
-            .is_empty()
+        pg.send(
+            Side::Requests,
+            &[msg(b'd', b"1\n"), msg(b'c', b"")].concat()
+        )
+        .is_empty()
     );
-    let out = pg.send(Side::Server, &[msg(b'C', b"COPY 1\0"), ready()].concat());
+    let out = pg.send(Side::Answers, &[msg(b'C', b"COPY 1\0"), ready()].concat());
     assert_eq!(out.len(), 1);
-    assert!(pg.send(Side::Client, &msg(b'X', b"")).is_empty());
+    assert!(pg.send(Side::Requests, &msg(b'X', b"")).is_empty());
 }
 
 #[test]
@@ -322,7 +325,7 @@ proptest! {
         let mut pg = Pg::new(mid_way);
         pg.cap = cap;
         for (i, chunk) in chunks.iter().enumerate() {
-            pg.send(if sides[i] { Side::Client } else { Side::Server }, chunk);
+            pg.send(if sides[i] { Side::Requests } else { Side::Answers }, chunk);
         }
         pg.s.resync_if_quiet(&mut Vec::new());
         pg.s.end(&mut Vec::new());
@@ -336,7 +339,7 @@ proptest! {
             let mut pg = Pg::new(false);
             pg.connect();
             let mut out = Vec::new();
-            for (side, bytes) in [(Side::Client, &requests), (Side::Server, &results)] {
+            for (side, bytes) in [(Side::Requests, &requests), (Side::Answers, &results)] {
                 if !split {
                     out.extend(pg.send(side, bytes));
                     continue;

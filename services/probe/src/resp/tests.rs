@@ -53,7 +53,7 @@ fn a_command_and_its_reply() {
     let (mut c, mut r) = (1000, 5000);
     let out = feed(
         &mut s,
-        Side::Commands,
+        Side::Requests,
         &mut c,
         &[&cmd(&["get", "user:1"])],
         1024,
@@ -62,11 +62,11 @@ fn a_command_and_its_reply() {
     assert_eq!(command(&out[0].1), "GET");
     assert_eq!(out[0].1.seq, 1000);
     assert_eq!(out[0].1.bytes, cmd(&["get", "user:1"]).len() as u64);
-    let out = feed(&mut s, Side::Replies, &mut r, &[b"$5\r\nalice\r\n"], 1024);
+    let out = feed(&mut s, Side::Answers, &mut r, &[b"$5\r\nalice\r\n"], 1024);
     assert_eq!(out.len(), 1);
     assert_eq!(
         (out[0].0, out[0].1.seq, error(&out[0].1)),
-        (Side::Replies, 5000, "")
+        (Side::Answers, 5000, "")
     );
 }
 
@@ -78,14 +78,14 @@ fn a_pipeline_gives_each_command_and_reply_its_own_sequence_number() {
     let b = cmd(&["SET", "k", "v"]);
     let d = cmd(&["GET", "k"]);
     let all = [a.clone(), b.clone(), d.clone()].concat();
-    let out = feed(&mut s, Side::Commands, &mut c, &[&all], 1024);
+    let out = feed(&mut s, Side::Requests, &mut c, &[&all], 1024);
     let names: Vec<_> = out.iter().map(|(_, m)| command(m).to_owned()).collect();
     assert_eq!(names, ["INCR", "SET", "GET"]);
     let seqs: Vec<_> = out.iter().map(|(_, m)| m.seq).collect();
     assert_eq!(seqs, [0, a.len() as u32, (a.len() + b.len()) as u32]);
     let out = feed(
         &mut s,
-        Side::Replies,
+        Side::Answers,
         &mut r,
         &[b":1\r\n+OK\r\n$1\r\nv\r\n"],
         1024,
@@ -104,10 +104,10 @@ fn error_replies_keep_their_code_only() {
         cmd(&["GET", "x"]),
     ]
     .concat();
-    feed(&mut s, Side::Commands, &mut c, &[&all], 1024);
+    feed(&mut s, Side::Requests, &mut c, &[&all], 1024);
     let out = feed(
         &mut s,
-        Side::Replies,
+        Side::Answers,
         &mut r,
         &[b"-WRONGTYPE Operation against a key holding the wrong kind of value\r\n-unknown command 'NOPE'\r\n!21\r\nSYNTAX invalid syntax\r\n"],
         1024,
@@ -124,7 +124,7 @@ fn values_beyond_the_capture_are_skipped_by_length() {
     let set = cmd(&["SET", "k", &big]);
     let out = feed(
         &mut s,
-        Side::Commands,
+        Side::Requests,
         &mut c,
         &[&set[..3000], &set[3000..]],
         64,
@@ -132,14 +132,14 @@ fn values_beyond_the_capture_are_skipped_by_length() {
     assert_eq!(out.len(), 1);
     assert_eq!(command(&out[0].1), "SET");
     assert_eq!(out[0].1.bytes, set.len() as u64);
-    feed(&mut s, Side::Commands, &mut c, &[&cmd(&["GET", "k"])], 64);
+    feed(&mut s, Side::Requests, &mut c, &[&cmd(&["GET", "k"])], 64);
     let reply = [
         format!("+OK\r\n${}\r\n", big.len()).as_bytes(),
         big.as_bytes(),
         b"\r\n",
     ]
     .concat();
-    let out = feed(&mut s, Side::Replies, &mut r, &[&reply], 64);
+    let out = feed(&mut s, Side::Answers, &mut r, &[&reply], 64);
     assert_eq!(out.len(), 2);
     assert_eq!(out[1].1.seq, 5);
     assert_eq!(out[1].1.bytes, reply.len() as u64 - 5);
@@ -151,12 +151,12 @@ fn nested_replies_maps_attributes_and_pushes() {
     let mut s = Session::new();
     let (mut c, mut r) = (0, 0);
     let all = [cmd(&["HELLO", "3"]), cmd(&["EXEC"]), cmd(&["GET", "k"])].concat();
-    feed(&mut s, Side::Commands, &mut c, &[&all], 1024);
+    feed(&mut s, Side::Requests, &mut c, &[&all], 1024);
     let replies: &[u8] = b"%2\r\n+server\r\n+redis\r\n+modules\r\n*0\r\n\
 >3\r\n+message\r\n+chan\r\n$2\r\nhi\r\n\
 *2\r\n*1\r\n:1\r\n_\r\n\
 |1\r\n+ttl\r\n:3600\r\n$1\r\nv\r\n";
-    let out = feed(&mut s, Side::Replies, &mut r, &[replies], 1024);
+    let out = feed(&mut s, Side::Answers, &mut r, &[replies], 1024);
     assert_eq!(out.len(), 3, "the push answers no command");
     let map_len = b"%2\r\n+server\r\n+redis\r\n+modules\r\n*0\r\n".len() as u32;
     let push_len = b">3\r\n+message\r\n+chan\r\n$2\r\nhi\r\n".len() as u32;
@@ -170,7 +170,7 @@ fn a_reply_beyond_the_capture_answering_the_only_command_ends_with_the_next_comm
     let (mut c, mut r) = (0, 0);
     feed(
         &mut s,
-        Side::Commands,
+        Side::Requests,
         &mut c,
         &[&cmd(&["LRANGE", "k", "0", "-1"])],
         64,
@@ -180,17 +180,17 @@ fn a_reply_beyond_the_capture_answering_the_only_command_ends_with_the_next_comm
     for i in 0..200 {
         reply.extend_from_slice(format!("$3\r\n{i:03}\r\n").as_bytes());
     }
-    let out = feed(&mut s, Side::Replies, &mut r, &[&reply], 64);
+    let out = feed(&mut s, Side::Answers, &mut r, &[&reply], 64);
     assert!(out.is_empty());
     assert_eq!(s.problems.unframed, 1);
-    let out = feed(&mut s, Side::Commands, &mut c, &[&cmd(&["PING"])], 64);
+    let out = feed(&mut s, Side::Requests, &mut c, &[&cmd(&["PING"])], 64);
     assert_eq!(out.len(), 2);
     assert_eq!(
         (out[0].0, out[0].1.seq, out[0].1.bytes),
-        (Side::Replies, 0, reply.len() as u64)
+        (Side::Answers, 0, reply.len() as u64)
     );
     assert_eq!(command(&out[1].1), "PING");
-    let out = feed(&mut s, Side::Replies, &mut r, &[b"+PONG\r\n"], 64);
+    let out = feed(&mut s, Side::Answers, &mut r, &[b"+PONG\r\n"], 64);
     assert_eq!((out.len(), out[0].1.seq), (1, reply.len() as u32));
     assert_eq!(s.desyncs, 0);
 }
@@ -200,23 +200,23 @@ fn framing_lost_with_several_commands_waiting_is_a_desync_until_quiet() {
     let mut s = Session::new();
     let (mut c, mut r) = (0, 0);
     let all = [cmd(&["LRANGE", "k", "0", "-1"]), cmd(&["GET", "x"])].concat();
-    feed(&mut s, Side::Commands, &mut c, &[&all], 1024);
+    feed(&mut s, Side::Requests, &mut c, &[&all], 1024);
     let mut reply = b"*200\r\n".to_vec();
     for i in 0..200 {
         reply.extend_from_slice(format!("$3\r\n{i:03}\r\n").as_bytes());
     }
     reply.extend_from_slice(b"$1\r\nv\r\n");
-    let out = feed(&mut s, Side::Replies, &mut r, &[&reply], 64);
+    let out = feed(&mut s, Side::Answers, &mut r, &[&reply], 64);
     assert!(out.is_empty());
     assert_eq!((s.problems.truncated, s.desyncs), (1, 1));
     // Nothing is paired until the connection has been quiet.
-    let out = feed(&mut s, Side::Commands, &mut c, &[&cmd(&["GET", "y"])], 1024);
+    let out = feed(&mut s, Side::Requests, &mut c, &[&cmd(&["GET", "y"])], 1024);
     assert!(out.is_empty());
-    feed(&mut s, Side::Replies, &mut r, &[b"$1\r\nw\r\n"], 1024);
+    feed(&mut s, Side::Answers, &mut r, &[b"$1\r\nw\r\n"], 1024);
     s.resync_if_quiet(&mut Vec::new());
-    let out = feed(&mut s, Side::Commands, &mut c, &[&cmd(&["GET", "z"])], 1024);
+    let out = feed(&mut s, Side::Requests, &mut c, &[&cmd(&["GET", "z"])], 1024);
     assert_eq!(command(&out[0].1), "GET");
-    let out = feed(&mut s, Side::Replies, &mut r, &[b"_\r\n"], 1024);
+    let out = feed(&mut s, Side::Answers, &mut r, &[b"_\r\n"], 1024);
     assert_eq!(out.len(), 1);
 }
 
@@ -224,10 +224,10 @@ fn framing_lost_with_several_commands_waiting_is_a_desync_until_quiet() {
 fn a_gap_is_a_desync() {
     let mut s = Session::new();
     let (mut c, mut r) = (0, 0);
-    feed(&mut s, Side::Commands, &mut c, &[&cmd(&["GET", "a"])], 1024);
+    feed(&mut s, Side::Requests, &mut c, &[&cmd(&["GET", "a"])], 1024);
     s.gap();
     assert_eq!(s.desyncs, 1);
-    assert!(feed(&mut s, Side::Replies, &mut r, &[b"$1\r\nv\r\n"], 1024).is_empty());
+    assert!(feed(&mut s, Side::Answers, &mut r, &[b"$1\r\nv\r\n"], 1024).is_empty());
 }
 
 #[test]
@@ -236,7 +236,7 @@ fn after_subscribe_the_pushes_are_no_replies() {
     let (mut c, mut r) = (0, 0);
     let out = feed(
         &mut s,
-        Side::Commands,
+        Side::Requests,
         &mut c,
         &[&cmd(&["SUBSCRIBE", "a", "b"])],
         1024,
@@ -244,7 +244,7 @@ fn after_subscribe_the_pushes_are_no_replies() {
     assert_eq!(command(&out[0].1), "SUBSCRIBE");
     let out = feed(
         &mut s,
-        Side::Replies,
+        Side::Answers,
         &mut r,
         &[
             b"*3\r\n$9\r\nsubscribe\r\n$1\r\na\r\n:1\r\n*3\r\n$9\r\nsubscribe\r\n$1\r\nb\r\n:2\r\n",
@@ -260,7 +260,7 @@ fn after_subscribe_the_pushes_are_no_replies() {
 fn inline_commands_and_garbage_are_not_commands() {
     let mut s = Session::new();
     let mut c = 0;
-    assert!(feed(&mut s, Side::Commands, &mut c, &[b"PING\r\n"], 1024).is_empty());
+    assert!(feed(&mut s, Side::Requests, &mut c, &[b"PING\r\n"], 1024).is_empty());
     assert_eq!((s.problems.malformed, s.desyncs), (1, 1));
 }
 
@@ -289,9 +289,9 @@ proptest! {
         let (mut c, mut r) = (0u32, 0u32);
         for (i, chunk) in chunks.iter().enumerate() {
             if sides[i] {
-                feed(&mut s, Side::Commands, &mut c, &[chunk], cap);
+                feed(&mut s, Side::Requests, &mut c, &[chunk], cap);
             } else {
-                feed(&mut s, Side::Replies, &mut r, &[chunk], cap);
+                feed(&mut s, Side::Answers, &mut r, &[chunk], cap);
             }
         }
         s.resync_if_quiet(&mut Vec::new());
@@ -316,8 +316,8 @@ proptest! {
         let mut s = Session::new();
         let (mut c, mut r) = (0u32, 0u32);
         for w in points.windows(2) {
-            feed(&mut s, Side::Commands, &mut c, &[&bytes[w[0]..w[1]]], cap);
-            feed(&mut s, Side::Replies, &mut r, &[&bytes[w[0]..w[1]]], cap);
+            feed(&mut s, Side::Requests, &mut c, &[&bytes[w[0]..w[1]]], cap);
+            feed(&mut s, Side::Answers, &mut r, &[&bytes[w[0]..w[1]]], cap);
         }
     }
 
@@ -332,8 +332,8 @@ proptest! {
         let whole = {
             let mut s = Session::new();
             let (mut c, mut r) = (0u32, 0u32);
-            let mut out = feed(&mut s, Side::Commands, &mut c, &[&commands], usize::MAX);
-            out.extend(feed(&mut s, Side::Replies, &mut r, &[&replies], usize::MAX));
+            let mut out = feed(&mut s, Side::Requests, &mut c, &[&commands], usize::MAX);
+            out.extend(feed(&mut s, Side::Answers, &mut r, &[&replies], usize::MAX));
             out
         };
         let split = {
@@ -341,12 +341,12 @@ proptest! {
             let (mut c, mut r) = (0u32, 0u32);
             let mut out = Vec::new();
             for bytes in [&commands, &replies] {
-                let side = if std::ptr::eq(bytes, &commands) { Side::Commands } else { Side::Replies };
+                let side = if std::ptr::eq(bytes, &commands) { Side::Requests } else { Side::Answers };
                 let mut pos = 0;
                 let mut i = 0;
                 while pos < bytes.len() {
                     let end = (pos + cuts[i % cuts.len()]).min(bytes.len());
-                    let seq = if side == Side::Commands { &mut c } else { &mut r };
+                    let seq = if side == Side::Requests { &mut c } else { &mut r };
                     out.extend(feed(&mut s, side, seq, &[&bytes[pos..end]], usize::MAX));
                     pos = end;
                     i += 1;
