@@ -1,9 +1,14 @@
 # The probe's toolchain (sourced by scripts/setup.sh; see /work/shared/design/toolchain.md):
 # LLVM 22 for bpf-linker (Debian 12's llvm-22 matches nightly-2026-05-19's LLVM),
 # the pinned nightly with rust-src for the bpf target, and the tools the probe's
-# tests drive (curl, python3, redis-server, PostgreSQL 15; redis-py and psycopg
-# come with the e2e venv of integration.sh).
-apt_install llvm-22-dev libpolly-22-dev libzstd-dev zlib1g-dev libxml2-dev curl python3 redis-server postgresql
+# tests drive (curl, python3, redis-server, PostgreSQL 15, MariaDB; redis-py,
+# psycopg, PyMySQL and MySQL Connector/Python come with the e2e venv of
+# integration.sh). Debian starts system PostgreSQL and MariaDB servers; the
+# tests run their own, so those are stopped.
+apt_install llvm-22-dev libpolly-22-dev libzstd-dev zlib1g-dev libxml2-dev curl python3 redis-server postgresql mariadb-server
+for unit in postgresql mariadb; do
+  if systemctl is-active --quiet "$unit" 2>/dev/null; then systemctl stop "$unit" || true; fi
+done
 
 probe_nightly=nightly-2026-05-19
 # The machine may carry that nightly as plain `nightly`; use the dated one otherwise.

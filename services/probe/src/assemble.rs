@@ -30,7 +30,7 @@ use crate::message::{L7, Message, Transfer};
 use crate::resp::Frame;
 use crate::runtime::Runtime;
 use crate::turns::Turns;
-use crate::{pg, sql};
+use crate::{mysql, pg, sql};
 
 /// How long a connection closed with requests unanswered waits for bytes read
 /// after its CLOSE (ns).
@@ -531,23 +531,33 @@ impl Assembler {
             ),
             L7::Postgres(query) => {
                 let text = match query {
-                    pg::Frame::Query { text } => sql::without_literals(&text),
+                    pg::Frame::Query { text } => text,
                     pg::Frame::Result { .. } => String::new(),
                 };
-                let (operation, summary) = sql::summarize(&text);
+                let status = match resp.map(|r| &r.l7) {
+                    Some(L7::Postgres(pg::Frame::Result { sqlstate })) => sqlstate.clone(),
+                    _ => String::new(),
+                };
                 (
                     Protocol::Postgres,
                     None,
-                    Some(Db {
-                        system: "postgresql".into(),
-                        operation,
-                        summary,
-                        query: text,
-                        status_code: match resp.map(|r| &r.l7) {
-                            Some(L7::Postgres(pg::Frame::Result { sqlstate })) => sqlstate.clone(),
-                            _ => String::new(),
-                        },
-                    }),
+                    Some(sql_db("postgresql", &text, status)),
+                    None,
+                )
+            }
+            L7::Mysql(command) => {
+                let text = match command {
+                    mysql::Frame::Command { text } => text,
+                    mysql::Frame::Result { .. } => String::new(),
+                };
+                let status = match resp.map(|r| &r.l7) {
+                    Some(L7::Mysql(mysql::Frame::Result { error })) => error.clone(),
+                    _ => String::new(),
+                };
+                (
+                    Protocol::Mysql,
+                    None,
+                    Some(sql_db("mysql", &text, status)),
                     None,
                 )
             }
@@ -748,6 +758,20 @@ impl Assembler {
         // enough for the rest.
         let served = self.serving.of(Runtime::Threads, 0, tid);
         self.turns.connect(tid, sk, served, ts_ns);
+    }
+}
+
+/// The `db` fields of an SQL exchange: the statement without its literals,
+/// its summary and operation, the server's error code.
+fn sql_db(system: &str, statement: &str, status_code: String) -> Db {
+    let query = sql::without_literals(statement);
+    let (operation, summary) = sql::summarize(&query);
+    Db {
+        system: system.into(),
+        operation,
+        summary,
+        query,
+        status_code,
     }
 }
 

@@ -3,14 +3,14 @@
 //!
 //! The protocol is taken from the first transfer that starts like a message of
 //! one ([`crate::http1::looks_like_start`], [`crate::resp::looks_like_command`],
-//! [`crate::pg::starts_session`]);
+//! [`crate::pg::starts_session`], [`crate::mysql::starts_session`]);
 //! until then the connection's bytes are only counted along.
 
 use std::net::SocketAddr;
 
 use crate::http1::{self, HeadQueue};
 use crate::message::{Cursor, Exchanges, Message, Problems, Side, Transfer};
-use crate::{pg, resp};
+use crate::{mysql, pg, resp};
 
 /// Which way bytes went, from the traced process's side.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -106,6 +106,12 @@ impl Conn {
                 Parser::Exchanges {
                     requests: dir,
                     session: Box::new(pg::Session::new(mid_way)),
+                }
+            } else if let Some(mid_way) = mysql::starts_session(&t) {
+                Parser::Exchanges {
+                    // The server speaks first: a greeting goes the answers' way.
+                    requests: if mid_way { dir } else { dir.opposite() },
+                    session: Box::new(mysql::Session::new(mid_way)),
                 }
             } else {
                 return;

@@ -7,8 +7,9 @@
 //! - [`events`]: the ring buffer reader thread; decodes records, keeps the
 //!   traced-pid map current with [`procs`] (DataKit's selection options).
 //! - [`conn`]: per-connection reassembly by TCP sequence number, and the
-//!   protocol's message boundaries: [`http1`] (HTTP/1.x), [`resp`] (Redis), on
-//!   the shared types of [`message`].
+//!   protocol's message boundaries: [`http1`] (HTTP/1.x), [`resp`] (Redis),
+//!   [`pg`] (PostgreSQL), [`mysql`] (MySQL, MariaDB), on the shared types of
+//!   [`message`]; [`sql`] takes literals out of statements.
 //! - [`assemble`]: request ↔ response pairs into eSpans, `local_parent_id` by
 //!   the thread rule where the process's [`runtime`] makes it sound, by the
 //!   event-loop [`turns`] rule elsewhere (never for Go).
@@ -23,6 +24,7 @@ pub mod http1;
 pub mod loader;
 pub mod message;
 pub mod metrics;
+pub mod mysql;
 pub mod pg;
 pub mod procs;
 pub mod publish;

@@ -3,7 +3,7 @@
 //! [`crate::resp`]) differ only in where a message ends and what it says.
 
 use crate::http1::Head;
-use crate::{pg, resp};
+use crate::{mysql, pg, resp};
 
 /// One read or write.
 #[derive(Debug, Clone, Copy)]
@@ -22,6 +22,7 @@ pub enum L7 {
     Http(Head),
     Redis(resp::Frame),
     Postgres(pg::Frame),
+    Mysql(mysql::Frame),
 }
 
 impl L7 {
@@ -31,6 +32,7 @@ impl L7 {
             L7::Http(head) => head.is_request(),
             L7::Redis(frame) => frame.is_command(),
             L7::Postgres(frame) => frame.is_query(),
+            L7::Mysql(frame) => frame.is_command(),
         }
     }
 }

@@ -866,6 +866,99 @@ async fn postgres_queries_pair_with_the_server() {
     h.stop().await;
 }
 
+/// PyMySQL (text protocol) and MySQL Connector/Python (prepared statements)
+/// against a real MariaDB 10.11: 16 threads with a connection of each, INSERTs
+/// with the values in their text, prepared SELECTs, an error, 2000-row results
+/// far beyond the capture. Every command is a span on both sides with the same
+/// sequence numbers, summary, text without its literals, and error number.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root (eBPF); scripts/test.sh runs it as root"]
+async fn mysql_commands_pair_with_the_server() {
+    let mut h = Harness::start(|_| {}).await;
+    let (_db, port, _data) = mariadb_server(&h.traced("mysql-server"));
+    h.wait_traced(1).await;
+    let out = Command::new(python_with_redis())
+        .arg(apps().join("mysql_load.py"))
+        .args([port.to_string(), "16".into(), "10".into()])
+        .envs(env_refs(&h.traced("mysql-client")))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let kinds = commands_sent(&out.stdout);
+    let n = |k: &str| kinds.get(k).copied().unwrap_or(0);
+    assert_eq!(n("insert"), 160);
+    let sent: HashMap<String, usize> = [
+        ("INSERT items", n("insert")),
+        // Connector/Python prepares once per connection, then executes.
+        ("SELECT items", n("select_prepared") + 16),
+        ("SELECT missing_table", n("error")),
+        ("SELECT seq_1_to_2000", n("many_rows")),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
+    let clients = db_spans_pair(&mut h, summary, &sent, "mysql-client", "mysql-server").await;
+    for c in &clients {
+        let db = c.db.as_ref().unwrap();
+        assert_eq!(c.protocol, espan::wire::Protocol::Mysql as i32);
+        assert_eq!(db.system, "mysql");
+        assert!(
+            !db.query.contains("secret") && !db.query.contains("1234"),
+            "a literal kept: {db:?}"
+        );
+        let want = if db.summary == "SELECT missing_table" {
+            "1146"
+        } else {
+            ""
+        };
+        assert_eq!(db.status_code, want, "{db:?}");
+    }
+    let insert = clients
+        .iter()
+        .filter_map(|c| c.db.as_ref())
+        .find(|d| d.summary == "INSERT items")
+        .unwrap();
+    assert_eq!(insert.query, "INSERT INTO items (k, v) VALUES (?, ?)");
+    assert!(
+        h.metric("l7_unframed_total") > 0,
+        "2000 rows overflow the capture"
+    );
+    h.stop().await;
+}
+
+/// A MariaDB server (Debian's) on a free port with `env`, from a fresh data
+/// directory, without grant tables (any user, no password): its process, port
+/// and directory.
+fn mariadb_server(env: &[(String, String)]) -> (Proc, u16, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let init = Command::new("mariadb-install-db")
+        .args(["--no-defaults", "--user=root", "--skip-test-db"])
+        .arg(format!("--datadir={}", data.display()))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("mariadb-install-db (scripts/setup.sh installs mariadb-server)");
+    assert!(init.success(), "mariadb-install-db");
+    let port = free_port().unwrap();
+    let mut cmd = Command::new("/usr/sbin/mariadbd");
+    cmd.args(["--no-defaults", "--user=root", "--bind-address=127.0.0.1"])
+        .arg(format!("--datadir={}", data.display()))
+        .arg(format!("--socket={}", dir.path().join("sock").display()))
+        .arg(format!("--port={port}"))
+        .args([
+            "--skip-grant-tables",
+            "--skip-log-bin",
+            "--innodb-buffer-pool-size=16M",
+        ])
+        .envs(env_refs(env))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let p = Proc(cmd.spawn().unwrap());
+    wait_listening(port);
+    (p, port, dir)
+}
+
 /// A PostgreSQL 15 server (Debian's) on a free port with `env`, run as the
 /// `postgres` user from a fresh data directory: its process, port and directory.
 fn postgres_server(env: &[(String, String)]) -> (Proc, u16, tempfile::TempDir) {
