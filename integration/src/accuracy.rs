@@ -1,13 +1,15 @@
 //! espan's traces against the ground truth of the apps' own spans.
 //!
 //! Every HTTP call of a run has a unique path, so one side of one call is
-//! `(server?, path)` in both worlds. A Redis call (redis-server is not traced:
-//! its client side only) is named after the request it was made for, as the
-//! app recorded it: `<server path> redis <command> #<n>`; espan's Redis span is
-//! that call when it was made on the same thread, with the same command, and
-//! starts while the app's span of it is open (both clocks are the one
-//! kernel's; the app's span also covers connecting, and redis-py's
-//! `CLIENT SETINFO` on a new connection). Calls the app's
+//! `(server?, path)` in both worlds. A Redis call is named after the request it
+//! was made for, as the app recorded it: `<server path> redis <command> #<n>`;
+//! espan's Redis CLIENT span is that call when it was made on the same thread,
+//! with the same command, and starts while the app's span of it is open (both
+//! clocks are the one kernel's; the app's span also covers connecting, and
+//! redis-py's `CLIENT SETINFO` on a new connection). redis-server is traced
+//! too: its SERVER span of a call is the one with the client span's sequence
+//! numbers (the probe's pairing; the linker's edge between the two is what is
+//! scored). Calls the app's
 //! instrumentation does not record (redis-py's `CLIENT SETINFO` on a new
 //! connection) are left out. Truth edges:
 //! - inside a process: an app CLIENT span's nearest SERVER ancestor in the same
@@ -175,6 +177,15 @@ impl Truth {
                 .insert((Side { server: true, path }, side.clone()));
             self.app_trace.insert(side.clone(), call.trace_id.clone());
             self.sides.insert(side.clone());
+            // redis-server's side of the call.
+            let server_side = Side {
+                server: true,
+                path: side.path.clone(),
+            };
+            self.edges.insert((side.clone(), server_side.clone()));
+            self.app_trace
+                .insert(server_side.clone(), call.trace_id.clone());
+            self.sides.insert(server_side);
             self.redis_calls.push(RedisCall {
                 thread,
                 op,
@@ -295,11 +306,30 @@ pub fn score(
         .iter()
         .map(|e| (e.span_id.as_str(), e))
         .collect();
+    // redis-server's spans: the calls whose client spans have their sequence numbers.
+    let seqs = |e: &ExportedSpan| {
+        (
+            e.attributes.get("ebpf.req_seq").cloned(),
+            e.attributes.get("ebpf.resp_seq").cloned(),
+        )
+    };
+    let redis_by_seqs: HashMap<_, &Side> = exported
+        .spans
+        .iter()
+        .filter_map(|e| Some((seqs(e), truth.redis_call(e)?)))
+        .collect();
     let side = |e: &ExportedSpan| -> Option<Side> {
         if in_run(&e.path, run) {
             return Some(Side {
                 server: e.is_server(),
                 path: e.path.clone(),
+            });
+        }
+        if e.is_server() && e.attributes.get("db.system.name").map(String::as_str) == Some("redis")
+        {
+            return redis_by_seqs.get(&seqs(e)).map(|client| Side {
+                server: true,
+                path: client.path.clone(),
             });
         }
         truth.redis_call(e).cloned()
@@ -521,48 +551,60 @@ mod tests {
             call("r2", "GET", 7, 2_000_000),
         ];
         let t = Truth::build(&spans, "x", true);
-        assert_eq!(t.sides.len(), 3);
-        assert_eq!(t.edges.len(), 2);
-        let redis = |id: &str, op: &str, thread: &str, start_ns: u64| {
-            let mut e = esp(id, "a", "SPAN_KIND_CLIENT", "", "T");
+        // back2's request, two calls, redis-server's side of each.
+        assert_eq!(t.sides.len(), 5);
+        assert_eq!(t.edges.len(), 4);
+        let redis = |id: &str, parent: &str, kind: &str, op: &str, thread: &str, start_ns: u64| {
+            let mut e = esp(id, parent, kind, "", "T");
             e.start_ns = start_ns;
+            let seq = format!("{start_ns}");
             e.attributes = [
                 ("db.system.name", "redis"),
                 ("db.operation.name", op),
                 ("thread.id", thread),
+                ("ebpf.req_seq", seq.as_str()),
+                ("ebpf.resp_seq", "1"),
             ]
             .into_iter()
             .map(|(k, v)| (k.to_owned(), v.to_owned()))
             .collect();
             e
         };
+        let client = "SPAN_KIND_CLIENT";
+        let server = "SPAN_KIND_SERVER";
         let exported = Exported {
             spans: vec![
-                esp("a", "", "SPAN_KIND_SERVER", "/b2/x/1", "T"),
-                redis("b", "INCRBY", "7", 1_050_000),
-                redis("c", "GET", "7", 2_040_000),
+                esp("a", "", server, "/b2/x/1", "T"),
+                redis("b", "a", client, "INCRBY", "7", 1_050_000),
+                redis("c", "a", client, "GET", "7", 2_040_000),
+                // redis-server's spans: the same sequence numbers as b and c
+                // (its own thread, its own start).
+                redis("bs", "b", server, "INCRBY", "99", 1_050_000),
+                redis("cs", "c", server, "GET", "99", 2_040_000),
                 // redis-py's CLIENT SETINFO: not the app's, not scored.
-                redis("d", "CLIENT", "7", 900_000),
+                redis("d", "a", client, "CLIENT", "7", 900_000),
             ],
             ..Exported::default()
         };
         let s = score("redis", true, &t, &exported, "x");
-        assert_eq!((s.found_spans, s.right_edges), (3, 2));
+        assert_eq!((s.found_spans, s.right_edges), (5, 4));
         assert!(s.false_edges.is_empty() && s.missed_edges.is_empty());
         assert_eq!(s.exact_traces, 1);
-        // On another thread, or far from the call, it is not that call.
+        // On another thread, or far from the call, it is not that call (and
+        // redis-server's span of it is not found either).
         let elsewhere = Exported {
             spans: vec![
-                esp("a", "", "SPAN_KIND_SERVER", "/b2/x/1", "T"),
-                redis("b", "INCRBY", "8", 1_050_000),
-                redis("c", "GET", "7", 90_000_000),
+                esp("a", "", server, "/b2/x/1", "T"),
+                redis("b", "a", client, "INCRBY", "8", 1_050_000),
+                redis("c", "a", client, "GET", "7", 90_000_000),
+                redis("bs", "b", server, "INCRBY", "99", 1_050_000),
             ],
             ..Exported::default()
         };
         let s = score("redis", true, &t, &elsewhere, "x");
         assert_eq!(
             (s.found_spans, s.right_edges, s.missing_spans.len()),
-            (1, 0, 2)
+            (1, 0, 4)
         );
     }
 

@@ -110,6 +110,10 @@ impl App {
             "--protected-mode",
             "no",
         ]);
+        // Traced by host c's probe: its server side of back2's calls.
+        redis_cmd
+            .env(host_var(&c.name), "1")
+            .env("DKE_SERVICE", "redis");
         let mut redis = Service::spawn(&format!("{run}-redis"), redis_cmd, &dir)?;
         redis.wait_port(
             SocketAddr::from((c.addr, REDIS_PORT)),

@@ -4,7 +4,8 @@
 //! ring record. Messages per second and MB per second per core, for HTTP/1.x
 //! (the baseline), Redis (one command per write, and pipelines of 10) and
 //! PostgreSQL (a parameterized query, extended protocol: Parse, Bind,
-//! Describe, Execute, Sync, answered by a one-row result).
+//! Describe, Execute, Sync, answered by a one-row result) and MySQL (a
+//! `COM_QUERY` answered by a one-row result set).
 //!
 //! `cargo bench -p espan-probe --bench parsers [-- --exchanges 200000 --passes 5]`
 
@@ -75,7 +76,31 @@ fn workloads() -> Vec<Workload> {
         .concat(),
         per_transfer: 1,
     };
-    vec![http, redis, pipeline, postgres]
+    let mysql = Workload {
+        name: "MySQL",
+        request: my_packet(0, b"\x03SELECT v FROM items WHERE k = 'c1234' LIMIT 1"),
+        response: [
+            my_packet(1, b"\x01"),
+            my_packet(
+                2,
+                b"\x03def\x04test\x05items\x05items\x01v\x01v\x0c\x3f\x00\x0b\x00\x00\x00\x03\x00\x00\x00\x00\x00",
+            ),
+            my_packet(3, b"\xfe\x00\x00\x22\x00"),
+            my_packet(4, b"\x0512345"),
+            my_packet(5, b"\xfe\x00\x00\x22\x00"),
+        ]
+        .concat(),
+        per_transfer: 1,
+    };
+    vec![http, redis, pipeline, postgres, mysql]
+}
+
+/// A MySQL packet.
+fn my_packet(seq_id: u8, payload: &[u8]) -> Vec<u8> {
+    let mut v = (payload.len() as u32).to_le_bytes()[..3].to_vec();
+    v.push(seq_id);
+    v.extend_from_slice(payload);
+    v
 }
 
 /// A typed PostgreSQL message.
