@@ -1377,8 +1377,8 @@ mod tests {
         f.data(2, 21, SK, Direction::Ingress, 50 + 3 * pl, RESP, 6000, 80);
         let last = f.out.last().unwrap();
         assert_eq!((last.req_seq, last.resp_seq), (1 + 3 * rl, 50 + 3 * pl));
-        // An answer whose head lies beyond the capture is lost too: its request
-        // is not kept waiting for the next answer.
+        // An answer whose head lies beyond the capture keeps its status line and
+        // ends when the next request starts: both pairs stay right.
         let big = [b"HTTP/1.1 200 OK\r\nX: ".as_slice(), &[b'a'; 64]].concat();
         f.data(2, 21, SK, Direction::Egress, 1 + 4 * rl, REQ, 6000, 80);
         let d = DataIn {
@@ -1397,8 +1397,12 @@ mod tests {
             },
         };
         f.a.on_data(d, &procs, &mut f.out);
-        assert_eq!(f.a.stats.unanswered, 3);
+        assert_eq!(f.a.stats.unanswered, 2);
         f.data(2, 21, SK, Direction::Egress, 1 + 5 * rl, REQ, 6000, 80);
+        let fifth = f.out.last().unwrap();
+        assert_eq!((fifth.req_seq, fifth.resp_seq), (1 + 4 * rl, 50 + 4 * pl));
+        assert_eq!(fifth.http.as_ref().unwrap().status, 200);
+        assert_eq!(fifth.bytes_in, 5000);
         f.data(
             2,
             21,

@@ -11,7 +11,8 @@
 //! stream up again at the next transfer that starts like a message.
 //!
 //! A chunked body whose framing lies beyond the captured bytes (a large chunk
-//! followed by the next size line in the same transfer) is not lost: its message
+//! followed by the next size line in the same transfer), or a head longer than
+//! the capture (big cookies, tokens: its first line is kept), is not lost: its message
 //! keeps its head and first byte's sequence number and stays open
 //! (`Body::Unframed`) until the stream shows where it ended: the next message
 //! starting a transfer in this direction, the other direction starting its next
@@ -191,9 +192,13 @@ impl Stream {
                             }
                             pos += take;
                             if pos < len {
-                                // Rest of the head not captured.
-                                self.problems.truncated += 1;
-                                self.lose();
+                                // Rest of the head not captured: its first
+                                // line still makes the message (big cookies
+                                // and tokens must not hide a request).
+                                if !self.head_beyond_capture(heads, &t, (len - pos) as u64) {
+                                    self.problems.truncated += 1;
+                                    self.lose();
+                                }
                                 return;
                             }
                         }
@@ -367,6 +372,36 @@ impl Stream {
         if upgrade {
             self.state = State::Upgraded;
         }
+    }
+
+    /// The head goes on beyond the captured bytes (`rest` more in this
+    /// transfer): what its first line says is kept (method, path, version, or
+    /// status), and the message stays open without framing until the stream
+    /// shows its end (see the module doc). False when even the first line was
+    /// not captured.
+    fn head_beyond_capture(&mut self, heads: &mut HeadQueue, t: &Transfer<'_>, rest: u64) -> bool {
+        let Some(line_end) = self.buf.windows(2).position(|w| w == b"\r\n") else {
+            return false;
+        };
+        let mut line = self.buf[..line_end + 2].to_vec();
+        line.extend_from_slice(b"\r\n");
+        let Ok(Some((head, _, _))) = parse_head(&line) else {
+            return false;
+        };
+        if head.is_request() {
+            heads.push_back(head.method == "HEAD");
+        } else {
+            heads.pop_front();
+        }
+        if let Some(m) = &mut self.current {
+            m.l7 = L7::Http(head);
+            m.bytes = self.buf.len() as u64 + rest;
+            m.touch(t);
+        }
+        self.buf.clear();
+        self.problems.unframed += 1;
+        self.state = State::Body(Body::Unframed);
+        true
     }
 
     fn finish(&mut self, t: Transfer<'_>, out: &mut Vec<Message>) {

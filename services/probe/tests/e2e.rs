@@ -336,6 +336,55 @@ async fn curl_against_python_http_server() {
     h.stop().await;
 }
 
+/// Requests whose heads are longer than the capture (a 3000-byte cookie against
+/// the default 1 KiB) still give spans: method and path from the request line,
+/// status from the answer, the two sides paired, on a keep-alive connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root (eBPF); scripts/test.sh runs it as root"]
+async fn heads_longer_than_the_capture_still_give_spans() {
+    let mut h = Harness::start(|_| {}).await;
+    let (port, _srv) = traced_python_http_server(&h, "bighead-server").await;
+    let cookie = "c".repeat(3000);
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c").arg(format!(
+        "sleep 0.3; exec curl -s -o /dev/null -o /dev/null -w '%{{http_code}} ' -H 'Cookie: {cookie}' \
+         http://127.0.0.1:{port}/big/0 http://127.0.0.1:{port}/big/1"
+    ));
+    let out = cmd
+        .envs(env_refs(&h.traced("bighead-client")))
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "404 404 ");
+    let spans = h
+        .reader
+        .until("two client and two server spans", |s| {
+            of(s, "bighead-client", SpanKind::Client).len() >= 2
+                && of(s, "bighead-server", SpanKind::Server).len() >= 2
+        })
+        .await;
+    let clients = of(&spans, "bighead-client", SpanKind::Client);
+    let servers = of(&spans, "bighead-server", SpanKind::Server);
+    assert_eq!((clients.len(), servers.len()), (2, 2));
+    for (i, (c, s)) in clients.iter().zip(&servers).enumerate() {
+        for span in [c, s] {
+            let http = span.http.as_ref().unwrap();
+            assert_eq!(
+                (http.method.as_str(), http.path.as_str(), http.status),
+                ("GET", format!("/big/{i}").as_str(), 404)
+            );
+            assert_eq!(span.error, "");
+        }
+        assert_eq!((c.req_seq, c.resp_seq), (s.req_seq, s.resp_seq));
+        assert!(c.bytes_out > 3000 && s.bytes_in == c.bytes_out);
+    }
+    assert_eq!(h.metric("l7_truncated_total"), 0);
+    assert!(
+        h.metric("l7_unframed_total") >= 4,
+        "both heads, on both sides"
+    );
+    h.stop().await;
+}
+
 /// Runs `tests/apps/closing.py` (see there) with `args`, traced as `service`.
 fn closing(args: &[&str], env: &[(&str, &str)]) -> Proc {
     let mut cmd = Command::new("python3");

@@ -256,6 +256,37 @@ fn garbage_is_counted_and_the_stream_resyncs() {
 }
 
 #[test]
+fn a_head_longer_than_the_capture_keeps_its_first_line_until_the_answer() {
+    let cookie = "a".repeat(3000);
+    let req = format!("GET /big/1?x=2 HTTP/1.1\r\nHost: shop\r\nCookie: {cookie}\r\n\r\n");
+    let mut s = Stream::new();
+    let mut heads = HeadQueue::new();
+    let m = run(&mut s, &mut heads, 500, &[req.as_bytes()], 1024);
+    assert!(m.is_empty(), "open until the stream shows its end");
+    assert_eq!((s.problems.unframed, s.problems.truncated), (1, 0));
+    // The answer starting on the other side ends it.
+    let mut out = Vec::new();
+    s.conclude(&mut out);
+    assert_eq!(out.len(), 1);
+    let head = out[0].http_head();
+    assert_eq!(
+        (head.method.as_str(), head.path.as_str()),
+        ("GET", "/big/1")
+    );
+    assert_eq!((out[0].seq, out[0].bytes), (500, req.len() as u64));
+    assert_eq!(heads.len(), 1, "the response will know it answers a GET");
+    // A response head too long for the capture keeps its status.
+    let resp =
+        format!("HTTP/1.1 404 Not Found\r\nSet-Cookie: {cookie}\r\nContent-Length: 0\r\n\r\n");
+    let mut r = Stream::new();
+    assert!(run(&mut r, &mut heads, 0, &[resp.as_bytes()], 1024).is_empty());
+    let mut out = Vec::new();
+    r.close(&mut out);
+    assert_eq!(out[0].http_head().status, 404);
+    assert!(heads.is_empty());
+}
+
+#[test]
 fn head_beyond_the_capture_is_counted() {
     let mut s = Stream::new();
     let req = b"GET /long HTTP/1.1\r\nX-Big: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n\r\n";
