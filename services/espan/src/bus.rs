@@ -223,6 +223,31 @@ impl Bus {
         }
     }
 
+    /// A bus that connects (and reconnects) in the background: it returns at
+    /// once, even with the server away, and its publishes fail until the
+    /// server is there. For a service that must start and buffer while NATS is
+    /// down (the probe). A URL that cannot be parsed is still an error.
+    pub async fn connect_in_background(url: &str, client_name: &str) -> Result<Self, BusError> {
+        let options = async_nats::ConnectOptions::new()
+            .name(client_name)
+            .connection_timeout(Duration::from_secs(2))
+            .retry_on_initial_connect()
+            .max_reconnects(None);
+        let client = async_nats::connect_with_options(url, options)
+            .await
+            .map_err(|error| BusError::Connect {
+                url: url.to_owned(),
+                waited: Duration::ZERO,
+                reason: error.to_string(),
+            })?;
+        let jetstream = jetstream::new(client.clone());
+        Ok(Self {
+            client,
+            jetstream,
+            url: url.to_owned(),
+        })
+    }
+
     /// The URL this bus was connected with.
     pub fn url(&self) -> &str {
         &self.url

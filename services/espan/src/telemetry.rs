@@ -1,5 +1,12 @@
-//! `/metrics` (Prometheus text) and `/healthz`, served the same way by every
-//! service, plus log set-up.
+//! `/metrics` (Prometheus text), `/livez` and `/readyz`, served the same way by
+//! every service, plus log set-up.
+//!
+//! `/livez` answers 200 while the process serves HTTP at all: what a liveness
+//! probe should restart on. `/readyz` answers 503 with the reason while a
+//! dependency is failing (NATS away, the store full): a probe, a linker or an
+//! exporter waiting for NATS keeps its buffer and its window instead of being
+//! restarted into an empty one. `/healthz` is `/readyz`, kept for setups that
+//! used it.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
@@ -13,7 +20,7 @@ use prometheus_client::registry::Registry;
 
 use crate::shutdown::Shutdown;
 
-/// What `/healthz` answers: healthy, or not with a reason (e.g. "NATS unreachable").
+/// What `/readyz` answers: ready, or not with a reason (e.g. "NATS unreachable").
 #[derive(Clone, Default)]
 pub struct Health(Arc<RwLock<Option<String>>>);
 
@@ -22,7 +29,7 @@ impl Health {
     pub fn set_ok(&self) {
         *self.0.write().unwrap_or_else(|e| e.into_inner()) = None;
     }
-    /// Unhealthy, with the reason `/healthz` reports.
+    /// Not ready, with the reason `/readyz` reports.
     pub fn set_failing(&self, reason: impl Into<String>) {
         *self.0.write().unwrap_or_else(|e| e.into_inner()) = Some(reason.into());
     }
@@ -38,8 +45,8 @@ struct AppState {
     health: Health,
 }
 
-/// Binds `addr` and serves `/metrics` and `/healthz` until `shutdown`. Returns the
-/// bound address (useful with port 0) once listening.
+/// Binds `addr` and serves `/metrics`, `/livez` and `/readyz` until `shutdown`.
+/// Returns the bound address (useful with port 0) once listening.
 pub async fn serve(
     addr: SocketAddr,
     registry: Registry,
@@ -49,7 +56,7 @@ pub async fn serve(
     serve_with(addr, registry, health, Router::new(), shutdown).await
 }
 
-/// Like [`serve`], with a service's own routes beside `/metrics` and `/healthz`.
+/// Like [`serve`], with a service's own routes beside `/metrics` and the probes'.
 pub async fn serve_with(
     addr: SocketAddr,
     registry: Registry,
@@ -70,7 +77,9 @@ pub async fn serve_with(
     };
     let app = Router::new()
         .route("/metrics", get(metrics))
-        .route("/healthz", get(healthz))
+        .route("/livez", get(livez))
+        .route("/readyz", get(readyz))
+        .route("/healthz", get(readyz))
         .with_state(state)
         .merge(routes);
     tokio::spawn(async move {
@@ -101,7 +110,11 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     }
 }
 
-async fn healthz(State(state): State<AppState>) -> impl IntoResponse {
+async fn livez() -> impl IntoResponse {
+    (StatusCode::OK, "alive\n")
+}
+
+async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     match state.health.failing() {
         None => (StatusCode::OK, "ok\n".to_owned()),
         Some(reason) => (

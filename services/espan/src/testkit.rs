@@ -22,17 +22,20 @@ impl TestNats {
     /// Starts a server on a free port. Finds the binary in `ESPAN_NATS_SERVER` or on
     /// `PATH` (`.ci/run` installs it).
     pub fn start() -> std::io::Result<Self> {
-        let binary = nats_server_binary()?;
-        let store = tempfile::Builder::new().prefix("espan-nats").tempdir()?;
-        let port = free_port()?;
-        let mut nats = Self {
-            child: None,
-            port,
-            store,
-            binary,
-        };
+        let mut nats = Self::reserve()?;
         nats.spawn()?;
         Ok(nats)
+    }
+
+    /// A server not started yet (its port and store chosen): what a service
+    /// that starts before NATS sees. [`TestNats::restart`] starts it.
+    pub fn reserve() -> std::io::Result<Self> {
+        Ok(Self {
+            child: None,
+            port: free_port()?,
+            store: tempfile::Builder::new().prefix("espan-nats").tempdir()?,
+            binary: nats_server_binary()?,
+        })
     }
 
     /// `nats://127.0.0.1:<port>`.

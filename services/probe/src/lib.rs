@@ -84,16 +84,17 @@ pub async fn start(settings: Settings) -> anyhow::Result<RunningProbe> {
     )
     .await?;
 
-    let bus = Bus::connect(&settings.nats_url, "espan-probe", Duration::from_secs(10))
+    // NATS may be away when the probe starts (or restarts): it connects in the
+    // background and buffers meanwhile; `/readyz` says so, `/livez` does not.
+    let bus = Bus::connect_in_background(&settings.nats_url, "espan-probe")
         .await
         .with_context(|| format!("NATS at {} (trace_server)", settings.nats_url))?;
-    // The linker owns the streams' limits; these apply only to streams the
-    // probe is first to create.
-    bus.create_missing_streams(&StreamLimits {
-        max_bytes: settings.stream_max_bytes,
-        ..StreamLimits::default()
-    })
-    .await?;
+    if !bus.is_connected() {
+        health.set_failing(espan::bus::redact(&format!(
+            "NATS at {}: not connected yet",
+            bus.url()
+        )));
+    }
 
     let boot_id = loop {
         let id: u64 = rand::random();
@@ -105,6 +106,12 @@ pub async fn start(settings: Settings) -> anyhow::Result<RunningProbe> {
         host: settings.host.clone(),
         boot_id,
         batch_spans: settings.batch_spans,
+        // The linker owns the streams' limits; these apply only to streams
+        // the probe is first to create.
+        stream_limits: StreamLimits {
+            max_bytes: settings.stream_max_bytes,
+            ..StreamLimits::default()
+        },
         batch_interval: settings.batch_interval,
         buffer_bytes: settings.buffer_bytes,
         max_in_flight: 64,

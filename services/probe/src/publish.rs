@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use espan::bus::{Bus, espan_subject};
+use espan::bus::{Bus, espan_subject, redact};
 use espan::shutdown::Shutdown;
 use espan::telemetry::Health;
 use espan::wire::{ESpan, ESpanBatch, WIRE_VERSION, encode_espan_batch};
@@ -31,6 +31,8 @@ pub struct PublishConfig {
     /// Bytes of encoded batches kept while NATS is away.
     pub buffer_bytes: u64,
     pub max_in_flight: usize,
+    /// Limits of the streams the probe is first to create.
+    pub stream_limits: espan::bus::StreamLimits,
 }
 
 struct Sealed {
@@ -197,9 +199,33 @@ pub async fn sender(
     let mut publisher = bus.publisher(config.max_in_flight);
     let mut deadline: Option<tokio::time::Instant> = None;
     let mut backoff = Duration::from_millis(100);
+    // The streams are made once NATS is there (it may not be at start).
+    let mut streams_made = false;
     loop {
         if deadline.is_none() && shutdown.is_triggered() {
             deadline = Some(tokio::time::Instant::now() + drain_for);
+        }
+        if !streams_made && deadline.is_none() {
+            let made = tokio::time::timeout(
+                Duration::from_secs(5),
+                bus.create_missing_streams(&config.stream_limits),
+            )
+            .await;
+            match made {
+                Ok(Ok(())) => {
+                    streams_made = true;
+                    health.set_ok();
+                }
+                Ok(Err(e)) => health.set_failing(redact(&format!("NATS at {}: {e}", bus.url()))),
+                Err(_) => {
+                    health.set_failing(redact(&format!("NATS at {}: not reachable", bus.url())))
+                }
+            }
+            if !streams_made {
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+                continue;
+            }
         }
         if let Some(d) = deadline
             && (tokio::time::Instant::now() >= d

@@ -336,6 +336,70 @@ async fn curl_against_python_http_server() {
     h.stop().await;
 }
 
+/// A probe started while NATS is down starts anyway: alive (`/livez` 200), not
+/// ready (`/readyz` 503 with the reason), tracing and buffering; once NATS is
+/// up it makes the streams and publishes what it buffered, and is ready.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root (eBPF); scripts/test.sh runs it as root"]
+async fn a_probe_started_while_nats_is_down_buffers_and_is_alive_not_ready() {
+    let serial = SERIAL.lock().await;
+    let mut nats = TestNats::reserve().unwrap();
+    let var = unique_var();
+    let (_, mut settings) = Settings::from_args(["espan-probe"]).unwrap();
+    settings.nats_url = nats.url();
+    settings.metrics_addr = "127.0.0.1:0".parse().unwrap();
+    settings.host = format!("test-{var}");
+    settings.batch_interval = Duration::from_millis(50);
+    settings.selection = Selection {
+        env_list: vec![var.clone()],
+        ..Default::default()
+    };
+    let probe = tokio::time::timeout(Duration::from_secs(5), espan_probe::start(settings))
+        .await
+        .expect("the probe starts without waiting for NATS")
+        .expect("the probe starts while NATS is down");
+    let status = |path: &str| {
+        let answer = http_get(probe.metrics_addr, path);
+        answer
+            .split_whitespace()
+            .nth(1)
+            .and_then(|code| code.parse::<u16>().ok())
+            .unwrap_or(0)
+    };
+    assert_eq!(status("/livez"), 200);
+    assert_eq!(status("/readyz"), 503);
+    assert!(http_get(probe.metrics_addr, "/readyz").contains("NATS"));
+    let traced = vec![(var.clone(), "down-server".to_owned())];
+    let port = free_port().unwrap();
+    let _srv = python_http_server(port, &traced);
+    let client = vec![(var.clone(), "down-client".to_owned())];
+    for i in 0..3 {
+        curl(
+            &format!("http://127.0.0.1:{port}/while-down/{i}"),
+            &env_refs(&client),
+        );
+    }
+    // Sealed and buffered while NATS is away.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(probe.metrics.spans.get(), 6);
+    assert_eq!(probe.metrics.spans_published.get(), 0);
+    nats.restart().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while status("/readyz") != 200 || probe.metrics.spans_published.get() < 6 {
+        assert!(Instant::now() < deadline, "never ready after NATS came");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut reader = Reader::new(&nats.url()).await;
+    let spans = reader
+        .until("the six buffered spans", |s| s.len() >= 6)
+        .await;
+    assert_eq!(spans.len(), 6);
+    assert_eq!(of(&spans, "down-server", SpanKind::Server).len(), 3);
+    assert_eq!(probe.metrics.spans_dropped_buffer.get(), 0);
+    probe.stop().await;
+    drop(serial);
+}
+
 /// Requests whose heads are longer than the capture (a 3000-byte cookie against
 /// the default 1 KiB) still give spans: method and path from the request line,
 /// status from the answer, the two sides paired, on a keep-alive connection.
