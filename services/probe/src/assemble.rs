@@ -19,6 +19,15 @@
 //! (same process, same addresses, continuing the stream's sequence numbers)
 //! still complete its messages; then its unanswered requests become spans with
 //! an error.
+//!
+//! Memory is bounded ([`Limits`]): at most `max_conns` connections are
+//! followed (beyond, the least recently active eighth is forgotten); the bytes
+//! all parsers hold for messages still being read (partial heads, prepared
+//! statements) stay under `held_budget` (beyond, the connections holding most
+//! are forgotten); a connection with more than [`MAX_WAITING`] requests
+//! unanswered is not followed until it closes (a flood, or an answer never
+//! seen). Each is counted; a forgotten connection's waiting requests become
+//! spans with an error, and its later bytes start it afresh.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
@@ -39,6 +48,28 @@ pub const LINGER_NS: u64 = 2_000_000_000;
 /// How long a connection stays quiet before a message left open without
 /// framing (see [`crate::http1`]) is taken as ended (ns).
 pub const UNFRAMED_QUIET_NS: u64 = 1_000_000_000;
+
+/// Requests waiting for their answers on one connection beyond which it is
+/// not followed (until it closes).
+pub const MAX_WAITING: usize = 1024;
+
+/// How much the assembler may hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Connections followed at once.
+    pub max_conns: usize,
+    /// Bytes held by all parsers for messages not yet complete.
+    pub held_budget: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_conns: 65_536,
+            held_budget: 64 << 20,
+        }
+    }
+}
 
 /// What the assembler counts.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -65,6 +96,12 @@ pub struct AssembleStats {
     pub desyncs: u64,
     /// Client spans left without a parent, by [`ParentUnset`] reason.
     pub parent_unset: [u64; ParentUnset::ALL.len()],
+    /// Connections forgotten because `max_conns` were followed.
+    pub evicted_over_cap: u64,
+    /// Connections forgotten because the parsers held more than `held_budget`.
+    pub evicted_over_budget: u64,
+    /// Connections no longer followed for more than [`MAX_WAITING`] requests waiting.
+    pub flooded: u64,
 }
 
 /// Why a client span's `local_parent_id` is 0.
@@ -161,6 +198,10 @@ struct Entry {
     /// The last egress transfers' first sequence numbers, each with the request
     /// whose turn it was written in (see [`crate::turns`]), if one alone.
     egress_turns: VecDeque<(u32, Option<u64>)>,
+    /// Bytes its parsers held when last measured (part of `Assembler::held`).
+    held: u64,
+    /// Flooded (see [`MAX_WAITING`]): its bytes are ignored until it closes.
+    ignored: bool,
 }
 
 /// Egress transfers per connection whose turn is remembered until their
@@ -181,6 +222,9 @@ pub struct Assembler {
     woke: Vec<Option<u64>>,
     /// Added to CLOCK_MONOTONIC ns to get wall-clock ns.
     wall_offset: i128,
+    limits: Limits,
+    /// Bytes all parsers hold (the entries' `held`, summed).
+    held: u64,
     host: String,
     pub stats: AssembleStats,
 }
@@ -211,7 +255,14 @@ pub fn measure_wall_offset() -> i128 {
 
 impl Assembler {
     pub fn new(host: String, wall_offset: i128) -> Self {
+        Self::with_limits(host, wall_offset, Limits::default())
+    }
+
+    /// An assembler holding at most what `limits` allow.
+    pub fn with_limits(host: String, wall_offset: i128, limits: Limits) -> Self {
         Self {
+            limits,
+            held: 0,
             conns: HashMap::new(),
             serving: Serving::default(),
             multiplexing: HashSet::new(),
@@ -230,6 +281,11 @@ impl Assembler {
     /// Connections being followed.
     pub fn conns(&self) -> usize {
         self.conns.len()
+    }
+
+    /// Bytes the parsers hold for messages not yet complete.
+    pub fn held_bytes(&self) -> u64 {
+        self.held
     }
 
     /// Requests seen whose answer has not come yet, on every connection.
@@ -281,6 +337,9 @@ impl Assembler {
         if late {
             self.stats.after_close += 1;
         }
+        if !self.conns.contains_key(&d.sk) && self.conns.len() >= self.limits.max_conns {
+            self.evict_least_recent(procs, out);
+        }
         let entry = self.conns.entry(d.sk).or_insert_with(|| Entry {
             conn: Conn::new(d.pid, d.local, d.remote),
             role: None,
@@ -288,7 +347,12 @@ impl Assembler {
             info: procs(d.pid),
             closed_ns: None,
             egress_turns: VecDeque::new(),
+            held: 0,
+            ignored: false,
         });
+        if entry.ignored {
+            return;
+        }
         // Answers missed (bytes of them never seen, so how many is unknown) leave
         // the requests waiting without theirs: a later answer must not be paired
         // with them. Missed bytes show as a transfer that does not continue its
@@ -319,6 +383,9 @@ impl Assembler {
         self.woke.clear();
         let mut messages = Vec::new();
         entry.conn.feed(d.dir, d.transfer, &mut messages);
+        let held = entry.conn.held_bytes() as u64;
+        self.held = self.held - entry.held + held;
+        entry.held = held;
         let (p, desyncs) = entry.conn.take_problems();
         self.stats.malformed += p.malformed;
         self.stats.truncated += p.truncated;
@@ -347,6 +414,57 @@ impl Assembler {
         {
             // A closed connection's last answer came: nothing more to wait for.
             self.finish(d.sk, procs, out);
+        }
+        if self.held > self.limits.held_budget {
+            self.evict_over_budget(procs, out);
+        }
+    }
+
+    /// `max_conns` are followed: forgets the least recently active eighth.
+    fn evict_least_recent(
+        &mut self,
+        procs: &dyn Fn(u32) -> Option<ProcInfo>,
+        out: &mut Vec<ESpan>,
+    ) {
+        let mut by_age: Vec<(u64, u64)> = self
+            .conns
+            .iter()
+            .map(|(&sk, e)| (e.conn.last_ns, sk))
+            .collect();
+        let n = (by_age.len() / 8).max(1);
+        by_age.select_nth_unstable(n - 1);
+        for &(_, sk) in &by_age[..n] {
+            self.stats.evicted_over_cap += 1;
+            self.forget(sk, procs, out);
+        }
+    }
+
+    /// The parsers hold more than `held_budget`: forgets the connections that
+    /// hold most until they hold at most three quarters of it.
+    fn evict_over_budget(&mut self, procs: &dyn Fn(u32) -> Option<ProcInfo>, out: &mut Vec<ESpan>) {
+        let mut by_held: Vec<(u64, u64)> = self
+            .conns
+            .iter()
+            .filter(|(_, e)| e.held > 0)
+            .map(|(&sk, e)| (e.held, sk))
+            .collect();
+        by_held.sort_unstable_by(|a, b| b.cmp(a));
+        let target = self.limits.held_budget / 4 * 3;
+        for (_, sk) in by_held {
+            if self.held <= target {
+                break;
+            }
+            self.stats.evicted_over_budget += 1;
+            self.forget(sk, procs, out);
+        }
+    }
+
+    /// Stops following `sk`: its waiting requests become spans with an error.
+    fn forget(&mut self, sk: u64, procs: &dyn Fn(u32) -> Option<ProcInfo>, out: &mut Vec<ESpan>) {
+        self.abandon(sk, procs, out);
+        if let Some(e) = self.conns.remove(&sk) {
+            self.held -= e.held;
+            self.turns.take_origin(sk);
         }
     }
 
@@ -440,6 +558,18 @@ impl Assembler {
                 parent,
                 msg,
             });
+            if entry.pending.len() > MAX_WAITING {
+                // A flood (or answers never seen): stop following it until it
+                // closes rather than hold every request.
+                self.stats.flooded += 1;
+                self.abandon(sk, procs, out);
+                if let Some(e) = self.conns.get_mut(&sk) {
+                    e.ignored = true;
+                    self.held -= e.held;
+                    e.held = 0;
+                    e.conn = Conn::new(e.conn.pid, e.conn.local, e.conn.remote);
+                }
+            }
             return;
         }
         let Some(expected) = entry.role.map(Role::answers) else {
@@ -701,6 +831,7 @@ impl Assembler {
         let Some(mut entry) = self.conns.remove(&sk) else {
             return;
         };
+        self.held -= entry.held;
         let role = entry.role.unwrap_or(Role::Client);
         while let Some(req) = entry.pending.pop_front() {
             self.stats.unanswered += 1;
@@ -732,6 +863,7 @@ impl Assembler {
             .collect();
         for sk in stale {
             if let Some(e) = self.conns.remove(&sk) {
+                self.held -= e.held;
                 self.stats.evicted += 1;
                 self.stats.unanswered += e.pending.len() as u64;
                 for p in e.pending {
@@ -910,6 +1042,95 @@ mod tests {
 
     const REQ: &[u8] = b"GET /x HTTP/1.1\r\n\r\n";
     const RESP: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+
+    #[test]
+    fn connections_beyond_the_cap_forget_the_least_recent() {
+        let mut f = Feed::new();
+        f.a = Assembler::with_limits(
+            "h".into(),
+            0,
+            Limits {
+                max_conns: 16,
+                held_budget: u64::MAX,
+            },
+        );
+        // 40 connections with a head begun and never finished (a slowloris).
+        for i in 0..40u64 {
+            f.data(
+                1,
+                11,
+                SK + i,
+                Direction::Ingress,
+                100,
+                b"GET /slow HTTP/1.1\r\nX-A: a",
+                80,
+                5000 + i as u16,
+            );
+            assert!(f.a.conns() <= 16);
+        }
+        assert!(f.a.stats.evicted_over_cap >= 24);
+        // A well-behaved exchange is still followed.
+        f.data(1, 11, SK + 100, Direction::Ingress, 100, REQ, 80, 6000);
+        f.data(1, 11, SK + 100, Direction::Egress, 300, RESP, 80, 6000);
+        assert_eq!(f.server(SK + 100).resp_seq, 300);
+    }
+
+    #[test]
+    fn parsers_holding_more_than_the_budget_forget_the_largest() {
+        let mut f = Feed::new();
+        f.a = Assembler::with_limits(
+            "h".into(),
+            0,
+            Limits {
+                max_conns: 1000,
+                held_budget: 64 << 10,
+            },
+        );
+        let partial = [b"GET /big HTTP/1.1\r\nX-A: ".as_slice(), &[b'a'; 8000]].concat();
+        for i in 0..20u64 {
+            f.data(
+                1,
+                11,
+                SK + i,
+                Direction::Ingress,
+                100,
+                &partial,
+                80,
+                5000 + i as u16,
+            );
+            assert!(f.a.held_bytes() <= 64 << 10, "{}", f.a.held_bytes());
+        }
+        assert!(f.a.stats.evicted_over_budget > 0);
+        f.data(1, 11, SK + 100, Direction::Ingress, 100, REQ, 80, 6000);
+        f.data(1, 11, SK + 100, Direction::Egress, 300, RESP, 80, 6000);
+        assert_eq!(f.server(SK + 100).resp_seq, 300);
+        // Connections that end give their bytes back.
+        for i in (0..20u64).chain([100]) {
+            f.a.close(SK + i, f.ts, &procs, &mut f.out);
+        }
+        assert_eq!(f.a.held_bytes(), 0);
+    }
+
+    #[test]
+    fn a_flood_of_requests_without_answers_is_not_followed_until_close() {
+        let mut f = Feed::new();
+        let rl = REQ.len() as u32;
+        for i in 0..=MAX_WAITING as u32 {
+            f.data(2, 21, SK, Direction::Egress, 1 + i * rl, REQ, 6000, 80);
+        }
+        assert_eq!(f.a.stats.flooded, 1);
+        assert_eq!(f.out.len(), MAX_WAITING + 1, "every request reported");
+        assert!(f.out.iter().all(|s| !s.error.is_empty()));
+        // Its answers are not paired with anything.
+        f.data(2, 21, SK, Direction::Ingress, 50, RESP, 6000, 80);
+        assert_eq!(f.out.len(), MAX_WAITING + 1);
+        assert_eq!(f.a.requests_waiting(), 0);
+        // Once closed, the socket is followed afresh.
+        f.a.close(SK, f.ts, &procs, &mut f.out);
+        f.data(2, 21, SK, Direction::Egress, 9000, REQ, 6001, 80);
+        f.data(2, 21, SK, Direction::Ingress, 7000, RESP, 6001, 80);
+        assert_eq!(f.client(SK, 9000).resp_seq, 7000);
+    }
 
     #[test]
     fn pipelined_redis_calls_are_spans_of_their_own_under_the_request_served() {

@@ -238,6 +238,17 @@ impl Conn {
         );
     }
 
+    /// Bytes its parsers hold (see [`Exchanges::held_bytes`]).
+    pub fn held_bytes(&self) -> usize {
+        match &self.parser {
+            Parser::Unknown => 0,
+            Parser::Http1 {
+                egress, ingress, ..
+            } => egress.held_bytes() + ingress.held_bytes(),
+            Parser::Exchanges { session, .. } => session.held_bytes(),
+        }
+    }
+
     /// Forgets which waiting requests were HEADs (their answers were lost).
     pub fn forget_heads(&mut self) {
         if let Parser::Http1 { heads, .. } = &mut self.parser {

@@ -177,6 +177,8 @@ pub struct ReaderConfig {
     pub poll_interval: Duration,
     /// Connections idle this long are forgotten.
     pub idle_conn: Duration,
+    /// What the assembler may hold.
+    pub limits: crate::assemble::Limits,
 }
 
 /// Everything the reader thread owns.
@@ -203,7 +205,11 @@ impl Reader {
         spans: mpsc::Sender<ESpan>,
         stop: Arc<AtomicBool>,
     ) -> Self {
-        let assembler = Assembler::new(config.host.clone(), crate::assemble::measure_wall_offset());
+        let assembler = Assembler::with_limits(
+            config.host.clone(),
+            crate::assemble::measure_wall_offset(),
+            config.limits,
+        );
         Self {
             loaded,
             config,
@@ -465,6 +471,9 @@ impl Reader {
         let after = self.assembler.stats;
         self.metrics.add_assemble(&before, &after);
         self.metrics.connections.set(self.assembler.conns() as i64);
+        self.metrics
+            .parser_memory_bytes
+            .set(self.assembler.held_bytes() as i64);
         // Processes whose exit was missed (ring full) are dropped here.
         let gone: Vec<u32> = self
             .procs

@@ -321,7 +321,7 @@ impl Stream {
         t: Transfer<'_>,
         out: &mut Vec<Message>,
     ) {
-        self.buf.clear();
+        self.release_buf();
         let request = head.is_request();
         let upgrade = (head.status == 101) || head.method == "CONNECT";
         let state = if request {
@@ -398,7 +398,7 @@ impl Stream {
             m.bytes = self.buf.len() as u64 + rest;
             m.touch(t);
         }
-        self.buf.clear();
+        self.release_buf();
         self.problems.unframed += 1;
         self.state = State::Body(Body::Unframed);
         true
@@ -410,7 +410,7 @@ impl Stream {
             m.last_tid = t.tid;
             out.push(m);
         }
-        self.buf.clear();
+        self.release_buf();
         self.state = State::Head;
     }
 
@@ -419,7 +419,7 @@ impl Stream {
         if let Some(m) = self.current.take() {
             out.push(m);
         }
-        self.buf.clear();
+        self.release_buf();
         self.state = State::Head;
     }
 
@@ -438,7 +438,7 @@ impl Stream {
 
     fn lose(&mut self) {
         self.current = None;
-        self.buf.clear();
+        self.release_buf();
         self.state = State::Lost;
     }
 
@@ -464,6 +464,21 @@ impl Stream {
     /// them): what is half read is lost.
     pub fn gap(&mut self) {
         self.lose();
+    }
+
+    /// Empties the head buffer, giving a large one's memory back (a long head
+    /// must not keep its 16 KiB for the connection's life).
+    fn release_buf(&mut self) {
+        if self.buf.capacity() > 2048 {
+            self.buf = Vec::new();
+        } else {
+            self.buf.clear();
+        }
+    }
+
+    /// Bytes held for the message being read (its head so far).
+    pub fn held_bytes(&self) -> usize {
+        self.buf.capacity()
     }
 
     /// True while nothing is half read.

@@ -137,6 +137,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<RunningProbe> {
             capture_bytes: settings.capture_bytes,
             poll_interval: Duration::from_millis(10),
             idle_conn: Duration::from_secs(600),
+            limits: settings.limits,
         },
         metrics.clone(),
         tx,

@@ -122,6 +122,9 @@ pub trait Exchanges: std::fmt::Debug + Send {
     fn end(&mut self, out: &mut Vec<(Side, Message)>);
     /// Problems counted, and times the pairing was lost, since the last call.
     fn take_problems(&mut self) -> (Problems, u64);
+    /// Bytes held for messages not yet complete and for the connection's
+    /// state (prepared statements), as the probe's memory budget counts them.
+    fn held_bytes(&self) -> usize;
 }
 
 /// Where one direction's byte stream has got to, by TCP sequence number.

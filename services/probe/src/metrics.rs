@@ -49,6 +49,11 @@ pub struct Metrics {
     /// Transfers read after their socket's CLOSE (bytes queued before a reset).
     pub read_after_close: Counter,
     pub connections: Gauge,
+    /// Bytes the parsers hold for messages not yet complete.
+    pub parser_memory_bytes: Gauge,
+    pub conns_over_cap: Counter,
+    pub conns_over_memory: Counter,
+    pub conns_flooded: Counter,
     pub traced_processes: Gauge,
     /// Spans lost because the publisher's queue was full.
     pub spans_dropped_queue: Counter,
@@ -149,6 +154,22 @@ impl Metrics {
             "Transfers read from a socket after its close (bytes queued before a reset)"
         );
         reg!(connections, "Connections followed now");
+        reg!(
+            parser_memory_bytes,
+            "Bytes the protocol parsers hold for messages not yet complete (bounded by parser_memory)"
+        );
+        reg!(
+            conns_over_cap,
+            "Connections forgotten because max_connections were followed (least recently active first; waiting requests reported with an error)"
+        );
+        reg!(
+            conns_over_memory,
+            "Connections forgotten because the parsers held more than parser_memory (those holding most first)"
+        );
+        reg!(
+            conns_flooded,
+            "Connections no longer followed (until they close) for having more than 1024 requests waiting"
+        );
         reg!(traced_processes, "Processes traced now");
         reg!(
             spans_dropped_queue,
@@ -194,6 +215,11 @@ impl Metrics {
         }
         self.l7_unframed.inc_by(d(before.unframed, now.unframed));
         self.desyncs.inc_by(d(before.desyncs, now.desyncs));
+        self.conns_over_cap
+            .inc_by(d(before.evicted_over_cap, now.evicted_over_cap));
+        self.conns_over_memory
+            .inc_by(d(before.evicted_over_budget, now.evicted_over_budget));
+        self.conns_flooded.inc_by(d(before.flooded, now.flooded));
         self.unanswered.inc_by(d(before.unanswered, now.unanswered));
         self.unmatched.inc_by(d(before.unmatched, now.unmatched));
         self.conns_evicted.inc_by(d(before.evicted, now.evicted));

@@ -585,6 +585,16 @@ impl Exchanges for Session {
         }
     }
 
+    fn held_bytes(&self) -> usize {
+        self.client.kept.capacity()
+            + self.server.kept.capacity()
+            + self
+                .statements
+                .values()
+                .map(|text| 4 + text.capacity())
+                .sum::<usize>()
+    }
+
     fn take_problems(&mut self) -> (Problems, u64) {
         (
             std::mem::take(&mut self.problems),

@@ -186,6 +186,13 @@ impl Exchanges for Session {
         }
     }
 
+    fn held_bytes(&self) -> usize {
+        [&self.commands, &self.replies]
+            .iter()
+            .map(|s| s.line.capacity() + s.kept.capacity() + s.open.capacity() * 8)
+            .sum()
+    }
+
     fn take_problems(&mut self) -> (Problems, u64) {
         (
             std::mem::take(&mut self.problems),

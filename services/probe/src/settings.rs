@@ -80,6 +80,15 @@ pub struct Options {
     /// streams (keep it equal to the linker's). [default: 2GiB]
     #[arg(long, env = "ESPAN_STREAM_MAX_BYTES", value_name = "SIZE")]
     pub stream_max_bytes: Option<String>,
+    /// Connections followed at once; beyond, the least recently active are
+    /// forgotten (counted). [default: 65536]
+    #[arg(long, env = "ENV_INPUT_EBPF_MAX_CONNECTIONS", value_name = "N")]
+    pub max_connections: Option<String>,
+    /// Memory all protocol parsers may hold for messages not yet complete
+    /// (partial heads, prepared statements); beyond, the connections holding
+    /// most are forgotten (counted). [default: 64MiB]
+    #[arg(long, env = "ENV_INPUT_EBPF_PARSER_MEMORY", value_name = "SIZE")]
+    pub parser_memory: Option<String>,
     /// Host name in eSpans and the subject. [default: the machine's host name]
     #[arg(long, env = "ENV_INPUT_EBPF_HOST", value_name = "NAME")]
     pub host: Option<String>,
@@ -98,6 +107,8 @@ pub struct Settings {
     pub metrics_addr: SocketAddr,
     pub host: String,
     pub stream_max_bytes: u64,
+    /// What the assembler may hold.
+    pub limits: crate::assemble::Limits,
 }
 
 /// The env list DataKit uses by default.
@@ -154,6 +165,26 @@ impl Load for Settings {
                 "capture_bytes",
                 capture,
                 "must be 64 to 4096 bytes",
+            ));
+        }
+        let max_conns: usize = layers.get("max_connections", "max_connections", 65_536)?;
+        if !(16..=(1 << 22)).contains(&max_conns) {
+            return Err(layers.invalid(
+                "max_connections",
+                "max_connections",
+                max_conns,
+                "must be 16 to 4194304",
+            ));
+        }
+        let parser_memory = layers
+            .get("parser_memory", "parser_memory", ByteSize(64 << 20))?
+            .0;
+        if !((1 << 20)..=(16 << 30)).contains(&parser_memory) {
+            return Err(layers.invalid(
+                "parser_memory",
+                "parser_memory",
+                parser_memory,
+                "must be 1MiB to 16GiB",
             ));
         }
         let ring = layers
@@ -220,6 +251,10 @@ impl Load for Settings {
             stream_max_bytes: layers
                 .get("stream_max_bytes", "stream_max_bytes", ByteSize(2 << 30))?
                 .0,
+            limits: crate::assemble::Limits {
+                max_conns,
+                held_budget: parser_memory,
+            },
         })
     }
 }

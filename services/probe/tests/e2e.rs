@@ -400,6 +400,103 @@ async fn a_probe_started_while_nats_is_down_buffers_and_is_alive_not_ready() {
     drop(serial);
 }
 
+/// 50,000 connections each holding a head begun and never finished (a
+/// slowloris) against traced servers (six processes of 8,334 connections:
+/// both ends of each are in one process, and descriptors may be limited to
+/// 20,000 per process): the probe stays within its connection cap and parser
+/// memory, counts what it forgot, and keeps tracing a well-behaved client and
+/// server meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root (eBPF); scripts/test.sh runs it as root"]
+async fn a_slowloris_of_50k_connections_stays_within_the_probes_bounds() {
+    use std::io::{BufRead, Write};
+    let mut h = Harness::start(|s| {
+        s.limits.max_conns = 20_000;
+        s.limits.held_budget = 8 << 20;
+        s.ring_bytes = 32 << 20;
+    })
+    .await;
+    let mut attacks: Vec<std::process::Child> = (0..6)
+        .map(|_| {
+            Command::new("python3")
+                .arg(apps().join("slowloris.py"))
+                .args([free_port().unwrap().to_string(), "8334".into()])
+                .envs(env_refs(&h.traced("slowloris")))
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for attack in &mut attacks {
+        let mut line = String::new();
+        std::io::BufReader::new(attack.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(line.trim(), "ready");
+    }
+    // Let the probe read the burst of 100k records before judging it.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut seen = h.metric("data_events_total");
+    loop {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let now = h.metric("data_events_total");
+        if now - seen < 20_000 || Instant::now() > deadline {
+            break;
+        }
+        seen = now;
+    }
+    let report = |h: &Harness| {
+        eprintln!(
+            "slowloris: {} records read, {} lost to a full ring; {} connections followed, {} parser bytes; forgotten {} over the cap, {} over memory",
+            h.metric("data_events_total"),
+            h.metric("kernel_ring_full"),
+            h.metric("connections"),
+            h.metric("parser_memory_bytes"),
+            h.metric("conns_over_cap_total"),
+            h.metric("conns_over_memory_total"),
+        )
+    };
+    report(&h);
+    // The well-behaved: 100 keep-alive requests while the trickle goes on.
+    let good = free_port().unwrap();
+    let _srv = server(good, None, &env_refs(&h.traced("good-server")));
+    let status = Command::new("python3")
+        .arg(apps().join("keepalive.py"))
+        .args([good.to_string(), "100".into()])
+        .envs(env_refs(&h.traced("good-client")))
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let spans = h
+        .reader
+        .until("100 client and 100 server spans", |s| {
+            of(s, "good-client", SpanKind::Client).len() >= 100
+                && of(s, "good-server", SpanKind::Server).len() >= 100
+        })
+        .await;
+    let servers: std::collections::HashSet<(u32, u32)> =
+        of(&spans, "good-server", SpanKind::Server)
+            .iter()
+            .map(|s| (s.req_seq, s.resp_seq))
+            .collect();
+    for c in of(&spans, "good-client", SpanKind::Client) {
+        assert!(servers.contains(&(c.req_seq, c.resp_seq)), "{c:#?}");
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    report(&h);
+    let (conns, held) = (h.metric("connections"), h.metric("parser_memory_bytes"));
+    assert!(conns <= 20_000, "{conns} connections");
+    assert!(held <= 8 << 20, "{held} bytes");
+    assert!(h.metric("conns_over_cap_total") > 0);
+    for mut attack in attacks {
+        let _ = writeln!(attack.stdin.take().unwrap());
+        let _ = attack.kill();
+        let _ = attack.wait();
+    }
+    h.stop().await;
+}
+
 /// Requests whose heads are longer than the capture (a 3000-byte cookie against
 /// the default 1 KiB) still give spans: method and path from the request line,
 /// status from the answer, the two sides paired, on a keep-alive connection.
