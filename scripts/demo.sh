@@ -38,9 +38,10 @@ for _ in $(seq 100); do grep -q PORT "$work/otlp.port" 2>/dev/null && break; sle
 otlp_port=$(awk '/PORT/ {print $2}' "$work/otlp.port")
 
 linker_metrics=127.0.0.1:$(free_port)
+linker_api=127.0.0.1:$(free_port)
 say "linker (window 3s, sampling 1: keep every trace)"
 "$bin/espan-linker" --nats-url "$nats" --db-path "$work/linker" --window 3s --sampling-rate 1 \
-  --metrics-addr "$linker_metrics" --ack-wait 1s >"$work/linker.log" 2>&1 &
+  --metrics-addr "$linker_metrics" --api-addr "$linker_api" --ack-wait 1s >"$work/linker.log" 2>&1 &
 pids+=($!)
 say "exporter → OTLP/HTTP http://127.0.0.1:$otlp_port"
 OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:$otlp_port" OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf \
@@ -71,19 +72,19 @@ say "waiting for the window (3s) to close the trace"
 id=""
 for _ in $(seq 40); do
   sleep 0.5
-  id=$("$bin/espan-linker" --db-path "$work/linker" --metrics-addr "$linker_metrics" traces --since 5m --service demo-front 2>/dev/null |
+  id=$("$bin/espan-linker" --db-path "$work/linker" --api-addr "$linker_api" traces --since 5m --service demo-front 2>/dev/null |
     awk 'length($1) == 32 && $1 ~ /^[0-9a-f]+$/ {print $1; exit}')
   [ -n "$id" ] && break
 done
 if [ -z "$id" ]; then
   echo "no trace came out; logs in $work" >&2
-  "$bin/espan-linker" --db-path "$work/linker" --metrics-addr "$linker_metrics" traces --since 5m >&2 || true
+  "$bin/espan-linker" --db-path "$work/linker" --api-addr "$linker_api" traces --since 5m >&2 || true
   curl -s "http://$linker_metrics/metrics" | grep -E '^espan_linker_(spans|traces|batches)' >&2 || true
   curl -s "http://127.0.0.1:$probe_metrics_port/metrics" | grep -E '^espan_probe_(spans|data|traced|batches)' >&2 || true
   exit 1
 fi
 say "the trace, from the linker's store (espan-linker trace $id)"
-"$bin/espan-linker" --db-path "$work/linker" --metrics-addr "$linker_metrics" trace "$id"
+"$bin/espan-linker" --db-path "$work/linker" --api-addr "$linker_api" trace "$id"
 
 for _ in $(seq 40); do [ -s "$work/otlp.jsonl" ] && break; sleep 0.25; done
 say "exported: OTLP/HTTP to http://127.0.0.1:$otlp_port, decoded by the upstream receiver into $work/otlp.jsonl"

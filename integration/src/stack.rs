@@ -331,6 +331,7 @@ impl Setup {
             .args(["--sampling-rate", "1", "--ack-wait", "2s"])
             .arg("--metrics-addr")
             .arg(self.linker_metrics.to_string())
+            .args(["--api-addr", "127.0.0.1:0"])
             .env("ESPAN_STREAM_MAX_BYTES", STREAM_MAX_BYTES)
             .env("RUST_LOG", "info");
         let mut linker = Service::spawn("linker", cmd, &self.work)?;

@@ -152,6 +152,8 @@ async fn run(traces: usize) {
         "1",
         "--metrics-addr",
         "127.0.0.1:0",
+        "--api-addr",
+        "127.0.0.1:0",
         "--ack-wait",
         "1s",
     ])

@@ -1,6 +1,9 @@
 //! What `espan-linker traces` / `trace` print, as text, and the same served by a
-//! running linker under `/api/…` on its metrics address: SurrealKV lets one
-//! process open the store, so while the linker runs the CLI asks it instead.
+//! running linker under `/api/…` on its own address (`api_addr`, loopback by
+//! default: the traces' contents are not for the whole network): SurrealKV lets
+//! one process open the store, so while the linker runs the CLI asks it instead.
+//! A listing reads the store newest first and only as far as its `limit`
+//! (at most [`MAX_LIST`]) needs, however long `since` is.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,6 +15,9 @@ use axum::routing::get;
 
 use crate::cli;
 use crate::store::{Store, StoreError};
+
+/// The most traces one listing may ask for.
+pub const MAX_LIST: usize = 1000;
 
 /// Which traces to list.
 #[derive(Debug, Clone, PartialEq)]
@@ -43,7 +49,10 @@ impl ListQuery {
                 "limit" => {
                     list.limit = value
                         .parse()
-                        .map_err(|_| format!("limit: {value:?} is not a number"))?
+                        .map_err(|_| format!("limit: {value:?} is not a number"))?;
+                    if !(1..=MAX_LIST).contains(&list.limit) {
+                        return Err(format!("limit: {value} is not 1 to {MAX_LIST}"));
+                    }
                 }
                 other => return Err(format!("unknown parameter {other:?}")),
             }
@@ -69,14 +78,16 @@ pub async fn list_text(
     now_ns: u64,
 ) -> Result<String, StoreError> {
     let cutoff = now_ns.saturating_sub(query.since.as_nanos() as u64);
-    let mut traces = store.traces_since(cutoff).await?;
-    if let Some(service) = &query.service {
-        traces.retain(|t| {
-            t.spans
-                .iter()
-                .any(|s| s.span.as_ref().is_some_and(|s| &s.service == service))
-        });
-    }
+    let service = query.service.as_deref();
+    let (traces, _) = store
+        .newest_traces(cutoff, query.limit.min(MAX_LIST), |t| {
+            service.is_none_or(|service| {
+                t.spans
+                    .iter()
+                    .any(|s| s.span.as_ref().is_some_and(|s| s.service == service))
+            })
+        })
+        .await?;
     if traces.is_empty() {
         let service = query
             .service
@@ -88,12 +99,7 @@ pub async fn list_text(
             query.since
         ));
     }
-    let skip = traces.len().saturating_sub(query.limit);
-    Ok(traces
-        .iter()
-        .skip(skip)
-        .map(|t| cli::summary_line(t) + "\n")
-        .collect())
+    Ok(traces.iter().map(|t| cli::summary_line(t) + "\n").collect())
 }
 
 /// The tree of trace `id` (already normalised), or `None` when not stored.
@@ -107,6 +113,28 @@ pub fn routes(store: Arc<Store>) -> Router {
         .route("/api/traces", get(list))
         .route("/api/trace/{id}", get(one))
         .with_state(store)
+}
+
+/// Serves [`routes`] on `addr` until `shutdown`; returns the bound address.
+pub async fn serve(
+    addr: std::net::SocketAddr,
+    store: Arc<Store>,
+    shutdown: espan::shutdown::Shutdown,
+) -> std::io::Result<std::net::SocketAddr> {
+    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+        std::io::Error::new(e.kind(), format!("cannot listen for /api on {addr}: {e}"))
+    })?;
+    let bound = listener.local_addr()?;
+    if !bound.ip().is_loopback() {
+        tracing::warn!(%bound, "the trace query API listens beyond loopback: traces are readable by whoever reaches it");
+    }
+    tokio::spawn(async move {
+        let server = axum::serve(listener, routes(store)).with_graceful_shutdown(shutdown.wait());
+        if let Err(error) = server.await {
+            tracing::error!(%error, "trace query API stopped");
+        }
+    });
+    Ok(bound)
 }
 
 async fn list(State(store): State<Arc<Store>>, RawQuery(query): RawQuery) -> (StatusCode, String) {
@@ -171,6 +199,56 @@ pub async fn get_text(addr: std::net::SocketAddr, path: &str) -> std::io::Result
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::SyncMode;
+    use espan::wire::{LinkedSpan, Trace, sample};
+
+    #[tokio::test]
+    async fn the_api_is_its_own_listener_and_caps_what_a_listing_reads() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(
+            Store::open(dir.path(), &SyncMode("never".into()))
+                .await
+                .unwrap(),
+        );
+        let now = crate::service::now_ns();
+        for seq in 1..=5u64 {
+            let trace = Trace {
+                trace_id_high: 0,
+                trace_id_low: seq,
+                spans: vec![LinkedSpan {
+                    span: Some(sample::span(seq)),
+                    parent_id: 0,
+                }],
+                app_trace_id: false,
+                late: false,
+            };
+            store
+                .put_traces(seq, now - 1000 + seq, &[trace])
+                .await
+                .unwrap();
+        }
+        let (_trigger, stop) = espan::shutdown::channel();
+        let api = serve("127.0.0.1:0".parse().unwrap(), store, stop.clone())
+            .await
+            .unwrap();
+        let (status, body) = get_text(api, "/api/traces?since=10000h&limit=2")
+            .await
+            .unwrap();
+        assert_eq!((status, body.lines().count()), (200, 2), "{body}");
+        let (status, body) = get_text(api, "/api/traces?limit=5000").await.unwrap();
+        assert_eq!(status, 400, "{body}");
+        assert!(body.contains("1 to 1000"), "{body}");
+        // The metrics listener does not serve the traces.
+        let metrics = espan::telemetry::serve(
+            "127.0.0.1:0".parse().unwrap(),
+            prometheus_client::registry::Registry::default(),
+            espan::telemetry::Health::default(),
+            stop,
+        )
+        .await
+        .unwrap();
+        assert_eq!(get_text(metrics, "/api/traces").await.unwrap().0, 404);
+    }
 
     #[test]
     fn list_queries_round_trip() {
@@ -183,5 +261,8 @@ mod tests {
         assert!(ListQuery::from_query("since=soon").is_err());
         assert!(ListQuery::from_query("bogus=1").is_err());
         assert_eq!(ListQuery::from_query("").unwrap().limit, 50);
+        assert!(ListQuery::from_query("limit=1000").is_ok());
+        assert!(ListQuery::from_query("limit=1001").is_err());
+        assert!(ListQuery::from_query("limit=0").is_err());
     }
 }

@@ -36,6 +36,9 @@ async fn main() -> anyhow::Result<()> {
         } => {
             let since =
                 GoDuration::parse(&since).map_err(|e| anyhow::anyhow!("--since {since:?}: {e}"))?;
+            if !(1..=api::MAX_LIST).contains(&limit) {
+                anyhow::bail!("--limit {limit}: must be 1 to {}", api::MAX_LIST);
+            }
             let query = ListQuery {
                 since,
                 service,
@@ -90,13 +93,13 @@ async fn open_for_reading(settings: &Settings) -> anyhow::Result<Option<Store>> 
 }
 
 async fn ask_running_linker(settings: &Settings, path: &str) -> anyhow::Result<String> {
-    let mut addr: SocketAddr = settings.metrics_addr;
+    let mut addr: SocketAddr = settings.api_addr;
     if addr.ip().is_unspecified() {
         addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
     }
     let (status, body) = api::get_text(addr, path).await.with_context(|| {
         format!(
-            "the store at {} is in use and the linker at {addr} did not answer (set --metrics-addr to its address)",
+            "the store at {} is in use and the linker's API at {addr} did not answer (set --api-addr to its address)",
             settings.db_path.display()
         )
     })?;
@@ -113,15 +116,15 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
     let metrics = Metrics::register(&mut registry);
     let health = telemetry::Health::default();
     health.set_failing("starting");
-    let addr = telemetry::serve_with(
+    let addr = telemetry::serve(
         settings.metrics_addr,
         registry,
         health.clone(),
-        api::routes(store.clone()),
         stop.clone(),
     )
     .await?;
-    tracing::info!(%addr, db_path = %settings.db_path.display(), nats = %settings.nats_url, window = ?settings.window,
+    let api_addr = api::serve(settings.api_addr, store.clone(), stop.clone()).await?;
+    tracing::info!(%addr, %api_addr, db_path = %settings.db_path.display(), nats = %settings.nats_url, window = ?settings.window,
         sampling_rate = settings.sampling_rate, "espan-linker starting");
     let mut service = tokio::spawn(service::run(settings, store, metrics, health, stop));
     tokio::select! {

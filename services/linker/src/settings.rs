@@ -39,7 +39,7 @@ pub enum Command {
         /// Only traces with a span of this service.
         #[arg(long)]
         service: Option<String>,
-        /// At most this many traces.
+        /// At most this many traces, the newest (1 to 1000).
         #[arg(long, default_value_t = 50)]
         limit: usize,
     },
@@ -80,9 +80,15 @@ pub struct Options {
     /// This linker's name: subject trace.<name> and the durable consumer. [default: espan-linker]
     #[arg(long, env = "ESPAN_LINKER_NAME", value_name = "NAME")]
     pub name: Option<String>,
-    /// Address of /metrics and /healthz. [default: 0.0.0.0:9530]
+    /// Address of /metrics, /livez and /readyz. [default: 0.0.0.0:9530]
     #[arg(long, env = "ESPAN_METRICS_ADDR", value_name = "ADDR")]
     pub metrics_addr: Option<String>,
+    /// Address of the trace query API (/api/traces, /api/trace/ID; what
+    /// `espan-linker traces` asks while the linker runs). Loopback by default:
+    /// traces hold what the traced services sent; expose it knowingly.
+    /// [default: 127.0.0.1:9532]
+    #[arg(long, env = "ESPAN_API_ADDR", value_name = "ADDR")]
+    pub api_addr: Option<String>,
     /// How long finished traces stay queryable in the store. [default: 1h]
     #[arg(long, env = "ESPAN_RETENTION", value_name = "DURATION")]
     pub retention: Option<String>,
@@ -127,6 +133,8 @@ pub struct Settings {
     pub nats_url: String,
     pub name: String,
     pub metrics_addr: SocketAddr,
+    /// Where the trace query API listens.
+    pub api_addr: SocketAddr,
     pub retention: Duration,
     pub late_retention: Duration,
     pub max_store_size: u64,
@@ -165,6 +173,11 @@ impl Load for Settings {
             "metrics_addr",
             "0.0.0.0:9530".parse::<SocketAddr>().expect("valid"),
         )?;
+        let api_addr = layers.get(
+            "api_addr",
+            "api_addr",
+            "127.0.0.1:9532".parse::<SocketAddr>().expect("valid"),
+        )?;
         let consume_batch: usize = layers.get("consume_batch", "consume_batch", 64)?;
         if consume_batch == 0 {
             return Err(layers.invalid("consume_batch", "consume_batch", 0, "must be at least 1"));
@@ -185,6 +198,7 @@ impl Load for Settings {
             nats_url: espan::bus::nats_url(&nats_url),
             name: layers.get("name", "name", "espan-linker".to_owned())?,
             metrics_addr,
+            api_addr,
             retention: layers
                 .get::<GoDuration>(
                     "retention",

@@ -509,6 +509,51 @@ impl Store {
         Ok(out)
     }
 
+    /// The newest traces finished at or after `since_ns` that `keep`, at most
+    /// `limit` of them, in finishing order: the store is read newest batch
+    /// first, a page at a time, and no further than it takes (a long `since`
+    /// does not load the whole store). Also returns the batches read.
+    pub async fn newest_traces(
+        &self,
+        since_ns: u64,
+        limit: usize,
+        keep: impl Fn(&Trace) -> bool,
+    ) -> Result<(Vec<Trace>, usize), StoreError> {
+        const PAGE: u64 = 64;
+        let mut newest_first = Vec::new();
+        let mut read = 0;
+        // SurrealDB integers are i64: u64::MAX would read as -1.
+        let mut before = i64::MAX as u64;
+        while newest_first.len() < limit {
+            let rows: Vec<DataOut> = self
+                .select(
+                    "list newest traces",
+                    "SELECT record::id(id) AS seq, codec, data FROM tracebatch WHERE finished_ns >= $since AND record::id(id) < $before ORDER BY seq DESC LIMIT $page",
+                    vec![
+                        ("since", since_ns.into_value()),
+                        ("before", before.into_value()),
+                        ("page", PAGE.into_value()),
+                    ],
+                )
+                .await?;
+            for row in &rows {
+                if newest_first.len() >= limit {
+                    break;
+                }
+                read += 1;
+                before = before.min(row.seq);
+                let traces = decode_traces(row)?;
+                newest_first.extend(traces.into_iter().rev().filter(|t| keep(t)));
+            }
+            if (rows.len() as u64) < PAGE {
+                break;
+            }
+        }
+        newest_first.truncate(limit);
+        newest_first.reverse();
+        Ok((newest_first, read))
+    }
+
     /// Every stored part of trace `id` (32 hex digits), oldest first.
     pub async fn trace(&self, id: &str) -> Result<Vec<Trace>, StoreError> {
         // The id goes into the query text (a record-id range takes no
@@ -797,6 +842,17 @@ mod tests {
         assert!(store.trace(&trace_id_hex(9, 9)).await.unwrap().is_empty());
         assert_eq!(store.traces_since(150).await.unwrap(), vec![late.clone()]);
         assert_eq!(store.traces_since(0).await.unwrap().len(), 3);
+        // The newest first, as far as the limit: only the newest batch read.
+        let (newest, read) = store.newest_traces(0, 1, |_| true).await.unwrap();
+        assert_eq!((newest, read), (vec![late.clone()], 1));
+        let (all, read) = store.newest_traces(0, 10, |_| true).await.unwrap();
+        assert_eq!((all.len(), read), (3, 2));
+        assert_eq!(all[2], late, "in finishing order");
+        let (one, _) = store
+            .newest_traces(0, 10, |t| t.trace_id_high == 0)
+            .await
+            .unwrap();
+        assert_eq!(one, vec![trace(0, 7, 1)]);
 
         assert_eq!(store.expire_traces(150).await.unwrap(), 2);
         assert_eq!(store.traces_since(0).await.unwrap().len(), 1);
@@ -805,5 +861,31 @@ mod tests {
         assert_eq!(store.trace(&trace_id_hex(1, 2)).await.unwrap(), vec![late]);
         // Not an id: nothing, and nothing goes into a query.
         assert!(store.trace("x' OR 1=1 --").await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn newest_traces_read_the_store_only_as_far_as_the_limit_needs() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), &SyncMode("never".into()))
+            .await
+            .unwrap();
+        for seq in 1..=150u64 {
+            store
+                .put_traces(seq, 1000 + seq, &[trace(0, seq, 1)])
+                .await
+                .unwrap();
+        }
+        let (newest, read) = store.newest_traces(0, 100, |_| true).await.unwrap();
+        assert_eq!(newest.len(), 100);
+        assert_eq!(
+            read, 100,
+            "read newest first up to the limit, not the whole store"
+        );
+        assert_eq!(newest.first().unwrap().trace_id_low, 51);
+        assert_eq!(newest.last().unwrap().trace_id_low, 150);
+        let (all, read) = store.newest_traces(0, 1000, |_| true).await.unwrap();
+        assert_eq!((all.len(), read), (150, 150));
+        let (recent, _) = store.newest_traces(1140, 1000, |_| true).await.unwrap();
+        assert_eq!(recent.len(), 11);
     }
 }

@@ -26,6 +26,8 @@ fn start_linker(nats: &TestNats, db: &std::path::Path) -> Child {
             "1",
             "--metrics-addr",
             "127.0.0.1:0",
+            "--api-addr",
+            "127.0.0.1:0",
         ])
         .args([
             "--flush-interval",

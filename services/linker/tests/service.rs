@@ -26,6 +26,8 @@ fn settings(nats: &TestNats, db: &std::path::Path) -> Settings {
         "1",
         "--metrics-addr",
         "127.0.0.1:0",
+        "--api-addr",
+        "127.0.0.1:0",
         "--flush-interval",
         "100ms",
         "--ack-wait",
