@@ -114,6 +114,23 @@ fn is_traced(tgid: u32) -> bool {
         .is_some_and(|word| (*word >> (tgid & 63)) & 1 == 1)
 }
 
+/// Sets or clears `id`'s bit. Not atomic: a bit lost to a concurrent update
+/// of the same word is set again by user space from the fork record.
+#[inline(always)]
+fn set_traced_bit(id: u32, on: bool) {
+    if let Some(word) = TRACED.get_ptr_mut(id >> 6) {
+        let bit = 1u64 << (id & 63);
+        // SAFETY: a valid map value pointer.
+        unsafe {
+            if on {
+                *word |= bit;
+            } else if *word & bit != 0 {
+                *word &= !bit;
+            }
+        }
+    }
+}
+
 #[inline(always)]
 fn traced() -> bool {
     is_traced((bpf_get_current_pid_tgid() >> 32) as u32)
@@ -548,6 +565,12 @@ pub fn sched_process_fork(ctx: TracePointContext) -> u32 {
             Err(_) => return 0,
         };
         let parent = (bpf_get_current_pid_tgid() >> 32) as u32;
+        // The child is traced from its first instruction: a forking server's
+        // child (a PostgreSQL backend) talks within a millisecond, before user
+        // space could read the fork record. A thread's bit is never looked up
+        // (lookups go by tgid) and is cleared at its exit; user space decides
+        // about the process (its selection, an exec) from the record.
+        set_traced_bit(child as u32, true);
         proc_event(EVENT_FORK, child as u32, parent);
     }
     0
@@ -559,8 +582,14 @@ pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
     let id = bpf_get_current_pid_tgid();
     let tgid = (id >> 32) as u32;
     // Only the group leader's exit ends the process.
-    if tgid == id as u32 && traced() {
-        proc_event(EVENT_EXIT, tgid, 0);
+    if tgid == id as u32 {
+        if traced() {
+            proc_event(EVENT_EXIT, tgid, 0);
+        }
+    } else {
+        // A thread's bit, if its creation set one (a pid is never both a live
+        // thread's and a live process's).
+        set_traced_bit(id as u32, false);
     }
     0
 }

@@ -193,8 +193,6 @@ pub struct Reader {
     stop: Arc<AtomicBool>,
     /// Reused buffer for records copied out of the ring.
     scratch: Vec<u8>,
-    /// What the kernel's traced bitmap holds (see [`Reader::set_traced`]).
-    traced_words: Vec<u64>,
 }
 
 impl Reader {
@@ -220,7 +218,6 @@ impl Reader {
             spans,
             stop,
             scratch: Vec::new(),
-            traced_words: vec![0; espan_common::TRACED_WORDS as usize],
         }
     }
 
@@ -272,19 +269,19 @@ impl Reader {
         }
     }
 
-    /// Sets or clears `pid`'s bit in the kernel's traced map (this thread is
-    /// its only writer, so a word is never changed under it).
+    /// Sets or clears `pid`'s bit in the kernel's traced map. The kernel sets
+    /// a traced process's children's bits itself (at fork), so the word is
+    /// read from the map, not from a copy, right before it is written.
     fn set_traced(&mut self, pid: u32, on: bool) -> anyhow::Result<()> {
         let index = pid / 64;
-        let word = self
-            .traced_words
-            .get_mut(index as usize)
-            .ok_or_else(|| anyhow::anyhow!("pid {pid} beyond the kernel's pid limit"))?;
+        if index >= espan_common::TRACED_WORDS {
+            anyhow::bail!("pid {pid} beyond the kernel's pid limit");
+        }
+        let word = self.loaded.traced.get(&index, 0)?;
         let bit = 1u64 << (pid % 64);
-        let new = if on { *word | bit } else { *word & !bit };
-        if new != *word {
+        let new = if on { word | bit } else { word & !bit };
+        if new != word {
             self.loaded.traced.set(index, new, 0)?;
-            *word = new;
         }
         Ok(())
     }
