@@ -16,12 +16,13 @@
 //! and a server that sent one carry different pairs and do not match.
 
 use super::hash::call_key;
-use super::{BLOCKED, Engine, IN_CALLS, Kind, NONE, SameHostTuple};
+use super::node_id::NodeId;
+use super::{BLOCKED, Engine, IN_CALLS, Kind, SameHostTuple};
 
 impl<P> Engine<P> {
     /// Whether client `c` and server `s` can be the two sides of one call.
-    fn compatible(&self, c: u32, s: u32) -> bool {
-        let (c, s) = (&self.nodes[c as usize], &self.nodes[s as usize]);
+    fn compatible(&self, c: NodeId, s: NodeId) -> bool {
+        let (c, s) = (&self.nodes[c], &self.nodes[s]);
         let same_host = c.host == s.host;
         let tolerance = if same_host {
             self.slack_ns
@@ -47,8 +48,8 @@ impl<P> Engine<P> {
     /// Puts span `n` in its call chain and returns its partner when the match is
     /// unambiguous. Withdraws edges that a second candidate makes ambiguous.
     /// `hash` is the call key's ([`call_key`]).
-    pub(super) fn match_call(&mut self, n: u32, hash: u64) -> Option<u32> {
-        let node = &self.nodes[n as usize];
+    pub(super) fn match_call(&mut self, n: NodeId, hash: u64) -> Option<NodeId> {
+        let node = &self.nodes[n];
         let key = (node.req_seq, node.resp_seq);
         let kind = node.kind();
         if key == (0, 0) {
@@ -60,54 +61,54 @@ impl<P> Engine<P> {
         let head = self.by_call.put(
             hash,
             |m| {
-                let m = &nodes[m as usize];
+                let m = &nodes[m];
                 (m.req_seq, m.resp_seq) == key
             },
             n,
         );
-        let (mut first, mut count, mut taken) = (NONE, 0u32, false);
+        let (mut first, mut count, mut taken) = (None, 0u32, false);
         let mut at = head;
-        while at != NONE {
-            let m = &self.nodes[at as usize];
+        while let Some(m_id) = at {
+            let m = &self.nodes[m_id];
             let next = m.next_same_key;
-            if self.is_candidate(kind, n, at) {
+            if self.is_candidate(kind, n, m_id) {
                 count += 1;
-                if first == NONE {
-                    first = at;
-                }
-                taken |= m.blocked() || m.peer != NONE;
+                first = first.or(Some(m_id));
+                taken |= m.blocked() || m.peer.is_some();
             }
             at = next;
         }
-        let node = &mut self.nodes[n as usize];
+        let node = &mut self.nodes[n];
         node.next_same_key = head;
         node.set_flag(IN_CALLS, true);
 
         if count == 0 {
             return None;
         }
-        if count == 1 && !taken {
-            self.nodes[n as usize].peer = first;
-            self.nodes[first as usize].peer = n;
+        if count == 1
+            && !taken
+            && let Some(first) = first
+        {
+            self.nodes[n].peer = Some(first);
+            self.nodes[first].peer = Some(n);
             return Some(first);
         }
         // Ambiguous: nobody on this key that matches `n` keeps or takes an edge.
-        self.nodes[n as usize].set_flag(BLOCKED, true);
+        self.nodes[n].set_flag(BLOCKED, true);
         let mut at = head;
-        while at != NONE {
-            let next = self.nodes[at as usize].next_same_key;
-            if self.is_candidate(kind, n, at) {
+        while let Some(m) = at {
+            at = self.nodes[m].next_same_key;
+            if self.is_candidate(kind, n, m) {
                 self.stats.ambiguous += 1;
-                self.withdraw(at);
-                self.nodes[at as usize].set_flag(BLOCKED, true);
+                self.withdraw(m);
+                self.nodes[m].set_flag(BLOCKED, true);
             }
-            at = next;
         }
         None
     }
 
-    fn is_candidate(&self, kind: Kind, n: u32, m: u32) -> bool {
-        match (kind, self.nodes[m as usize].kind()) {
+    fn is_candidate(&self, kind: Kind, n: NodeId, m: NodeId) -> bool {
+        match (kind, self.nodes[m].kind()) {
             (Kind::Client, Kind::Server) => self.compatible(n, m),
             (Kind::Server, Kind::Client) => self.compatible(m, n),
             _ => false,
@@ -116,20 +117,19 @@ impl<P> Engine<P> {
 
     /// Undoes the match of `m` with its partner, unless both are finished (then
     /// the edge is already out).
-    fn withdraw(&mut self, m: u32) {
-        let q = self.nodes[m as usize].peer;
-        if q == NONE {
+    fn withdraw(&mut self, m: NodeId) {
+        let Some(q) = self.nodes[m].peer else {
             return;
-        }
-        let finished = |n: u32| self.nodes[n as usize].is_finished();
+        };
+        let finished = |n: NodeId| self.nodes[n].is_finished();
         if finished(m) && finished(q) {
             return;
         }
         self.stats.ambiguous += 1;
-        self.nodes[m as usize].peer = NONE;
-        self.nodes[q as usize].peer = NONE;
-        self.nodes[q as usize].set_flag(BLOCKED, true);
-        let server = if self.nodes[m as usize].kind() == Kind::Server {
+        self.nodes[m].peer = None;
+        self.nodes[q].peer = None;
+        self.nodes[q].set_flag(BLOCKED, true);
+        let server = if self.nodes[m].kind() == Kind::Server {
             m
         } else {
             q
@@ -138,11 +138,11 @@ impl<P> Engine<P> {
     }
 
     /// Makes the matched client the server's parent.
-    pub(super) fn link_call(&mut self, server: u32, client: u32) {
+    pub(super) fn link_call(&mut self, server: NodeId, client: NodeId) {
         if self.link(server, client) {
             return;
         }
-        if self.nodes[server as usize].is_finished() {
+        if self.nodes[server].is_finished() {
             // The server went out as a root before its client came.
             self.stats.late_parent_missed += 1;
         } else {
@@ -151,24 +151,24 @@ impl<P> Engine<P> {
         }
     }
 
-    pub(super) fn unchain_call(&mut self, key: (u32, u32), n: u32) {
+    pub(super) fn unchain_call(&mut self, key: (u32, u32), n: NodeId) {
         let hash = call_key(key.0, key.1);
         let Some(head) = self.by_call.get(hash, |m| {
-            let m = &self.nodes[m as usize];
+            let m = &self.nodes[m];
             (m.req_seq, m.resp_seq) == key
         }) else {
             return;
         };
-        let next = self.nodes[n as usize].next_same_key;
+        let next = self.nodes[n].next_same_key;
         if head == n {
             self.by_call.replace(hash, n, next);
             return;
         }
-        let mut at = head;
-        while at != NONE {
-            let after = self.nodes[at as usize].next_same_key;
-            if after == n {
-                self.nodes[at as usize].next_same_key = next;
+        let mut at = Some(head);
+        while let Some(here) = at {
+            let after = self.nodes[here].next_same_key;
+            if after == Some(n) {
+                self.nodes[here].next_same_key = next;
                 return;
             }
             at = after;

@@ -4,9 +4,10 @@
 use std::cmp::Reverse;
 
 use super::groups::Attach;
+use super::node_id::NodeId;
 use super::prefetch::prefetch;
 use super::trace_id::{self, AppDecision, TraceId};
-use super::{AHEAD, Engine, Finished, FinishedTrace, Home, Kind, Linked, NONE, Record, hash};
+use super::{AHEAD, Engine, Finished, FinishedTrace, Home, Kind, Linked, Record, hash};
 
 impl<P> Engine<P> {
     /// Finishes group `g`, due at `due_ns`. Retention counts from the due time,
@@ -19,17 +20,16 @@ impl<P> Engine<P> {
         let mut keyed = std::mem::take(&mut self.sort_scratch);
         keyed.clear();
         for &m in &members {
-            let n = &self.nodes[m as usize];
-            // A group is one tree: its one root (parent NONE) sorts first.
-            let start = if n.parent == NONE { 0 } else { n.start_ns };
+            let n = &self.nodes[m];
+            // A group is one tree: its one root (no parent) sorts first.
+            let start = if n.parent.is_none() { 0 } else { n.start_ns };
             keyed.push((start, n.span_id, n.host, m));
         }
         // Ties on the start are rare: compare the rest only then.
         keyed.sort_unstable_by(|a, b| {
             a.0.cmp(&b.0)
                 .then_with(|| {
-                    (self.nodes[a.3 as usize].parent != NONE)
-                        .cmp(&(self.nodes[b.3 as usize].parent != NONE))
+                    (self.nodes[a.3].parent.is_some()).cmp(&self.nodes[b.3].parent.is_some())
                 })
                 .then_with(|| (a.1, a.2).cmp(&(b.1, b.2)))
         });
@@ -51,7 +51,7 @@ impl<P> Engine<P> {
         let mut tags = Vec::with_capacity(4);
         for &m in &members {
             let parent_id = self.parent_id(m, attach.as_ref());
-            let node = &mut self.nodes[m as usize];
+            let node = &mut self.nodes[m];
             node.set_home(Home::Finished(r));
             if parent_id != 0 {
                 match node.kind() {
@@ -59,13 +59,12 @@ impl<P> Engine<P> {
                     _ => self.stats.linked_local += 1,
                 }
             }
-            let cold = &mut self.cold[m as usize];
+            let cold = &mut self.cold[m];
             let tag = self.tags[cold.tag as usize].tag;
             if tags.last() != Some(&tag) {
                 tags.push(tag);
             }
-            let app = std::mem::replace(&mut cold.app, NONE);
-            if app != NONE {
+            if let Some(app) = cold.app.take() {
                 self.free_apps.push(app);
             }
             if let Some(span) = cold.payload.take() {
@@ -115,10 +114,9 @@ impl<P> Engine<P> {
         }
     }
 
-    fn parent_id(&self, m: u32, attach: Option<&Attach>) -> u64 {
-        let node = &self.nodes[m as usize];
-        if node.parent != NONE {
-            return self.nodes[node.parent as usize].span_id;
+    fn parent_id(&self, m: NodeId, attach: Option<&Attach>) -> u64 {
+        if let Some(parent) = self.nodes[m].parent {
+            return self.nodes[parent].span_id;
         }
         match attach {
             Some(a) if a.child == m => a.parent_span_id,
@@ -127,15 +125,16 @@ impl<P> Engine<P> {
     }
 
     /// Trace id and sampling of a new trace; `members` has its root first.
-    fn decide(&self, members: &[u32]) -> (TraceId, bool, bool) {
+    fn decide(&self, members: &[NodeId]) -> (TraceId, bool, bool) {
         let mut app = AppDecision::default();
         // The app id nearest the root wins: (depth, start, span id).
         let mut best: Option<((usize, u64, u64), TraceId)> = None;
         for &m in members {
-            let node = &self.nodes[m as usize];
-            let Some(ctx) = self.apps.get(self.cold[m as usize].app as usize) else {
+            let node = &self.nodes[m];
+            let Some(slot) = self.cold[m].app else {
                 continue;
             };
+            let ctx = &self.apps[slot as usize];
             app.add(ctx.sampling);
             if !self.config.use_app_trace_id || (ctx.trace_id_high == 0 && ctx.trace_id_low == 0) {
                 continue;
@@ -152,7 +151,7 @@ impl<P> Engine<P> {
         let (id, app_id) = match best {
             Some((_, id)) => (id, true),
             None => {
-                let root = &self.nodes[members[0] as usize];
+                let root = &self.nodes[members[0]];
                 let host_hash = self.host_hashes[root.host as usize];
                 (
                     trace_id::derived(host_hash, root.span_id, root.start_ns),
@@ -166,13 +165,13 @@ impl<P> Engine<P> {
         (id, app_id, sampled)
     }
 
-    fn depth(&self, mut m: u32, limit: usize) -> usize {
+    fn depth(&self, m: NodeId, limit: usize) -> usize {
         let mut depth = 0;
-        while depth < limit {
-            m = self.nodes[m as usize].parent;
-            if m == NONE {
-                break;
-            }
+        let mut at = self.nodes[m].parent;
+        while let Some(parent) = at
+            && depth < limit
+        {
+            at = self.nodes[parent].parent;
             depth += 1;
         }
         depth
@@ -212,8 +211,8 @@ impl<P> Engine<P> {
         let behind = |k: usize, by: usize| k.checked_sub(by).and_then(|i| expiring.get(i));
         for k in 0..expiring.len() + 2 * AHEAD {
             if let Some(&m) = expiring.get(k) {
-                prefetch(&self.nodes[m as usize]);
-                prefetch(&self.cold[m as usize]);
+                prefetch(&self.nodes[m]);
+                prefetch(&self.cold[m]);
             }
             if let Some(&m) = behind(k, AHEAD) {
                 self.prefetch_index_slots(m);
@@ -228,16 +227,16 @@ impl<P> Engine<P> {
 
     /// Asks for the nodes of a group about to be finished, both halves: they
     /// were last touched a window ago.
-    pub(super) fn prefetch_members(&self, members: &[u32]) {
+    pub(super) fn prefetch_members(&self, members: &[NodeId]) {
         for &m in members {
-            prefetch(&self.nodes[m as usize]);
-            prefetch(&self.cold[m as usize]);
+            prefetch(&self.nodes[m]);
+            prefetch(&self.cold[m]);
         }
     }
 
     /// The index slots `free_node(n)` will visit.
-    fn prefetch_index_slots(&self, n: u32) {
-        let node = &self.nodes[n as usize];
+    fn prefetch_index_slots(&self, n: NodeId) {
+        let node = &self.nodes[n];
         self.by_span
             .prefetch(hash::span_key(node.host, node.span_id));
         if node.in_calls() {

@@ -10,11 +10,12 @@
 //! span) and appends its list; splitting walks the members, and happens only when
 //! a call turns out ambiguous.
 
-use super::{Engine, Home, Kind, NONE, TraceId};
+use super::node_id::NodeId;
+use super::{Engine, Home, Kind, TraceId};
 
 /// An open trace (or an open late part of a finished one).
 pub(super) struct Group {
-    pub(super) members: Vec<u32>,
+    pub(super) members: Vec<NodeId>,
     /// Linker time of the last span that joined.
     pub(super) last_join: u64,
     /// Bumped when the slot is freed, so stale due-queue entries are recognised.
@@ -31,7 +32,7 @@ pub(super) struct Group {
 /// inherits (copied: the finished spans may be forgotten before the part ends).
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Attach {
-    pub(super) child: u32,
+    pub(super) child: NodeId,
     pub(super) parent_span_id: u64,
     pub(super) id: TraceId,
     pub(super) app_id: bool,
@@ -44,12 +45,12 @@ const SPARE_LIST_MAX: usize = 1024;
 
 impl<P> Engine<P> {
     /// An empty member list, reused if one is spare.
-    pub(super) fn take_list(&mut self) -> Vec<u32> {
+    pub(super) fn take_list(&mut self) -> Vec<NodeId> {
         self.spare_lists.pop().unwrap_or_default()
     }
 
     /// Keeps an emptied member list for reuse.
-    pub(super) fn give_list(&mut self, mut list: Vec<u32>) {
+    pub(super) fn give_list(&mut self, mut list: Vec<NodeId>) {
         if list.capacity() <= SPARE_LIST_MAX {
             list.clear();
             self.spare_lists.push(list);
@@ -57,14 +58,14 @@ impl<P> Engine<P> {
     }
 
     /// A group of one span; scheduled by the caller once the span has settled.
-    pub(super) fn new_group(&mut self, n: u32, now_ns: u64) -> u32 {
+    pub(super) fn new_group(&mut self, n: NodeId, now_ns: u64) -> u32 {
         let mut members = self.take_list();
         members.push(n);
         self.group_of(members, now_ns)
     }
 
     /// A group of `members` (their homes are set here).
-    fn group_of(&mut self, members: Vec<u32>, last_join: u64) -> u32 {
+    fn group_of(&mut self, members: Vec<NodeId>, last_join: u64) -> u32 {
         let g = match self.free_groups.pop() {
             Some(g) => g,
             None => {
@@ -80,7 +81,7 @@ impl<P> Engine<P> {
             }
         };
         for &m in &members {
-            self.nodes[m as usize].set_home(Home::Open(g));
+            self.nodes[m].set_home(Home::Open(g));
         }
         let group = &mut self.groups[g as usize];
         group.members = members;
@@ -103,7 +104,7 @@ impl<P> Engine<P> {
     }
 
     /// Frees a group slot and hands back its members and attachment.
-    pub(super) fn release_group(&mut self, g: u32) -> (Vec<u32>, Option<Attach>) {
+    pub(super) fn release_group(&mut self, g: u32) -> (Vec<NodeId>, Option<Attach>) {
         let group = &mut self.groups[g as usize];
         let members = std::mem::take(&mut group.members);
         group.live = false;
@@ -118,19 +119,19 @@ impl<P> Engine<P> {
     /// Makes `parent` the parent of `child`, a root. False (and nothing changed)
     /// when the edge would close a cycle, the child already hangs under a finished
     /// trace, or the child itself is finished.
-    pub(super) fn link(&mut self, child: u32, parent: u32) -> bool {
-        let Home::Open(gc) = self.nodes[child as usize].home() else {
+    pub(super) fn link(&mut self, child: NodeId, parent: NodeId) -> bool {
+        let Home::Open(gc) = self.nodes[child].home() else {
             return false;
         };
-        if self.nodes[child as usize].parent != NONE || self.groups[gc as usize].attach.is_some() {
+        if self.nodes[child].parent.is_some() || self.groups[gc as usize].attach.is_some() {
             return false;
         }
-        match self.nodes[parent as usize].home() {
+        match self.nodes[parent].home() {
             Home::Open(gp) => {
                 if gp == gc {
                     return false; // the parent is in the child's own tree
                 }
-                self.nodes[child as usize].parent = parent;
+                self.nodes[child].parent = Some(parent);
                 self.merge(gp, gc);
                 true
             }
@@ -138,7 +139,7 @@ impl<P> Engine<P> {
                 let record = &self.records[r as usize];
                 self.groups[gc as usize].attach = Some(Attach {
                     child,
-                    parent_span_id: self.nodes[parent as usize].span_id,
+                    parent_span_id: self.nodes[parent].span_id,
                     id: record.id,
                     app_id: record.app_id,
                     sampled: record.sampled,
@@ -163,7 +164,7 @@ impl<P> Engine<P> {
         let attach = self.groups[gp as usize].attach;
         let (small_members, _) = self.release_group(small);
         for &m in &small_members {
-            self.nodes[m as usize].set_home(Home::Open(big));
+            self.nodes[m].set_home(Home::Open(big));
         }
         let group = &mut self.groups[big as usize];
         group.members.extend_from_slice(&small_members);
@@ -177,37 +178,37 @@ impl<P> Engine<P> {
     /// Removes the call edge into SERVER span `s` (its parent is its client, or
     /// the finished trace its group hangs under). The subtree under `s` becomes a
     /// group of its own.
-    pub(super) fn cut_above(&mut self, s: u32) {
-        let Home::Open(g) = self.nodes[s as usize].home() else {
+    pub(super) fn cut_above(&mut self, s: NodeId) {
+        let Home::Open(g) = self.nodes[s].home() else {
             return;
         };
-        if self.nodes[s as usize].kind() != Kind::Server {
+        if self.nodes[s].kind() != Kind::Server {
             return;
         }
-        if self.nodes[s as usize].parent == NONE {
+        if self.nodes[s].parent.is_none() {
             let group = &mut self.groups[g as usize];
             if group.attach.is_some_and(|a| a.child == s) {
                 group.attach = None;
             }
             return;
         }
-        self.nodes[s as usize].parent = NONE;
+        self.nodes[s].parent = None;
         let members = std::mem::take(&mut self.groups[g as usize].members);
         let limit = members.len();
         let (mut under, mut rest) = (self.take_list(), self.take_list());
         for m in members.iter().copied() {
             // Walk up: the chain ends at a root, at most `limit` steps away.
-            let mut at = m;
+            let mut at = Some(m);
             let mut below = false;
             for _ in 0..=limit {
-                if at == s {
+                let Some(here) = at else {
+                    break;
+                };
+                if here == s {
                     below = true;
                     break;
                 }
-                if at == NONE {
-                    break;
-                }
-                at = self.nodes[at as usize].parent;
+                at = self.nodes[here].parent;
             }
             if below {
                 under.push(m);

@@ -14,18 +14,19 @@
 //! the other (`hashbrown` does not say where a key's bucket is). The tables are
 //! larger than any cache, so nearly every probe is a miss.
 
-use super::NONE;
+use super::node_id::NodeId;
 use super::prefetch::prefetch;
 
-/// A free slot: no node (an occupied slot never holds NONE).
-const EMPTY: u64 = u64::MAX;
+/// A free slot: no node ([`NodeId::bits`] are never 0).
+const EMPTY: u64 = 0;
 
-fn pack(node: u32, hash: u32) -> u64 {
-    (u64::from(hash) << 32) | u64::from(node)
+fn pack(node: NodeId, hash: u32) -> u64 {
+    (u64::from(hash) << 32) | u64::from(node.bits())
 }
 
-fn node_of(slot: u64) -> u32 {
-    slot as u32
+/// The slot's node, `None` when it is empty.
+fn node_of(slot: u64) -> Option<NodeId> {
+    NodeId::from_bits(slot as u32)
 }
 
 fn hash_of(slot: u64) -> u32 {
@@ -57,34 +58,36 @@ impl NodeIndex {
 
     /// The first node whose stored hash bits are `hash`'s, key unchecked: what a
     /// lookup of `hash` will most likely read next, to prefetch it.
-    pub(super) fn likely(&self, hash: u64) -> Option<u32> {
+    pub(super) fn likely(&self, hash: u64) -> Option<NodeId> {
         self.get(hash, |_| true)
     }
 
     /// Where the key is (`Ok`) or would go (`Err`).
-    fn find(&self, hash: u32, mut is_key: impl FnMut(u32) -> bool) -> Result<usize, usize> {
+    fn find(
+        &self,
+        hash: u32,
+        mut is_key: impl FnMut(NodeId) -> bool,
+    ) -> Result<(usize, NodeId), usize> {
         let mask = self.mask();
         let mut i = self.home(hash);
         loop {
             let slot = self.slots[i];
-            if slot == EMPTY {
+            let Some(node) = node_of(slot) else {
                 return Err(i);
-            }
-            if hash_of(slot) == hash && is_key(node_of(slot)) {
-                return Ok(i);
+            };
+            if hash_of(slot) == hash && is_key(node) {
+                return Ok((i, node));
             }
             i = (i + 1) & mask;
         }
     }
 
     /// The node under `hash` for which `is_key` holds.
-    pub(super) fn get(&self, hash: u64, is_key: impl FnMut(u32) -> bool) -> Option<u32> {
+    pub(super) fn get(&self, hash: u64, is_key: impl FnMut(NodeId) -> bool) -> Option<NodeId> {
         if self.len == 0 {
             return None;
         }
-        self.find(hash as u32, is_key)
-            .ok()
-            .map(|i| node_of(self.slots[i]))
+        self.find(hash as u32, is_key).ok().map(|(_, node)| node)
     }
 
     /// Puts `node` under its key, unless the key is there: then the node that
@@ -92,13 +95,13 @@ impl NodeIndex {
     pub(super) fn insert(
         &mut self,
         hash: u64,
-        is_key: impl FnMut(u32) -> bool,
-        node: u32,
-    ) -> Result<(), u32> {
+        is_key: impl FnMut(NodeId) -> bool,
+        node: NodeId,
+    ) -> Result<(), NodeId> {
         self.reserve_one();
         let hash = hash as u32;
         match self.find(hash, is_key) {
-            Ok(i) => Err(node_of(self.slots[i])),
+            Ok((_, known)) => Err(known),
             Err(i) => {
                 self.slots[i] = pack(node, hash);
                 self.len += 1;
@@ -107,35 +110,42 @@ impl NodeIndex {
         }
     }
 
-    /// Puts `node` under its key and returns the node it replaced (NONE if the
-    /// key was new).
-    pub(super) fn put(&mut self, hash: u64, is_key: impl FnMut(u32) -> bool, node: u32) -> u32 {
+    /// Puts `node` under its key and returns the node it replaced (`None` if
+    /// the key was new).
+    pub(super) fn put(
+        &mut self,
+        hash: u64,
+        is_key: impl FnMut(NodeId) -> bool,
+        node: NodeId,
+    ) -> Option<NodeId> {
         self.reserve_one();
         let hash = hash as u32;
         match self.find(hash, is_key) {
-            Ok(i) => std::mem::replace(&mut self.slots[i], pack(node, hash)) as u32,
+            Ok((i, old)) => {
+                self.slots[i] = pack(node, hash);
+                Some(old)
+            }
             Err(i) => {
                 self.slots[i] = pack(node, hash);
                 self.len += 1;
-                NONE
+                None
             }
         }
     }
 
-    /// Replaces `old` (found by its index, not its key) with `new`, or removes
-    /// it when `new` is NONE.
-    pub(super) fn replace(&mut self, hash: u64, old: u32, new: u32) {
+    /// Replaces `old` (found by its id, not its key) with `new`, or removes it
+    /// when `new` is `None`.
+    pub(super) fn replace(&mut self, hash: u64, old: NodeId, new: Option<NodeId>) {
         if self.len == 0 {
             return;
         }
         let hash = hash as u32;
-        let Ok(i) = self.find(hash, |n| n == old) else {
+        let Ok((i, _)) = self.find(hash, |n| n == old) else {
             return;
         };
-        if new == NONE {
-            self.remove_at(i);
-        } else {
-            self.slots[i] = pack(new, hash);
+        match new {
+            Some(new) => self.slots[i] = pack(new, hash),
+            None => self.remove_at(i),
         }
     }
 
@@ -196,7 +206,7 @@ mod tests {
     fn behaves_as_a_map_under_inserts_and_removals() {
         let mut keys: Vec<u64> = Vec::new();
         let mut index = NodeIndex::default();
-        let mut model: HashMap<u64, u32> = HashMap::new();
+        let mut model: HashMap<u64, NodeId> = HashMap::new();
         let hash = |k: u64| (k % 7) * 0x1111_1111 + (k % 3);
         let mut state = 0x1234_5678_u64;
         for step in 0..20_000u32 {
@@ -207,12 +217,12 @@ mod tests {
             if step % 3 == 2 {
                 // Remove the node holding `key`, if any.
                 if let Some(node) = model.remove(&key) {
-                    index.replace(hash(key), node, NONE);
+                    index.replace(hash(key), node, None);
                 }
             } else {
-                let node = keys.len() as u32;
+                let node = NodeId::new(keys.len());
                 keys.push(key);
-                let got = index.insert(hash(key), |n| keys[n as usize] == key, node);
+                let got = index.insert(hash(key), |n| keys[n.index()] == key, node);
                 match model.get(&key) {
                     Some(&old) => assert_eq!(got, Err(old)),
                     None => {
@@ -224,7 +234,7 @@ mod tests {
             assert_eq!(index.len(), model.len());
         }
         for key in 0..500 {
-            let got = index.get(hash(key), |n| keys[n as usize] == key);
+            let got = index.get(hash(key), |n| keys[n.index()] == key);
             assert_eq!(got, model.get(&key).copied(), "key {key}");
         }
     }
@@ -233,18 +243,19 @@ mod tests {
     fn put_replaces_and_replace_renames() {
         let keys = [10u64, 20, 10, 30];
         let mut index = NodeIndex::default();
-        let is = |key: u64| move |n: u32| keys[n as usize] == key;
-        assert_eq!(index.put(1, is(10), 0), NONE);
-        assert_eq!(index.put(1, is(20), 1), NONE); // same hash bits, other key
-        assert_eq!(index.put(1, is(10), 2), 0);
-        assert_eq!(index.get(1, is(10)), Some(2));
-        assert_eq!(index.likely(1), Some(2));
-        index.replace(1, 2, 3); // by node, not by key
-        assert_eq!(index.get(1, |n| n == 3), Some(3));
-        index.replace(1, 3, NONE);
-        assert_eq!(index.get(1, is(20)), Some(1));
+        let is = |key: u64| move |n: NodeId| keys[n.index()] == key;
+        let id = NodeId::new;
+        assert_eq!(index.put(1, is(10), id(0)), None);
+        assert_eq!(index.put(1, is(20), id(1)), None); // same hash bits, other key
+        assert_eq!(index.put(1, is(10), id(2)), Some(id(0)));
+        assert_eq!(index.get(1, is(10)), Some(id(2)));
+        assert_eq!(index.likely(1), Some(id(2)));
+        index.replace(1, id(2), Some(id(3))); // by node, not by key
+        assert_eq!(index.get(1, |n| n == id(3)), Some(id(3)));
+        index.replace(1, id(3), None);
+        assert_eq!(index.get(1, is(20)), Some(id(1)));
         assert_eq!(index.len(), 1);
-        index.replace(99, 7, NONE); // absent: nothing happens
+        index.replace(99, id(7), None); // absent: nothing happens
         assert_eq!(index.len(), 1);
     }
 }

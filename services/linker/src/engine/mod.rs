@@ -50,6 +50,7 @@ mod finish;
 mod groups;
 pub(crate) mod hash;
 mod index;
+mod node_id;
 mod prefetch;
 pub mod trace_id;
 
@@ -72,6 +73,7 @@ use due::DueQueue;
 use groups::Group;
 use hash::Map;
 use index::NodeIndex;
+use node_id::NodeId;
 use prefetch::prefetch;
 
 /// A host name as the engine numbers it ([`Engine::host_id`]).
@@ -196,8 +198,6 @@ pub struct EngineStats {
     pub spans_retained: u64,
 }
 
-const NONE: u32 = u32::MAX;
-
 /// Its number is what a [`Node`] keeps in two bits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
@@ -243,13 +243,13 @@ struct Node {
     host: u32,
     /// The pid (low [`PID_BITS`]), the kind and the flags.
     pid_flags: u32,
-    /// Parent in the same open group (NONE for a root; an edge into a finished
-    /// trace is the group's `attach`, never an index).
-    parent: u32,
+    /// Parent in the same open group (`None` for a root; an edge into a
+    /// finished trace is the group's `attach`, never a node).
+    parent: Option<NodeId>,
     /// The call partner this span was matched with.
-    peer: u32,
+    peer: Option<NodeId>,
     /// Next span with the same call key.
-    next_same_key: u32,
+    next_same_key: Option<NodeId>,
     /// [`Home`], packed.
     home: u32,
 }
@@ -326,15 +326,15 @@ struct Cold<P> {
     local_parent_id: u64,
     /// Its batch's slot in `tags`.
     tag: u32,
-    /// Index of the app context in `apps` while open, NONE when it had none.
-    app: u32,
+    /// Index of the app context in `apps` while open, `None` when it had none.
+    app: Option<u32>,
     /// Next span waiting for the same local parent.
-    next_waiting: u32,
+    next_waiting: Option<NodeId>,
 }
 
 /// A finished trace's order, after its root: by start (span id and host break
 /// ties, so the order is total), then the node.
-type SortKey = (u64, u64, u32, u32);
+type SortKey = (u64, u64, u32, NodeId);
 
 /// A live tag and how many known spans came with it.
 struct TagRef {
@@ -347,7 +347,7 @@ struct Record {
     id: TraceId,
     app_id: bool,
     sampled: bool,
-    nodes: Vec<u32>,
+    nodes: Vec<NodeId>,
 }
 
 /// The linker's pure part. See the module documentation. `P` is the span as the
@@ -361,7 +361,7 @@ pub struct Engine<P = ESpan> {
     nodes: Vec<Node>,
     /// Beside each node (same index), the rest of its span.
     cold: Vec<Cold<P>>,
-    free_nodes: Vec<u32>,
+    free_nodes: Vec<NodeId>,
     /// Open spans' app contexts (most spans have none).
     apps: Vec<AppContext>,
     free_apps: Vec<u32>,
@@ -370,7 +370,7 @@ pub struct Engine<P = ESpan> {
     records: Vec<Record>,
     free_records: Vec<u32>,
     /// Emptied member lists, kept for new groups (no allocation per span).
-    spare_lists: Vec<Vec<u32>>,
+    spare_lists: Vec<Vec<NodeId>>,
     /// Finishing's sort keys, kept for the next trace.
     sort_scratch: Vec<SortKey>,
     /// Open groups by due time (lazy: a stale entry is skipped or pushed again).
@@ -383,12 +383,13 @@ pub struct Engine<P = ESpan> {
     /// CLIENT spans waiting for a local parent not seen yet: the head of the
     /// chain per `(host, span_id)` awaited. Small: parents are usually awaited
     /// only while their own call is still running.
-    awaited: Map<(u32, u64), u32>,
+    awaited: Map<(u32, u64), NodeId>,
     /// Heads of the chains of spans per call key.
     by_call: NodeIndex,
     hosts: Map<String, u32>,
     host_hashes: Vec<u64>,
-    last_host: u32,
+    /// The host interned last: batches come from one host at a time.
+    last_host: Option<u32>,
     host_names: Vec<String>,
     /// The live tags (batches that still hold a known span) and their counts of
     /// such spans, in slots a node names (no hashing per span); `tag_slots`
@@ -409,7 +410,7 @@ pub struct Engine<P = ESpan> {
     batch_keys: Vec<SpanKeys>,
     /// `expire`'s nodes to forget, and `advance`'s groups due, kept for the
     /// next call.
-    expiring: Vec<u32>,
+    expiring: Vec<NodeId>,
     ready: Vec<(u32, u32, u64)>,
     stats: EngineStats,
 }
@@ -482,7 +483,7 @@ impl<P> Engine<P> {
             by_call: NodeIndex::default(),
             hosts: Map::default(),
             host_hashes: Vec::new(),
-            last_host: NONE,
+            last_host: None,
             host_names: Vec::new(),
             tags: Vec::new(),
             free_tags: Vec::new(),
@@ -574,16 +575,16 @@ impl<P> Engine<P> {
     /// take, about `ahead` spans from now.
     fn prefetch_nodes(&self, keys: &SpanKeys, ahead: usize) {
         if let Some(n) = self.by_call.likely(keys.call) {
-            prefetch(&self.nodes[n as usize]);
+            prefetch(&self.nodes[n]);
         }
         if keys.parent != 0
             && let Some(n) = self.by_span.likely(keys.parent)
         {
-            prefetch(&self.nodes[n as usize]);
+            prefetch(&self.nodes[n]);
         }
         if let Some(&n) = self.free_nodes.iter().rev().nth(ahead) {
-            prefetch(&self.nodes[n as usize]);
-            prefetch(&self.cold[n as usize]);
+            prefetch(&self.nodes[n]);
+            prefetch(&self.cold[n]);
         }
     }
 
@@ -608,17 +609,17 @@ impl<P> Engine<P> {
         self.stats.spans_in += 1;
         let span_id = facts.span_id;
         let hash = keys.span;
-        // One probe on the usual path: insert the index the node will take.
+        // One probe on the usual path: insert the id the node will take.
         let slot = self
             .free_nodes
             .last()
             .copied()
-            .unwrap_or(self.nodes.len() as u32);
+            .unwrap_or_else(|| NodeId::new(self.nodes.len()));
         let nodes = &self.nodes;
         let known = self.by_span.insert(
             hash,
             |m| {
-                let m = &nodes[m as usize];
+                let m = &nodes[m];
                 m.span_id == span_id && m.host == host
             },
             slot,
@@ -632,15 +633,15 @@ impl<P> Engine<P> {
             return Ingested::Duplicate;
         }
         let waiting = if self.awaited.is_empty() {
-            NONE
+            None
         } else {
-            self.awaited.remove(&(host, span_id)).unwrap_or(NONE)
+            self.awaited.remove(&(host, span_id))
         };
         let n = self.add_node(facts, payload, host, tag);
         debug_assert_eq!(n, slot);
         self.new_group(n, now_ns);
 
-        match self.nodes[n as usize].kind() {
+        match self.nodes[n].kind() {
             Kind::Client => {
                 self.find_local_parent(n, facts.local_parent_id, keys.parent);
                 if let Some(server) = self.match_call(n, keys.call) {
@@ -656,7 +657,7 @@ impl<P> Engine<P> {
         }
         self.adopt_waiting(n, waiting);
 
-        let Home::Open(g) = self.nodes[n as usize].home() else {
+        let Home::Open(g) = self.nodes[n].home() else {
             return Ingested::Open; // not reachable: a new span is open
         };
         let group = &mut self.groups[g as usize];
@@ -767,10 +768,10 @@ impl<P> Engine<P> {
 
     fn intern_host(&mut self, name: &str) -> u32 {
         // Batches come from one host at a time: the last one is the usual answer.
-        if let Some(last) = self.host_names.get(self.last_host as usize)
-            && last == name
+        if let Some(last) = self.last_host
+            && self.host_names[last as usize] == name
         {
-            return self.last_host;
+            return last;
         }
         let id = match self.hosts.get(name) {
             Some(&id) => id,
@@ -782,29 +783,26 @@ impl<P> Engine<P> {
                 id
             }
         };
-        self.last_host = id;
+        self.last_host = Some(id);
         id
     }
 
-    fn add_node(&mut self, facts: &LinkFacts, payload: P, host: u32, tag: u64) -> u32 {
+    fn add_node(&mut self, facts: &LinkFacts, payload: P, host: u32, tag: u64) -> NodeId {
         let kind = match SpanKind::try_from(facts.kind) {
             Ok(SpanKind::Client) => Kind::Client,
             Ok(SpanKind::Server) => Kind::Server,
             _ => Kind::Other,
         };
-        let app = match facts.app {
-            None => NONE,
-            Some(app) => match self.free_apps.pop() {
-                Some(a) => {
-                    self.apps[a as usize] = app;
-                    a
-                }
-                None => {
-                    self.apps.push(app);
-                    (self.apps.len() - 1) as u32
-                }
-            },
-        };
+        let app = facts.app.map(|app| match self.free_apps.pop() {
+            Some(a) => {
+                self.apps[a as usize] = app;
+                a
+            }
+            None => {
+                self.apps.push(app);
+                (self.apps.len() - 1) as u32
+            }
+        });
         let fold = |fp: u64| (fp ^ (fp >> 32)) as u32;
         let node = Node {
             span_id: facts.span_id,
@@ -817,29 +815,29 @@ impl<P> Engine<P> {
             host,
             // A pid beyond Linux's limit can only be a probe's bug: folded.
             pid_flags: (facts.pid & PID_MASK) | ((kind as u32) << KIND_SHIFT),
-            parent: NONE,
-            peer: NONE,
-            next_same_key: NONE,
-            home: NONE & !FINISHED_BIT,
+            parent: None,
+            peer: None,
+            next_same_key: None,
+            home: 0, // set by `new_group`
         };
         let cold = Cold {
             payload: Some(payload),
             local_parent_id: facts.local_parent_id,
             tag: self.tag_slot(tag),
             app,
-            next_waiting: NONE,
+            next_waiting: None,
         };
         self.stats.spans_in_window += 1;
         match self.free_nodes.pop() {
             Some(n) => {
-                self.nodes[n as usize] = node;
-                self.cold[n as usize] = cold;
+                self.nodes[n] = node;
+                self.cold[n] = cold;
                 n
             }
             None => {
                 self.nodes.push(node);
                 self.cold.push(cold);
-                (self.nodes.len() - 1) as u32
+                NodeId::new(self.nodes.len() - 1)
             }
         }
     }
@@ -891,25 +889,27 @@ impl<P> Engine<P> {
     }
 
     /// Forgets a finished span: indexes, chains, partner, tag.
-    fn free_node(&mut self, n: u32) {
-        let node = &self.nodes[n as usize];
+    fn free_node(&mut self, n: NodeId) {
+        let node = &self.nodes[n];
         let (host, span_id, peer) = (node.host, node.span_id, node.peer);
         let call_key = node.in_calls().then_some((node.req_seq, node.resp_seq));
         let waiting = node.waiting();
-        let cold = &self.cold[n as usize];
+        let cold = &self.cold[n];
         let tag = cold.tag;
         let waiting_key = waiting.then_some((host, cold.local_parent_id));
-        self.by_span.replace(hash::span_key(host, span_id), n, NONE);
+        self.by_span.replace(hash::span_key(host, span_id), n, None);
         if let Some(key) = call_key {
             self.unchain_call(key, n);
         }
         if let Some(key) = waiting_key {
             self.unchain_waiting(key, n);
         }
-        if peer != NONE && self.nodes[peer as usize].peer == n {
+        if let Some(peer) = peer
+            && self.nodes[peer].peer == Some(n)
+        {
             // Its partner can no longer be checked against a newcomer: take no other.
-            let p = &mut self.nodes[peer as usize];
-            p.peer = NONE;
+            let p = &mut self.nodes[peer];
+            p.peer = None;
             p.set_flag(BLOCKED, true);
         }
         if self.track_forgotten {
@@ -917,34 +917,33 @@ impl<P> Engine<P> {
             self.forgotten.push((self.tags[tag as usize].tag, span_id));
         }
         self.untag(tag);
-        let node = &mut self.nodes[n as usize];
+        let node = &mut self.nodes[n];
         node.set_flag(IN_CALLS | WAITING, false);
-        node.peer = NONE;
-        node.parent = NONE;
+        node.peer = None;
+        node.parent = None;
         self.stats.spans_retained = self.stats.spans_retained.saturating_sub(1);
         self.free_nodes.push(n);
     }
 
     /// Links a waiting CLIENT span to its local parent, or queues it.
     /// `parent_hash` is the span key of its `local_parent_id`.
-    fn find_local_parent(&mut self, n: u32, parent_id: u64, parent_hash: u64) {
-        let node = &self.nodes[n as usize];
+    fn find_local_parent(&mut self, n: NodeId, parent_id: u64, parent_hash: u64) {
+        let node = &self.nodes[n];
         let (host, pid) = (node.host, node.pid());
         if parent_id == 0 {
             return;
         }
         let found = self.by_span.get(parent_hash, |m| {
-            let m = &self.nodes[m as usize];
+            let m = &self.nodes[m];
             m.span_id == parent_id && m.host == host
         });
         let Some(p) = found else {
-            let head = self.awaited.entry((host, parent_id)).or_insert(NONE);
-            self.cold[n as usize].next_waiting = *head;
-            self.nodes[n as usize].set_flag(WAITING, true);
-            *head = n;
+            // `n` heads the chain of spans waiting for `parent_id`.
+            self.cold[n].next_waiting = self.awaited.insert((host, parent_id), n);
+            self.nodes[n].set_flag(WAITING, true);
             return;
         };
-        let parent = &self.nodes[p as usize];
+        let parent = &self.nodes[p];
         if parent.kind() != Kind::Server || parent.pid() != pid || !self.link(n, p) {
             self.stats.rejected_local += 1;
         }
@@ -952,43 +951,43 @@ impl<P> Engine<P> {
 
     /// Links the CLIENT spans that were waiting for span `n` (the chain from
     /// `head`), if it is a SERVER span of their process.
-    fn adopt_waiting(&mut self, n: u32, head: u32) {
+    fn adopt_waiting(&mut self, n: NodeId, head: Option<NodeId>) {
         let (pid, is_server) = {
-            let node = &self.nodes[n as usize];
+            let node = &self.nodes[n];
             (node.pid(), node.kind() == Kind::Server)
         };
-        let mut w = head;
-        while w != NONE {
-            let next = std::mem::replace(&mut self.cold[w as usize].next_waiting, NONE);
-            let child = &mut self.nodes[w as usize];
+        let mut next = head;
+        while let Some(w) = next {
+            next = self.cold[w].next_waiting.take();
+            let child = &mut self.nodes[w];
             child.set_flag(WAITING, false);
             if child.is_finished() {
                 self.stats.late_parent_missed += 1;
             } else if !is_server || child.pid() != pid || !self.link(w, n) {
                 self.stats.rejected_local += 1;
             }
-            w = next;
         }
     }
 
-    fn unchain_waiting(&mut self, key: (u32, u64), n: u32) {
+    fn unchain_waiting(&mut self, key: (u32, u64), n: NodeId) {
         let Some(head) = self.awaited.get_mut(&key) else {
             return;
         };
-        let next = self.cold[n as usize].next_waiting;
+        let next = self.cold[n].next_waiting;
         if *head == n {
-            if next == NONE {
-                self.awaited.remove(&key);
-            } else {
-                *head = next;
+            match next {
+                Some(next) => *head = next,
+                None => {
+                    self.awaited.remove(&key);
+                }
             }
             return;
         }
-        let mut at = *head;
-        while at != NONE {
-            let after = self.cold[at as usize].next_waiting;
-            if after == n {
-                self.cold[at as usize].next_waiting = next;
+        let mut at = Some(*head);
+        while let Some(here) = at {
+            let after = self.cold[here].next_waiting;
+            if after == Some(n) {
+                self.cold[here].next_waiting = next;
                 return;
             }
             at = after;
