@@ -1,6 +1,16 @@
 //! A hint to the memory: start loading a value's cache line now, because it will
 //! be read soon. The engine's window is far larger than any cache, so most of
 //! its reads miss; issued a few spans ahead, those misses overlap.
+//!
+//! The engine's only `unsafe` is here. What it buys, measured with the engine
+//! bench (`taskset -c 1`, 2.08M spans, AMD EPYC VM with 2 cores and a 32 MiB L3,
+//! 5 runs of each build alternated in one session): fed a message at a time, as
+//! the service feeds it, 1.79M–2.04M spans per CPU-second with these hints and
+//! 1.17M–1.26M with `line` an empty function (1.42–1.67x per pair of runs); fed
+//! one span at a time, where only `advance` and `expire` prefetch, 1.39M–1.53M
+//! against 1.14M–1.30M (1.07–1.31x). Removing the lookahead's own reads of the
+//! indexes as well gave the same as hints off (1.16M–1.28M): those reads
+//! neither help nor cost; the hints are the gain.
 
 /// Starts loading every cache line `value` lies on. Never faults, changes
 /// nothing the program can see; a no-op where no prefetch instruction is wired
