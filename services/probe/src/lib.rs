@@ -21,6 +21,7 @@ pub mod btf;
 pub mod conn;
 pub mod events;
 pub mod http1;
+pub mod lenframe;
 pub mod loader;
 pub mod message;
 pub mod metrics;

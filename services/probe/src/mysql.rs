@@ -21,6 +21,7 @@
 
 use std::collections::HashMap;
 
+use crate::lenframe::{self, Read, Reader};
 use crate::message::{Exchanges, L7, Message, Problems, Side, Transfer};
 
 /// What a MySQL exchange says.
@@ -100,101 +101,72 @@ struct Packet<'a> {
     continued: bool,
 }
 
-enum Read {
-    Whole,
-    BeyondCapture(u32),
+impl<'a> Packet<'a> {
+    /// The packet a frame is; `continued` when the one before it in its
+    /// direction was `MAX_PACKET` long.
+    fn of(frame: &'a lenframe::Frame<'a>, continued: bool) -> Self {
+        let h = frame.header;
+        Packet {
+            seq_id: h[3],
+            len: u32::from_le_bytes([h[0], h[1], h[2], 0]),
+            start: frame.seq,
+            ts_ns: frame.ts_ns,
+            tid: frame.tid,
+            head: frame.body,
+            continued,
+        }
+    }
 }
 
-/// One direction's packet framing: a 4-byte header (3-byte length, sequence
-/// id), then the payload, skipped by length.
-#[derive(Debug, Default)]
-struct Reader {
-    header: [u8; 4],
-    have: usize,
-    left: Option<u32>,
-    start: (u32, u64, u32),
-    keep: usize,
-    kept: Vec<u8>,
+/// A packet's header: a 3-byte little-endian payload length, a sequence id.
+const HEADER: usize = 4;
+
+fn body_len(header: &[u8]) -> Option<u32> {
+    Some(u32::from_le_bytes([header[0], header[1], header[2], 0]))
+}
+
+/// One direction's packets, and whether the last was `MAX_PACKET` long (the
+/// next continues it).
+#[derive(Debug)]
+struct Direction {
+    reader: Reader,
     continues: bool,
 }
 
-impl Reader {
+impl Direction {
+    fn new() -> Self {
+        Self {
+            reader: Reader::new(HEADER),
+            continues: false,
+        }
+    }
+
+    /// Reads a transfer, each packet to `on_packet`.
     fn feed(
         &mut self,
         t: &Transfer<'_>,
         keep: usize,
         mut on_packet: impl FnMut(Packet<'_>),
     ) -> Read {
-        let len = t.len as usize;
-        let data = &t.data[..t.data.len().min(len)];
-        let mut pos = 0;
-        while pos < len {
-            match self.left {
-                None => {
-                    if pos >= data.len() {
-                        let from = if self.have > 0 {
-                            self.start.0
-                        } else {
-                            t.seq.wrapping_add(pos as u32)
-                        };
-                        return Read::BeyondCapture(from);
-                    }
-                    if self.have == 0 {
-                        self.start = (t.seq.wrapping_add(pos as u32), t.ts_ns, t.tid);
-                    }
-                    let take = (4 - self.have).min(data.len() - pos);
-                    self.header[self.have..self.have + take]
-                        .copy_from_slice(&data[pos..pos + take]);
-                    self.have += take;
-                    pos += take;
-                    if self.have < 4 {
-                        continue;
-                    }
-                    let n = u32::from_le_bytes([self.header[0], self.header[1], self.header[2], 0]);
-                    self.left = Some(n);
-                    self.keep = keep;
-                    self.kept.clear();
-                }
-                Some(left) => {
-                    let n = (left as usize).min(len - pos);
-                    if self.kept.len() < self.keep {
-                        let end = (pos + n).min(data.len());
-                        if pos < end {
-                            let take = (end - pos).min(self.keep - self.kept.len());
-                            self.kept.extend_from_slice(&data[pos..pos + take]);
-                        }
-                    }
-                    pos += n;
-                    self.left = Some(left - n as u32);
-                }
-            }
-            if self.left == Some(0) {
-                let n = u32::from_le_bytes([self.header[0], self.header[1], self.header[2], 0]);
-                let kept = std::mem::take(&mut self.kept);
-                let continued = std::mem::replace(&mut self.continues, n == MAX_PACKET);
-                let (start, ts_ns, tid) = self.start;
-                self.have = 0;
-                self.left = None;
-                on_packet(Packet {
-                    seq_id: self.header[3],
-                    len: n,
-                    start,
-                    ts_ns,
-                    tid,
-                    head: &kept,
-                    continued,
-                });
-            }
-        }
-        Read::Whole
+        let continues = &mut self.continues;
+        self.reader.feed(
+            t,
+            body_len,
+            |_| keep,
+            |_, frame| {
+                let continued =
+                    std::mem::replace(continues, body_len(frame.header) == Some(MAX_PACKET));
+                on_packet(Packet::of(&frame, continued));
+            },
+        )
     }
 }
 
 /// A MySQL connection: both directions and the command in flight.
 #[derive(Debug)]
 pub struct Session {
-    client: Reader,
-    server: Reader,
+    client: Direction,
+    server: Direction,
     phase: Phase,
     /// `CLIENT_DEPRECATE_EOF`, once the handshake showed it.
     deprecate_eof: Option<bool>,
@@ -217,8 +189,8 @@ impl Session {
     /// greeting, or (`mid_way`) a command.
     pub fn new(mid_way: bool) -> Self {
         Self {
-            client: Reader::default(),
-            server: Reader::default(),
+            client: Direction::new(),
+            server: Direction::new(),
             phase: if mid_way {
                 Phase::Ready
             } else {
@@ -484,24 +456,23 @@ impl Session {
         self.answer = Answer::First;
         if self.unframed {
             self.unframed = false;
-            self.server = Reader::default();
+            self.server = Direction::new();
         }
     }
 
     fn beyond_capture(&mut self, t: &Transfer<'_>, from: u32) {
         if self.phase == Phase::Ready && self.in_flight {
-            self.problems.unframed += 1;
-            let response = self.response.get_or_insert_with(|| {
-                Message::starting(
+            lenframe::open_beyond_capture(
+                &mut self.response,
+                t,
+                from,
+                || {
                     L7::Mysql(Frame::Result {
                         error: String::new(),
-                    }),
-                    from,
-                    t,
-                )
-            });
-            response.bytes += u64::from(t.seq.wrapping_add(t.len).wrapping_sub(from));
-            response.touch(t);
+                    })
+                },
+                &mut self.problems,
+            );
             self.unframed = true;
         } else {
             self.lose(true);
@@ -509,11 +480,7 @@ impl Session {
     }
 
     fn lose(&mut self, truncated: bool) {
-        if truncated {
-            self.problems.truncated += 1;
-        } else {
-            self.problems.malformed += 1;
-        }
+        lenframe::count_loss(&mut self.problems, truncated);
         self.gap();
     }
 }
@@ -529,7 +496,7 @@ impl Exchanges for Session {
                     // The client's next command: the answer it waited for is over.
                     self.finish_response(out);
                 }
-                let mut client = std::mem::take(&mut self.client);
+                let mut client = std::mem::replace(&mut self.client, Direction::new());
                 let read = client.feed(&t, KEEP_TEXT, |p| self.on_client(p, out));
                 self.client = client;
                 if let Read::BeyondCapture(_) = read {
@@ -538,13 +505,10 @@ impl Exchanges for Session {
             }
             Side::Answers => {
                 if self.unframed {
-                    if let Some(m) = &mut self.response {
-                        m.bytes += u64::from(t.len);
-                        m.touch(&t);
-                    }
+                    lenframe::extend_open(&mut self.response, &t);
                     return;
                 }
-                let mut server = std::mem::take(&mut self.server);
+                let mut server = std::mem::replace(&mut self.server, Direction::new());
                 let read = server.feed(&t, 64, |p| self.on_server(p, out));
                 self.server = server;
                 if let Read::BeyondCapture(from) = read {
@@ -570,8 +534,8 @@ impl Exchanges for Session {
             self.finish_response(out);
         }
         if self.phase == Phase::Lost {
-            self.client = Reader::default();
-            self.server = Reader::default();
+            self.client = Direction::new();
+            self.server = Direction::new();
             self.answer = Answer::First;
             self.preparing = None;
             self.error.clear();
@@ -586,8 +550,8 @@ impl Exchanges for Session {
     }
 
     fn held_bytes(&self) -> usize {
-        self.client.kept.capacity()
-            + self.server.kept.capacity()
+        self.client.reader.held_bytes()
+            + self.server.reader.held_bytes()
             + self
                 .statements
                 .values()

@@ -22,6 +22,7 @@
 //! the client's next message; otherwise the connection is not paired again
 //! until it has been quiet for a while.
 
+use crate::lenframe::{self, Read, Reader};
 use crate::message::{Exchanges, L7, Message, Problems, Side, Transfer};
 
 /// What a PostgreSQL exchange says.
@@ -65,7 +66,7 @@ enum Phase {
     Lost,
 }
 
-/// One complete message as a [`Reader`] saw it.
+/// One complete message.
 struct Msg<'a> {
     /// 0 for an untyped startup message.
     kind: u8,
@@ -78,7 +79,22 @@ struct Msg<'a> {
     body: &'a [u8],
 }
 
-impl Msg<'_> {
+impl<'a> Msg<'a> {
+    fn of(frame: &'a lenframe::Frame<'a>) -> Self {
+        Msg {
+            kind: if frame.header.len() == UNTYPED {
+                0
+            } else {
+                frame.header[0]
+            },
+            seq: frame.seq,
+            ts_ns: frame.ts_ns,
+            tid: frame.tid,
+            bytes: frame.bytes,
+            body: frame.body,
+        }
+    }
+
     /// An exchange's half whose first message this is.
     fn begins(&self, frame: Frame) -> Message {
         Message {
@@ -100,138 +116,21 @@ impl Msg<'_> {
     }
 }
 
-/// How a transfer ended for a reader.
-enum Read {
-    Whole,
-    /// The rest lies beyond the captured bytes at a header: the message that
-    /// starts at this sequence number (its header maybe begun) and after.
-    BeyondCapture(u32),
-    Malformed,
+/// The length of a message's body from its header: a type byte (unless it is
+/// a startup message) and a big-endian length that counts itself.
+fn body_len(header: &[u8]) -> Option<u32> {
+    let (typed, len) = match header.len() {
+        4 => (true, &header[..4]),
+        // Type bytes are letters, or the digits of Parse/Bind/Close complete.
+        _ => (header[0].is_ascii_alphanumeric(), &header[1..5]),
+    };
+    let n = u32::from_be_bytes([len[0], len[1], len[2], len[3]]);
+    (typed && (4..=MAX_LEN).contains(&n)).then(|| n - 4)
 }
 
-/// One direction's framing: a header (type byte unless untyped, then a
-/// 4-byte big-endian length that counts itself), then a body skipped by length.
-#[derive(Debug, Default)]
-struct Reader {
-    header: [u8; 5],
-    have: usize,
-    /// The next message has no type byte (a client's startup messages).
-    untyped: bool,
-    /// Body bytes left to skip, once a header is complete.
-    body_left: Option<u32>,
-    /// The message being read: where and when it started.
-    start: (u32, u64, u32),
-    keep: usize,
-    kept: Vec<u8>,
-}
-
-impl Reader {
-    fn header_len(&self) -> usize {
-        if self.untyped { 4 } else { 5 }
-    }
-
-    fn reset(&mut self, untyped: bool) {
-        *self = Reader {
-            untyped,
-            ..Reader::default()
-        };
-    }
-
-    /// Reads a transfer; each complete message goes to `on_message`.
-    fn feed(
-        &mut self,
-        t: &Transfer<'_>,
-        keep_of: impl Fn(u8) -> usize,
-        mut on_message: impl FnMut(&mut Reader, Msg<'_>),
-    ) -> Read {
-        let len = t.len as usize;
-        let data = &t.data[..t.data.len().min(len)];
-        let mut pos = 0;
-        while pos < len {
-            match self.body_left {
-                None => {
-                    if pos >= data.len() {
-                        let from = if self.have > 0 {
-                            self.start.0
-                        } else {
-                            t.seq.wrapping_add(pos as u32)
-                        };
-                        return Read::BeyondCapture(from);
-                    }
-                    if self.have == 0 {
-                        self.start = (t.seq.wrapping_add(pos as u32), t.ts_ns, t.tid);
-                    }
-                    let need = self.header_len() - self.have;
-                    let take = need.min(data.len() - pos);
-                    self.header[self.have..self.have + take]
-                        .copy_from_slice(&data[pos..pos + take]);
-                    self.have += take;
-                    pos += take;
-                    if self.have < self.header_len() {
-                        continue;
-                    }
-                    let (kind, len_at) = if self.untyped {
-                        (0, 0)
-                    } else {
-                        (self.header[0], 1)
-                    };
-                    let n = u32::from_be_bytes([
-                        self.header[len_at],
-                        self.header[len_at + 1],
-                        self.header[len_at + 2],
-                        self.header[len_at + 3],
-                    ]);
-                    // Type bytes are letters, or the digits of Parse/Bind/Close complete.
-                    let typed_ok = self.untyped || self.header[0].is_ascii_alphanumeric();
-                    if !(4..=MAX_LEN).contains(&n) || !typed_ok {
-                        return Read::Malformed;
-                    }
-                    self.keep = keep_of(kind);
-                    self.kept.clear();
-                    self.body_left = Some(n - 4);
-                }
-                Some(left) => {
-                    let n = (left as usize).min(len - pos);
-                    if self.kept.len() < self.keep {
-                        let end = (pos + n).min(data.len());
-                        if pos < end {
-                            let take = (end - pos).min(self.keep - self.kept.len());
-                            self.kept.extend_from_slice(&data[pos..pos + take]);
-                        }
-                    }
-                    pos += n;
-                    self.body_left = Some(left - n as u32);
-                }
-            }
-            if self.body_left == Some(0) {
-                let kind = if self.untyped { 0 } else { self.header[0] };
-                let length_field = if self.untyped { 0 } else { 1 };
-                let total = u64::from(u32::from_be_bytes([
-                    self.header[length_field],
-                    self.header[length_field + 1],
-                    self.header[length_field + 2],
-                    self.header[length_field + 3],
-                ])) + length_field as u64;
-                let kept = std::mem::take(&mut self.kept);
-                let (seq, ts_ns, tid) = self.start;
-                self.have = 0;
-                self.body_left = None;
-                on_message(
-                    self,
-                    Msg {
-                        kind,
-                        seq,
-                        ts_ns,
-                        tid,
-                        bytes: total,
-                        body: &kept,
-                    },
-                );
-            }
-        }
-        Read::Whole
-    }
-}
+/// The header length of a startup message (no type byte) and of the others.
+const UNTYPED: usize = 4;
+const TYPED: usize = 5;
 
 /// A PostgreSQL connection: both directions and the exchanges in flight.
 #[derive(Debug)]
@@ -259,11 +158,10 @@ impl Session {
     /// A session from the transfer that showed the connection is PostgreSQL
     /// (see [`starts_session`]).
     pub fn new(mid_way: bool) -> Self {
-        let mut client = Reader::default();
-        client.reset(!mid_way);
+        let client = Reader::new(if mid_way { TYPED } else { UNTYPED });
         Self {
             client,
-            server: Reader::default(),
+            server: Reader::new(TYPED),
             phase: if mid_way {
                 Phase::Ready
             } else {
@@ -291,9 +189,9 @@ impl Session {
                 if code == SSL_REQUEST || code == GSSENC_REQUEST {
                     self.answer_byte_next = true;
                     // The startup message proper comes next, untyped too.
-                    reader.untyped = true;
+                    reader.header_len = UNTYPED;
                 } else {
-                    reader.untyped = false;
+                    reader.header_len = TYPED;
                 }
             }
             // Password and SASL messages: part of the startup.
@@ -391,25 +289,24 @@ impl Session {
         }
         if self.unframed {
             self.unframed = false;
-            self.server.reset(false);
+            self.server = Reader::new(TYPED);
         }
     }
 
     /// The server's transfer goes on beyond the capture at a header.
     fn beyond_capture(&mut self, t: &Transfer<'_>, from: u32) {
         if self.phase == Phase::Ready && self.waiting == 1 {
-            self.problems.unframed += 1;
-            let response = self.response.get_or_insert_with(|| {
-                Message::starting(
+            lenframe::open_beyond_capture(
+                &mut self.response,
+                t,
+                from,
+                || {
                     L7::Postgres(Frame::Result {
                         sqlstate: String::new(),
-                    }),
-                    from,
-                    t,
-                )
-            });
-            response.bytes += u64::from(t.seq.wrapping_add(t.len).wrapping_sub(from));
-            response.touch(t);
+                    })
+                },
+                &mut self.problems,
+            );
             self.unframed = true;
         } else {
             self.lose(true);
@@ -418,11 +315,7 @@ impl Session {
 
     /// Which result answers which query is unknown from here on.
     fn lose(&mut self, truncated: bool) {
-        if truncated {
-            self.problems.truncated += 1;
-        } else {
-            self.problems.malformed += 1;
-        }
+        lenframe::count_loss(&mut self.problems, truncated);
         self.gap();
     }
 }
@@ -439,14 +332,16 @@ impl Exchanges for Session {
                     // The client's next message: the result it waited for is over.
                     self.finish_response(out);
                 }
-                let keep_of = |kind: u8| match kind {
-                    0 => 8,
-                    b'Q' | b'P' => KEEP_TEXT,
-                    b'B' | b'C' => KEEP_BIND,
+                let keep = |header: &[u8]| match header {
+                    [_, _, _, _] => 8,
+                    [b'Q' | b'P', ..] => KEEP_TEXT,
+                    [b'B' | b'C', ..] => KEEP_BIND,
                     _ => 0,
                 };
-                let mut client = std::mem::take(&mut self.client);
-                let read = client.feed(&t, keep_of, |reader, m| self.on_client(reader, m, out));
+                let mut client = std::mem::replace(&mut self.client, Reader::new(TYPED));
+                let read = client.feed(&t, body_len, keep, |reader, f| {
+                    self.on_client(reader, Msg::of(&f), out)
+                });
                 self.client = client;
                 match read {
                     Read::Whole => {}
@@ -456,10 +351,7 @@ impl Exchanges for Session {
             }
             Side::Answers => {
                 if self.unframed {
-                    if let Some(m) = &mut self.response {
-                        m.bytes += u64::from(t.len);
-                        m.touch(&t);
-                    }
+                    lenframe::extend_open(&mut self.response, &t);
                     return;
                 }
                 let mut t = t;
@@ -482,9 +374,9 @@ impl Exchanges for Session {
                         None => return self.lose(true),
                     }
                 }
-                let keep_of = |kind: u8| if kind == b'E' { KEEP_ERROR } else { 0 };
-                let mut server = std::mem::take(&mut self.server);
-                let read = server.feed(&t, keep_of, |_, m| self.on_server(m, out));
+                let keep = |header: &[u8]| if header[0] == b'E' { KEEP_ERROR } else { 0 };
+                let mut server = std::mem::replace(&mut self.server, Reader::new(TYPED));
+                let read = server.feed(&t, body_len, keep, |_, f| self.on_server(Msg::of(&f), out));
                 self.server = server;
                 match read {
                     Read::Whole => {}
@@ -515,8 +407,8 @@ impl Exchanges for Session {
             self.finish_response(out);
         }
         if self.phase == Phase::Lost {
-            self.client.reset(false);
-            self.server.reset(false);
+            self.client = Reader::new(TYPED);
+            self.server = Reader::new(TYPED);
             self.waiting = 0;
             self.sqlstate.clear();
             self.phase = Phase::Ready;
@@ -531,8 +423,8 @@ impl Exchanges for Session {
     }
 
     fn held_bytes(&self) -> usize {
-        self.client.kept.capacity()
-            + self.server.kept.capacity()
+        self.client.held_bytes()
+            + self.server.held_bytes()
             + self
                 .statements
                 .iter()
