@@ -35,11 +35,10 @@ use std::net::SocketAddr;
 use espan::wire::{Db, ESpan, Endpoint, Http, Protocol, SpanKind};
 
 use crate::conn::{Conn, Direction};
-use crate::message::{L7, Message, Transfer};
-use crate::resp::Frame;
+use crate::message::{L7, Message, MysqlFrame, PgFrame, RedisFrame, Transfer};
 use crate::runtime::Runtime;
+use crate::sql;
 use crate::turns::Turns;
-use crate::{mysql, pg, sql};
 
 /// How long a connection closed with requests unanswered waits for bytes read
 /// after its CLOSE (ns).
@@ -648,11 +647,11 @@ impl Assembler {
                 Some(Db {
                     system: "redis".into(),
                     operation: match command {
-                        Frame::Command { name } => name,
-                        Frame::Reply { .. } => String::new(),
+                        RedisFrame::Command { name } => name,
+                        RedisFrame::Reply { .. } => String::new(),
                     },
                     status_code: match resp.map(|r| &r.l7) {
-                        Some(L7::Redis(Frame::Reply { error })) => error.clone(),
+                        Some(L7::Redis(RedisFrame::Reply { error })) => error.clone(),
                         _ => String::new(),
                     },
                     ..Db::default()
@@ -661,11 +660,11 @@ impl Assembler {
             ),
             L7::Postgres(query) => {
                 let text = match query {
-                    pg::Frame::Query { text } => text,
-                    pg::Frame::Result { .. } => String::new(),
+                    PgFrame::Query { text } => text,
+                    PgFrame::Result { .. } => String::new(),
                 };
                 let status = match resp.map(|r| &r.l7) {
-                    Some(L7::Postgres(pg::Frame::Result { sqlstate })) => sqlstate.clone(),
+                    Some(L7::Postgres(PgFrame::Result { sqlstate })) => sqlstate.clone(),
                     _ => String::new(),
                 };
                 (
@@ -677,11 +676,11 @@ impl Assembler {
             }
             L7::Mysql(command) => {
                 let text = match command {
-                    mysql::Frame::Command { text } => text,
-                    mysql::Frame::Result { .. } => String::new(),
+                    MysqlFrame::Command { text } => text,
+                    MysqlFrame::Result { .. } => String::new(),
                 };
                 let status = match resp.map(|r| &r.l7) {
-                    Some(L7::Mysql(mysql::Frame::Result { error })) => error.clone(),
+                    Some(L7::Mysql(MysqlFrame::Result { error })) => error.clone(),
                     _ => String::new(),
                 };
                 (

@@ -21,31 +21,11 @@
 
 use espan::wire::{AppTrace, SamplingDecision, TraceFormat};
 
-use crate::message::{L7, Message, Problems, Transfer};
+use crate::message::{HttpHead, L7, Message, Problems, Transfer};
 
 /// Longest head accepted; a longer one is treated as malformed.
 pub const MAX_HEAD: usize = 16 * 1024;
 const MAX_HEADERS: usize = 96;
-
-/// The parts of a head espan keeps.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Head {
-    /// Empty for a response.
-    pub method: String,
-    /// Without the query.
-    pub path: String,
-    pub version: String,
-    /// 0 for a request.
-    pub status: u32,
-    pub host: String,
-    pub app_trace: Option<AppTrace>,
-}
-
-impl Head {
-    pub fn is_request(&self) -> bool {
-        !self.method.is_empty()
-    }
-}
 
 #[derive(Debug)]
 enum Body {
@@ -72,7 +52,7 @@ enum Chunk {
 #[derive(Debug)]
 enum State {
     /// Between messages, or collecting a head in `buf`.
-    Head,
+    HttpHead,
     Body(Body),
     /// Not following the stream; wait for a transfer that starts a message.
     Lost,
@@ -84,7 +64,7 @@ enum State {
 #[derive(Debug)]
 pub struct Stream {
     state: State,
-    /// Head bytes collected so far, or the current chunk line.
+    /// HttpHead bytes collected so far, or the current chunk line.
     buf: Vec<u8>,
     /// The message being read, once its first byte is seen.
     current: Option<Message>,
@@ -155,12 +135,12 @@ impl Stream {
                 State::Upgraded => return,
                 State::Lost => {
                     if pos == 0 && looks_like_start(data) {
-                        self.state = State::Head;
+                        self.state = State::HttpHead;
                         continue;
                     }
                     return;
                 }
-                State::Head => {
+                State::HttpHead => {
                     if pos >= data.len() {
                         // The head (or the start of the next one) is beyond the capture.
                         self.problems.truncated += 1;
@@ -170,7 +150,7 @@ impl Stream {
                     if self.current.is_none() {
                         self.buf.clear();
                         self.current = Some(Message::starting(
-                            L7::Http(Head::default()),
+                            L7::Http(HttpHead::default()),
                             t.seq.wrapping_add(pos as u32),
                             &t,
                         ));
@@ -314,7 +294,7 @@ impl Stream {
 
     fn start_body(
         &mut self,
-        head: Head,
+        head: HttpHead,
         head_len: u64,
         body: BodyHint,
         heads: &mut HeadQueue,
@@ -362,7 +342,7 @@ impl Stream {
         if interim {
             // Not a message of its own for pairing: drop it and wait for the final response.
             self.current = None;
-            self.state = State::Head;
+            self.state = State::HttpHead;
             return;
         }
         self.state = State::Body(state);
@@ -411,7 +391,7 @@ impl Stream {
             out.push(m);
         }
         self.release_buf();
-        self.state = State::Head;
+        self.state = State::HttpHead;
     }
 
     /// Ends an unframed message where the stream got to (its last transfer).
@@ -420,7 +400,7 @@ impl Stream {
             out.push(m);
         }
         self.release_buf();
-        self.state = State::Head;
+        self.state = State::HttpHead;
     }
 
     /// True while a message whose end the stream has not shown is open.
@@ -494,16 +474,16 @@ enum BodyHint {
 }
 
 /// `Ok(None)`: incomplete; `Err`: not HTTP/1.x.
-fn parse_head(buf: &[u8]) -> Result<Option<(Head, usize, BodyHint)>, ()> {
+fn parse_head(buf: &[u8]) -> Result<Option<(HttpHead, usize, BodyHint)>, ()> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     if buf.starts_with(b"HTTP/") {
         let mut resp = httparse::Response::new(&mut headers);
         match resp.parse(buf) {
             Ok(httparse::Status::Complete(n)) => {
-                let mut head = Head {
+                let mut head = HttpHead {
                     version: version(resp.version),
                     status: u32::from(resp.code.unwrap_or(0)),
-                    ..Head::default()
+                    ..HttpHead::default()
                 };
                 let body = body_hint(resp.headers, &mut head)?;
                 Ok(Some((head, n, body)))
@@ -517,11 +497,11 @@ fn parse_head(buf: &[u8]) -> Result<Option<(Head, usize, BodyHint)>, ()> {
             Ok(httparse::Status::Complete(n)) => {
                 let path = req.path.unwrap_or("");
                 let path = path.split(['?', '#']).next().unwrap_or("");
-                let mut head = Head {
+                let mut head = HttpHead {
                     method: req.method.unwrap_or("").to_owned(),
                     path: path.to_owned(),
                     version: version(req.version),
-                    ..Head::default()
+                    ..HttpHead::default()
                 };
                 let body = body_hint(req.headers, &mut head)?;
                 Ok(Some((head, n, body)))
@@ -540,7 +520,7 @@ fn version(v: Option<u8>) -> String {
 }
 
 /// Reads the headers espan uses (names are case-insensitive) and how the body ends.
-fn body_hint(headers: &[httparse::Header<'_>], head: &mut Head) -> Result<BodyHint, ()> {
+fn body_hint(headers: &[httparse::Header<'_>], head: &mut HttpHead) -> Result<BodyHint, ()> {
     let mut length = None;
     let mut chunked = false;
     let mut ctx = TraceHeaders::default();

@@ -1,9 +1,9 @@
 //! What every protocol's parser reads and writes: transfers in, complete
-//! messages out, with the problems it met counted. The parsers ([`crate::http1`],
+//! messages out (with what each protocol's message says), with the problems
+//! it met counted. Parsers depend on this module, never the other way. The parsers ([`crate::http1`],
 //! [`crate::resp`]) differ only in where a message ends and what it says.
 
-use crate::http1::Head;
-use crate::{mysql, pg, resp};
+use espan::wire::AppTrace;
 
 /// One read or write.
 #[derive(Debug, Clone, Copy)]
@@ -19,10 +19,10 @@ pub struct Transfer<'a> {
 /// What a message says, per protocol.
 #[derive(Debug, Clone, PartialEq)]
 pub enum L7 {
-    Http(Head),
-    Redis(resp::Frame),
-    Postgres(pg::Frame),
-    Mysql(mysql::Frame),
+    Http(HttpHead),
+    Redis(RedisFrame),
+    Postgres(PgFrame),
+    Mysql(MysqlFrame),
 }
 
 impl L7 {
@@ -34,6 +34,72 @@ impl L7 {
             L7::Postgres(frame) => frame.is_query(),
             L7::Mysql(frame) => frame.is_command(),
         }
+    }
+}
+
+/// The parts of an HTTP/1.x head espan keeps ([`crate::http1`]).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct HttpHead {
+    /// Empty for a response.
+    pub method: String,
+    /// Without the query.
+    pub path: String,
+    pub version: String,
+    /// 0 for a request.
+    pub status: u32,
+    pub host: String,
+    pub app_trace: Option<AppTrace>,
+}
+
+impl HttpHead {
+    pub fn is_request(&self) -> bool {
+        !self.method.is_empty()
+    }
+}
+
+/// What a Redis message says ([`crate::resp`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RedisFrame {
+    /// A command, by its name in upper case (empty when beyond the capture).
+    Command { name: String },
+    /// A reply; `error` is an error reply's code (`ERR`, `WRONGTYPE`), else empty.
+    Reply { error: String },
+}
+
+impl RedisFrame {
+    pub fn is_command(&self) -> bool {
+        matches!(self, RedisFrame::Command { .. })
+    }
+}
+
+/// What a PostgreSQL exchange says ([`crate::pg`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PgFrame {
+    /// A query, with its statement's first bytes as captured (literals in).
+    Query { text: String },
+    /// Its result; `sqlstate` is an `ErrorResponse`'s code, else empty.
+    Result { sqlstate: String },
+}
+
+impl PgFrame {
+    pub fn is_query(&self) -> bool {
+        matches!(self, PgFrame::Query { .. })
+    }
+}
+
+/// What a MySQL exchange says ([`crate::mysql`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MysqlFrame {
+    /// A command: its statement's first bytes (literals in), or its name when
+    /// it has none (`PING`).
+    Command { text: String },
+    /// Its answer; `error` is an ERR packet's error number, else empty.
+    Result { error: String },
+}
+
+impl MysqlFrame {
+    pub fn is_command(&self) -> bool {
+        matches!(self, MysqlFrame::Command { .. })
     }
 }
 

@@ -22,23 +22,7 @@
 use std::collections::HashMap;
 
 use crate::lenframe::{self, Read, Reader};
-use crate::message::{Exchanges, L7, Message, Problems, Side, Transfer};
-
-/// What a MySQL exchange says.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Frame {
-    /// A command: its statement's first bytes (literals in), or its name when
-    /// it has none (`PING`).
-    Command { text: String },
-    /// Its answer; `error` is an ERR packet's error number, else empty.
-    Result { error: String },
-}
-
-impl Frame {
-    pub fn is_command(&self) -> bool {
-        matches!(self, Frame::Command { .. })
-    }
-}
+use crate::message::{Exchanges, L7, Message, MysqlFrame, Problems, Side, Transfer};
 
 const COM_QUIT: u8 = 0x01;
 const COM_QUERY: u8 = 0x03;
@@ -259,7 +243,7 @@ impl Session {
         out.push((
             Side::Requests,
             Message {
-                l7: L7::Mysql(Frame::Command { text }),
+                l7: L7::Mysql(MysqlFrame::Command { text }),
                 seq: p.start,
                 start_ns: p.ts_ns,
                 end_ns: p.ts_ns,
@@ -288,7 +272,7 @@ impl Session {
             return;
         }
         let response = self.response.get_or_insert_with(|| Message {
-            l7: L7::Mysql(Frame::Result {
+            l7: L7::Mysql(MysqlFrame::Result {
                 error: String::new(),
             }),
             seq: p.start,
@@ -447,7 +431,7 @@ impl Session {
 
     fn finish_response(&mut self, out: &mut Vec<(Side, Message)>) {
         if let Some(mut response) = self.response.take() {
-            response.l7 = L7::Mysql(Frame::Result {
+            response.l7 = L7::Mysql(MysqlFrame::Result {
                 error: std::mem::take(&mut self.error),
             });
             out.push((Side::Answers, response));
@@ -467,7 +451,7 @@ impl Session {
                 t,
                 from,
                 || {
-                    L7::Mysql(Frame::Result {
+                    L7::Mysql(MysqlFrame::Result {
                         error: String::new(),
                     })
                 },

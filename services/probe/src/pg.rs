@@ -23,22 +23,7 @@
 //! until it has been quiet for a while.
 
 use crate::lenframe::{self, Read, Reader};
-use crate::message::{Exchanges, L7, Message, Problems, Side, Transfer};
-
-/// What a PostgreSQL exchange says.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Frame {
-    /// A query, with its statement's first bytes as captured (literals in).
-    Query { text: String },
-    /// Its result; `sqlstate` is an `ErrorResponse`'s code, else empty.
-    Result { sqlstate: String },
-}
-
-impl Frame {
-    pub fn is_query(&self) -> bool {
-        matches!(self, Frame::Query { .. })
-    }
-}
+use crate::message::{Exchanges, L7, Message, PgFrame, Problems, Side, Transfer};
 
 const SSL_REQUEST: u32 = 80_877_103;
 const GSSENC_REQUEST: u32 = 80_877_104;
@@ -96,7 +81,7 @@ impl<'a> Msg<'a> {
     }
 
     /// An exchange's half whose first message this is.
-    fn begins(&self, frame: Frame) -> Message {
+    fn begins(&self, frame: PgFrame) -> Message {
         Message {
             l7: L7::Postgres(frame),
             seq: self.seq,
@@ -207,7 +192,7 @@ impl Session {
             _ => {}
         }
         let request = self.request.get_or_insert_with(|| {
-            m.begins(Frame::Query {
+            m.begins(PgFrame::Query {
                 text: String::new(),
             })
         });
@@ -241,7 +226,7 @@ impl Session {
             }
             _ => None,
         };
-        if let (Some(text), L7::Postgres(Frame::Query { text: kept })) = (text, &mut request.l7)
+        if let (Some(text), L7::Postgres(PgFrame::Query { text: kept })) = (text, &mut request.l7)
             && kept.is_empty()
         {
             *kept = text;
@@ -266,7 +251,7 @@ impl Session {
             return;
         }
         let response = self.response.get_or_insert_with(|| {
-            m.begins(Frame::Result {
+            m.begins(PgFrame::Result {
                 sqlstate: String::new(),
             })
         });
@@ -281,7 +266,7 @@ impl Session {
 
     fn finish_response(&mut self, out: &mut Vec<(Side, Message)>) {
         if let Some(mut response) = self.response.take() {
-            response.l7 = L7::Postgres(Frame::Result {
+            response.l7 = L7::Postgres(PgFrame::Result {
                 sqlstate: std::mem::take(&mut self.sqlstate),
             });
             self.waiting = self.waiting.saturating_sub(1);
@@ -301,7 +286,7 @@ impl Session {
                 t,
                 from,
                 || {
-                    L7::Postgres(Frame::Result {
+                    L7::Postgres(PgFrame::Result {
                         sqlstate: String::new(),
                     })
                 },

@@ -22,22 +22,7 @@
 //! capture while it answers the only command waiting stays open until the client
 //! sends its next command (or the connection goes quiet or ends).
 
-use crate::message::{Exchanges, L7, Message, Problems, Side, Transfer};
-
-/// What a Redis message says.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Frame {
-    /// A command, by its name in upper case (empty when beyond the capture).
-    Command { name: String },
-    /// A reply; `error` is an error reply's code (`ERR`, `WRONGTYPE`), else empty.
-    Reply { error: String },
-}
-
-impl Frame {
-    pub fn is_command(&self) -> bool {
-        matches!(self, Frame::Command { .. })
-    }
-}
+use crate::message::{Exchanges, L7, Message, Problems, RedisFrame, Side, Transfer};
 
 /// Deepest nesting of aggregates followed; deeper is taken as garbage.
 const MAX_DEPTH: usize = 32;
@@ -300,7 +285,7 @@ impl Stream {
                     }
                     if self.current.is_none() {
                         self.current = Some(Message::starting(
-                            L7::Redis(Frame::Reply {
+                            L7::Redis(RedisFrame::Reply {
                                 error: String::new(),
                             }),
                             t.seq.wrapping_add(pos as u32),
@@ -372,7 +357,7 @@ impl Stream {
             let m = self.current.get_or_insert_with(|| {
                 // The reply starts where the capture ends.
                 Message::starting(
-                    L7::Redis(Frame::Reply {
+                    L7::Redis(RedisFrame::Reply {
                         error: String::new(),
                     }),
                     t.seq.wrapping_add(pos as u32),
@@ -473,7 +458,7 @@ impl Stream {
                     ..
                 }) = &mut self.current
                 {
-                    *frame = Frame::Command {
+                    *frame = RedisFrame::Command {
                         name: command_name(&kept),
                     };
                 }
@@ -508,11 +493,11 @@ impl Stream {
                 };
                 if !frame.is_command() {
                     // The array did not start with a bulk string.
-                    *frame = Frame::Command {
+                    *frame = RedisFrame::Command {
                         name: String::new(),
                     };
                 }
-                let subscribing = matches!(frame, Frame::Command { name }
+                let subscribing = matches!(frame, RedisFrame::Command { name }
                     if SUBSCRIBING.contains(&name.as_str()));
                 shared.waiting += 1;
                 out.push((Side::Requests, m));
@@ -526,7 +511,7 @@ impl Stream {
                     // Answers no command.
                     return Outcome::Followed;
                 }
-                m.l7 = L7::Redis(Frame::Reply {
+                m.l7 = L7::Redis(RedisFrame::Reply {
                     error: std::mem::take(&mut self.error),
                 });
                 shared.waiting = shared.waiting.saturating_sub(1);
@@ -542,7 +527,7 @@ impl Stream {
     /// Ends the reply left open (see the module doc).
     fn finish_unframed(&mut self, shared: &mut Shared, out: &mut Vec<(Side, Message)>) {
         if let Some(mut m) = self.current.take() {
-            m.l7 = L7::Redis(Frame::Reply {
+            m.l7 = L7::Redis(RedisFrame::Reply {
                 error: std::mem::take(&mut self.error),
             });
             shared.waiting = shared.waiting.saturating_sub(1);

@@ -2,12 +2,12 @@ use super::*;
 use proptest::prelude::*;
 
 /// The HTTP head of a message these tests made.
-trait HttpHead {
-    fn http_head(&self) -> &Head;
+trait HeadOf {
+    fn http_head(&self) -> &HttpHead;
 }
 
-impl HttpHead for Message {
-    fn http_head(&self) -> &Head {
+impl HeadOf for Message {
+    fn http_head(&self) -> &HttpHead {
         match &self.l7 {
             L7::Http(head) => head,
             other => panic!("not HTTP: {other:?}"),

@@ -122,14 +122,14 @@ impl My {
 
 fn text(m: &Message) -> &str {
     match &m.l7 {
-        L7::Mysql(Frame::Command { text }) => text,
+        L7::Mysql(MysqlFrame::Command { text }) => text,
         other => panic!("not a command: {other:?}"),
     }
 }
 
 fn error(m: &Message) -> &str {
     match &m.l7 {
-        L7::Mysql(Frame::Result { error }) => error,
+        L7::Mysql(MysqlFrame::Result { error }) => error,
         other => panic!("not a result: {other:?}"),
     }
 }

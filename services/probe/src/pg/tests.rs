@@ -113,14 +113,14 @@ impl Pg {
 
 fn text(m: &Message) -> &str {
     match &m.l7 {
-        L7::Postgres(Frame::Query { text }) => text,
+        L7::Postgres(PgFrame::Query { text }) => text,
         other => panic!("not a query: {other:?}"),
     }
 }
 
 fn state(m: &Message) -> &str {
     match &m.l7 {
-        L7::Postgres(Frame::Result { sqlstate }) => sqlstate,
+        L7::Postgres(PgFrame::Result { sqlstate }) => sqlstate,
         other => panic!("not a result: {other:?}"),
     }
 }

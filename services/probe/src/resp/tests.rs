@@ -27,14 +27,14 @@ fn feed(
 
 fn command(m: &Message) -> &str {
     match &m.l7 {
-        L7::Redis(Frame::Command { name }) => name,
+        L7::Redis(RedisFrame::Command { name }) => name,
         other => panic!("not a command: {other:?}"),
     }
 }
 
 fn error(m: &Message) -> &str {
     match &m.l7 {
-        L7::Redis(Frame::Reply { error }) => error,
+        L7::Redis(RedisFrame::Reply { error }) => error,
         other => panic!("not a reply: {other:?}"),
     }
 }
