@@ -658,37 +658,23 @@ impl Assembler {
                 }),
                 None,
             ),
-            L7::Postgres(query) => {
-                let text = match query {
-                    PgFrame::Query { text } => text,
-                    PgFrame::Result { .. } => String::new(),
-                };
+            sql @ (L7::Postgres(_) | L7::Mysql(_)) => {
                 let status = match resp.map(|r| &r.l7) {
-                    Some(L7::Postgres(PgFrame::Result { sqlstate })) => sqlstate.clone(),
+                    Some(
+                        L7::Postgres(PgFrame::Result { sqlstate: code })
+                        | L7::Mysql(MysqlFrame::Result { error: code }),
+                    ) => code.clone(),
                     _ => String::new(),
                 };
-                (
-                    Protocol::Postgres,
-                    None,
-                    Some(sql_db("postgresql", &text, status)),
-                    None,
-                )
-            }
-            L7::Mysql(command) => {
-                let text = match command {
-                    MysqlFrame::Command { text } => text,
-                    MysqlFrame::Result { .. } => String::new(),
+                let (protocol, system, text) = match sql {
+                    L7::Postgres(PgFrame::Query { text }) => {
+                        (Protocol::Postgres, "postgresql", text)
+                    }
+                    L7::Postgres(_) => (Protocol::Postgres, "postgresql", String::new()),
+                    L7::Mysql(MysqlFrame::Command { text }) => (Protocol::Mysql, "mysql", text),
+                    _ => (Protocol::Mysql, "mysql", String::new()),
                 };
-                let status = match resp.map(|r| &r.l7) {
-                    Some(L7::Mysql(MysqlFrame::Result { error })) => error.clone(),
-                    _ => String::new(),
-                };
-                (
-                    Protocol::Mysql,
-                    None,
-                    Some(sql_db("mysql", &text, status)),
-                    None,
-                )
+                (protocol, None, Some(sql_db(system, &text, status)), None)
             }
         };
         ESpan {

@@ -40,6 +40,46 @@ pub fn count_loss(problems: &mut Problems, truncated: bool) {
     }
 }
 
+/// Prepared statements' texts by name or id, as many as [`Statements::MAX`],
+/// with the bytes they hold kept as they change (the probe's memory budget
+/// asks after every transfer: no walk over the map).
+#[derive(Debug, Default)]
+pub struct Statements<K> {
+    texts: std::collections::HashMap<K, String>,
+    bytes: usize,
+}
+
+impl<K: std::hash::Hash + Eq> Statements<K> {
+    /// Statements remembered per connection; later ones are not named.
+    pub const MAX: usize = 256;
+
+    /// Remembers `text` under `key` (a new key only while fewer than `MAX`).
+    pub fn insert(&mut self, key: K, text: String) {
+        if self.texts.len() >= Self::MAX && !self.texts.contains_key(&key) {
+            return;
+        }
+        self.bytes += std::mem::size_of::<K>() + text.capacity();
+        if let Some(old) = self.texts.insert(key, text) {
+            self.bytes -= std::mem::size_of::<K>() + old.capacity();
+        }
+    }
+
+    pub fn get(&self, key: &K) -> Option<&String> {
+        self.texts.get(key)
+    }
+
+    pub fn remove(&mut self, key: &K) {
+        if let Some(old) = self.texts.remove(key) {
+            self.bytes -= std::mem::size_of::<K>() + old.capacity();
+        }
+    }
+
+    /// Bytes the texts hold.
+    pub fn held_bytes(&self) -> usize {
+        self.bytes
+    }
+}
+
 /// Longest header read (PostgreSQL's type byte and length).
 const MAX_HEADER: usize = 8;
 
@@ -184,5 +224,37 @@ impl Reader {
             }
         }
         Read::Whole
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statements_keep_their_byte_count_and_their_bound() {
+        let mut s = Statements::<u32>::default();
+        s.insert(1, "SELECT 1".to_owned());
+        let one = s.held_bytes();
+        assert!(one >= 8 + 4);
+        s.insert(1, "SELECT 1, 2, 3".to_owned());
+        assert!(
+            s.held_bytes() > one,
+            "a replaced text is counted as the new one"
+        );
+        s.remove(&1);
+        assert_eq!(s.held_bytes(), 0);
+        for id in 0..(Statements::<u32>::MAX as u32 + 10) {
+            s.insert(id, "x".to_owned());
+        }
+        assert!(
+            s.get(&(Statements::<u32>::MAX as u32 + 5)).is_none(),
+            "bounded"
+        );
+        assert!(s.get(&0).is_some());
+        for id in 0..(Statements::<u32>::MAX as u32 + 10) {
+            s.remove(&id);
+        }
+        assert_eq!(s.held_bytes(), 0);
     }
 }

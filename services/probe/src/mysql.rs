@@ -19,9 +19,7 @@
 //! has one command in flight at a time); any other loss of framing stops the
 //! pairing until the connection has been quiet (see [`crate::resp`]).
 
-use std::collections::HashMap;
-
-use crate::lenframe::{self, Read, Reader};
+use crate::lenframe::{self, Read, Reader, Statements};
 use crate::message::{Exchanges, L7, Message, MysqlFrame, Problems, Side, Transfer};
 
 const COM_QUIT: u8 = 0x01;
@@ -36,8 +34,6 @@ const SERVER_MORE_RESULTS_EXISTS: u16 = 0x0008;
 /// A packet this long continues in the next one.
 const MAX_PACKET: u32 = 0xFF_FFFF;
 const KEEP_TEXT: usize = 1024;
-/// Prepared statements remembered per connection.
-pub const MAX_STATEMENTS: usize = 256;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
@@ -163,7 +159,7 @@ pub struct Session {
     error: String,
     /// The answer is open beyond the capture.
     unframed: bool,
-    statements: HashMap<u32, String>,
+    statements: Statements<u32>,
     pub problems: Problems,
     pub desyncs: u64,
 }
@@ -187,7 +183,7 @@ impl Session {
             preparing: None,
             error: String::new(),
             unframed: false,
-            statements: HashMap::new(),
+            statements: Statements::default(),
             problems: Problems::default(),
             desyncs: 0,
         }
@@ -409,9 +405,7 @@ impl Session {
         let id = u32::from_le_bytes([h[1], h[2], h[3], h[4]]);
         let columns = u64::from(u16::from_le_bytes([h[5], h[6]]));
         let params = u64::from(u16::from_le_bytes([h[7], h[8]]));
-        if self.statements.len() < MAX_STATEMENTS || self.statements.contains_key(&id) {
-            self.statements.insert(id, text);
-        }
+        self.statements.insert(id, text);
         if params > 0 {
             self.answer = Answer::Definitions {
                 left: params,
@@ -536,11 +530,7 @@ impl Exchanges for Session {
     fn held_bytes(&self) -> usize {
         self.client.reader.held_bytes()
             + self.server.reader.held_bytes()
-            + self
-                .statements
-                .values()
-                .map(|text| 4 + text.capacity())
-                .sum::<usize>()
+            + self.statements.held_bytes()
     }
 
     fn take_problems(&mut self) -> (Problems, u64) {

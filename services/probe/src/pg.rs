@@ -15,14 +15,14 @@
 //! capture cost nothing; a statement's first bytes are kept (the assembler takes
 //! its literals out, [`crate::sql`]) and an `ErrorResponse`'s SQLSTATE. A named
 //! prepared statement's text is remembered from its `Parse` (up to
-//! [`MAX_STATEMENTS`] per connection), so a later `Bind` of it names its query. Losing
+//! [`Statements::MAX`] per connection), so a later `Bind` of it names its query. Losing
 //! the framing (a header beyond the capture, garbage, missed bytes) is handled
 //! as for Redis ([`crate::resp`]): a result whose framing lies beyond the
 //! capture while it answers the only query waiting (many rows) stays open until
 //! the client's next message; otherwise the connection is not paired again
 //! until it has been quiet for a while.
 
-use crate::lenframe::{self, Read, Reader};
+use crate::lenframe::{self, Read, Reader, Statements};
 use crate::message::{Exchanges, L7, Message, PgFrame, Problems, Side, Transfer};
 
 const SSL_REQUEST: u32 = 80_877_103;
@@ -36,8 +36,6 @@ const KEEP_TEXT: usize = 1024;
 const KEEP_ERROR: usize = 256;
 /// Bind bytes kept: the portal's and the statement's names.
 const KEEP_BIND: usize = 128;
-/// Named prepared statements remembered per connection.
-pub const MAX_STATEMENTS: usize = 256;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
@@ -133,7 +131,7 @@ pub struct Session {
     /// The response is open beyond the capture (see the module doc).
     unframed: bool,
     /// Named prepared statements' texts, by name.
-    statements: std::collections::HashMap<String, String>,
+    statements: Statements<String>,
     pub problems: Problems,
     /// Times the pairing of queries and results was lost.
     pub desyncs: u64,
@@ -158,7 +156,7 @@ impl Session {
             response: None,
             sqlstate: String::new(),
             unframed: false,
-            statements: std::collections::HashMap::new(),
+            statements: Statements::default(),
             problems: Problems::default(),
             desyncs: 0,
         }
@@ -203,10 +201,7 @@ impl Session {
             b'P' => {
                 let (name, rest) = split_cstring(m.body);
                 let text = cstring(rest);
-                if !name.is_empty()
-                    && (self.statements.len() < MAX_STATEMENTS
-                        || self.statements.contains_key(&name))
-                {
+                if !name.is_empty() {
                     self.statements.insert(name, text.clone());
                 }
                 Some(text)
@@ -408,13 +403,7 @@ impl Exchanges for Session {
     }
 
     fn held_bytes(&self) -> usize {
-        self.client.held_bytes()
-            + self.server.held_bytes()
-            + self
-                .statements
-                .iter()
-                .map(|(name, text)| name.capacity() + text.capacity())
-                .sum::<usize>()
+        self.client.held_bytes() + self.server.held_bytes() + self.statements.held_bytes()
     }
 
     fn take_problems(&mut self) -> (Problems, u64) {

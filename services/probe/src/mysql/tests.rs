@@ -283,7 +283,11 @@ proptest! {
     ) {
         let mut my = My { s: Session::new(mid_way), c: 0, r: 0, cap };
         for (i, chunk) in chunks.iter().enumerate() {
-            my.send(if sides[i] { Side::Requests } else { Side::Answers }, chunk);
+            let out = my.send(if sides[i] { Side::Requests } else { Side::Answers }, chunk);
+            // Whatever comes, what it makes is made of bytes it saw, and what
+            // it holds stays small.
+            prop_assert!(out.iter().all(|(_, m)| m.bytes > 0));
+            prop_assert!(my.s.held_bytes() <= 8 * 1024, "{}", my.s.held_bytes());
         }
         my.s.resync_if_quiet(&mut Vec::new());
         my.s.end(&mut Vec::new());

@@ -325,7 +325,11 @@ proptest! {
         let mut pg = Pg::new(mid_way);
         pg.cap = cap;
         for (i, chunk) in chunks.iter().enumerate() {
-            pg.send(if sides[i] { Side::Requests } else { Side::Answers }, chunk);
+            let out = pg.send(if sides[i] { Side::Requests } else { Side::Answers }, chunk);
+            // Whatever comes, what it makes is made of bytes it saw, and what
+            // it holds stays small.
+            prop_assert!(out.iter().all(|(_, m)| m.bytes > 0));
+            prop_assert!(pg.s.held_bytes() <= 8 * 1024, "{}", pg.s.held_bytes());
         }
         pg.s.resync_if_quiet(&mut Vec::new());
         pg.s.end(&mut Vec::new());
