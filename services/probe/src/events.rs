@@ -237,15 +237,22 @@ impl Reader {
     }
 
     fn consider(&mut self, pid: u32) {
-        let decision = if pid == self.self_pid {
+        let facts = if pid == self.self_pid {
             None
         } else {
-            ProcFacts::read(pid).and_then(|f| {
-                let mut info = self.config.selection.decide(&f)?;
-                info.runtime = runtime::detect(pid, &f.comm, &f.exe);
-                Some(info)
-            })
+            ProcFacts::read(pid)
         };
+        if facts.is_none() && pid != self.self_pid && self.procs.contains_key(&pid) {
+            // Gone already (a short-lived child such as a curl a script ran):
+            // it keeps what it inherited, for the records it left in the ring;
+            // its exit record forgets it.
+            return;
+        }
+        let decision = facts.and_then(|f| {
+            let mut info = self.config.selection.decide(&f)?;
+            info.runtime = runtime::detect(pid, &f.comm, &f.exe);
+            Some(info)
+        });
         match decision {
             Some(info) => self.trace(pid, info),
             None => self.untrace(pid),
@@ -396,7 +403,7 @@ impl Reader {
                         .hold(head.sk, Instant::now(), (head, payload.to_vec()));
                     return;
                 }
-                self.feed(head, payload, spans);
+                self.feed(head, payload, true, spans);
                 self.feed_now_in_order(head.sk, spans);
             }
             Ok(Record::Close { sk, ts_ns }) => {
@@ -413,8 +420,12 @@ impl Reader {
             }
             Ok(Record::Fork { pid, parent }) => {
                 self.metrics.proc_events.inc();
-                // A new thread shares its parent's entry; only a new process needs one.
-                if tgid_of(pid) == Some(pid)
+                // A new thread shares its parent's entry; only a new process
+                // needs one. One already gone (a short-lived child, such as the
+                // curl a script ran) cannot be told from a thread, and gets one
+                // too: its records are in the ring, and housekeeping drops the
+                // entry within a second.
+                if tgid_of(pid).is_none_or(|tgid| tgid == pid)
                     && let Some(info) = self.procs.get(&parent).cloned()
                 {
                     self.trace(pid, info);
@@ -443,24 +454,47 @@ impl Reader {
     }
 
     /// Feeds the transfers held for `sk` that are in order now.
+    ///
+    /// A read and a write in flight at once can each say the other came
+    /// first (each syscall's record reads the other direction's counter after
+    /// the other moved it): then neither is ever in order by the other's
+    /// record. When the bytes a held transfer's `other_seq` points past are
+    /// themselves held, it is fed without that check.
     fn feed_now_in_order(&mut self, sk: u64, spans: &mut Vec<ESpan>) {
         while self.reorder.holds(sk) {
             let assembler = &self.assembler;
-            let ready = |(head, _): &(DataHead, Vec<u8>)| {
-                let next = |dir| assembler.next_seq(sk, dir);
+            let next = |dir| assembler.next_seq(sk, dir);
+            let in_order = |(head, _): &(DataHead, Vec<u8>)| {
                 !reorder::ahead(head.seq, next(head.dir), 0)
                     && !reorder::ahead(head.other_seq, next(head.dir.opposite()), 1)
             };
-            let Some((head, bytes)) = self.reorder.take_ready(sk, ready) else {
+            if let Some((head, bytes)) = self.reorder.take_ready(sk, in_order) {
+                self.metrics.records_reordered.inc();
+                self.feed(head, &bytes, true, spans);
+                continue;
+            }
+            let held_starts: Vec<(Direction, u32)> = self
+                .reorder
+                .held(sk)
+                .map(|(head, _)| (head.dir, head.seq))
+                .collect();
+            let crossing = |(head, _): &(DataHead, Vec<u8>)| {
+                let other = head.dir.opposite();
+                !reorder::ahead(head.seq, next(head.dir), 0)
+                    && next(other).is_some_and(|n| held_starts.contains(&(other, n)))
+            };
+            let Some((head, bytes)) = self.reorder.take_ready(sk, crossing) else {
                 break;
             };
             self.metrics.records_reordered.inc();
-            self.feed(head, &bytes, spans);
+            self.feed(head, &bytes, false, spans);
         }
     }
 
-    /// Feeds one transfer, in its stream's order, to the assembler.
-    fn feed(&mut self, head: DataHead, payload: &[u8], spans: &mut Vec<ESpan>) {
+    /// Feeds one transfer, in its stream's order, to the assembler;
+    /// `trust_other`: whether its `other_seq` may tell of bytes missed the
+    /// other way.
+    fn feed(&mut self, head: DataHead, payload: &[u8], trust_other: bool, spans: &mut Vec<ESpan>) {
         let procs = &self.procs;
         let lookup = |pid: u32| procs.get(&pid).cloned();
         self.assembler.on_data(
@@ -468,7 +502,7 @@ impl Reader {
                 pid: head.pid,
                 sk: head.sk,
                 dir: head.dir,
-                other_seq: Some(head.other_seq),
+                other_seq: trust_other.then_some(head.other_seq),
                 local: head.local,
                 remote: head.remote,
                 transfer: Transfer {
@@ -499,7 +533,7 @@ impl Reader {
             self.reorder.expired(Instant::now())
         };
         for (head, bytes) in expired {
-            self.feed(head, &bytes, spans);
+            self.feed(head, &bytes, true, spans);
         }
     }
 

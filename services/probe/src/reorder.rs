@@ -63,6 +63,15 @@ impl<T> Reorder<T> {
         self.held.contains_key(&sk)
     }
 
+    /// The transfers held for `sk`, in arrival order.
+    pub fn held(&self, sk: u64) -> impl Iterator<Item = &T> {
+        self.held
+            .get(&sk)
+            .into_iter()
+            .flatten()
+            .map(|(_, item)| item)
+    }
+
     /// The first held transfer of `sk` (in arrival order) that `ready` says
     /// can be fed now.
     pub fn take_ready(&mut self, sk: u64, ready: impl Fn(&T) -> bool) -> Option<T> {
