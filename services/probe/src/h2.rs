@@ -81,8 +81,8 @@ pub struct Start {
 /// Whether transfer `t` starts an HTTP/2 connection: the client's preface, or,
 /// on a connection seen mid-way, a transfer that is a run of well-formed frames
 /// ending exactly at its end and holding a header block whose first field, read
-/// with an empty table, is `:method` (this direction carries requests) or
-/// `:status` (answers).
+/// with an empty table, is a request's pseudo-header (this direction carries
+/// requests) or `:status` (answers).
 pub fn starts_session(t: &Transfer<'_>) -> Option<Start> {
     let preface_cut =
         t.data.len() < PREFACE.len() && t.data.len() >= 16 && PREFACE.starts_with(t.data);
@@ -106,7 +106,7 @@ pub fn starts_session(t: &Transfer<'_>) -> Option<Start> {
                 first.get_or_insert_with(|| name.into_owned());
             });
             let requests_this_way = match first.as_deref() {
-                Some(b":method") => true,
+                Some(b":method" | b":scheme" | b":path" | b":authority") => true,
                 Some(b":status") => false,
                 _ => return None,
             };

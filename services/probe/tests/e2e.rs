@@ -1414,6 +1414,118 @@ async fn grpc_streams_multiplexed_on_one_connection_pair_with_the_server() {
     h.stop().await;
 }
 
+/// A gRPC connection opened before the probe started: its streams are
+/// followed from the first transfer of whole frames the probe sees, linked
+/// across both sides by sequence numbers; header fields that name compression
+/// table entries made before the probe are unknown (counted), never wrong.
+/// The connection is found by a header block whose first field is readable
+/// without those entries; calls whose request went before that make no span,
+/// and their answers count as unmatched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root (eBPF); scripts/test.sh runs it as root"]
+async fn a_grpc_connection_opened_before_the_probe_started() {
+    use std::io::{BufRead, Write};
+    let var = unique_var();
+    let port = free_port().unwrap();
+    let _srv = grpc_server(port, &[(var.clone(), "grpc-server".into())]);
+    let mut client = Command::new(python_with_redis())
+        .arg(apps().join("grpc_app.py"))
+        .args(["client", &port.to_string(), "16", "20", "--wait"])
+        .env(&var, "grpc-client")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = std::io::BufReader::new(client.stdout.take().unwrap());
+    let mut line = String::new();
+    stdout.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "ready");
+    let mut h = Harness::selecting(var, |_| {}).await;
+    h.wait_traced(2).await;
+    writeln!(client.stdin.take().unwrap()).unwrap();
+    let mut rest = Vec::new();
+    std::io::Read::read_to_end(&mut stdout, &mut rest).unwrap();
+    assert!(client.wait().unwrap().success());
+    let total: usize = calls_made(&rest).values().sum();
+    assert_eq!(total, 16 * 20);
+    let grpc = |s: &[ESpan], service: &str, kind: SpanKind| {
+        of(s, service, kind)
+            .into_iter()
+            // gRPC is told by `content-type`, mostly an entry from before.
+            .filter(|s| {
+                [espan::wire::Protocol::Http2, espan::wire::Protocol::Grpc]
+                    .map(|p| p as i32)
+                    .contains(&s.protocol)
+            })
+            .count()
+    };
+    // The probe has made every span it will by now: each call is a span on
+    // each side, or an unmatched answer there.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let unmatched = h.metric("unmatched_total") as usize;
+    assert!(
+        unmatched <= 2 * 16,
+        "at most the calls in flight: {unmatched}"
+    );
+    let spans = h
+        .reader
+        .until("a span per call on both sides", |s| {
+            grpc(s, "grpc-client", SpanKind::Client) + grpc(s, "grpc-server", SpanKind::Server)
+                >= 2 * total - unmatched
+        })
+        .await;
+    let clients = of(&spans, "grpc-client", SpanKind::Client);
+    let servers = of(&spans, "grpc-server", SpanKind::Server);
+    assert_eq!(clients.len() + servers.len(), 2 * total - unmatched);
+    assert!(h.metric("l7_unknown_headers_total") > 0);
+    let by_seq: HashMap<(u32, u32), &ESpan> = servers
+        .iter()
+        .map(|s| ((s.req_seq, s.resp_seq), *s))
+        .collect();
+    let known = [
+        "",
+        "/shop.Orders/Get",
+        "/shop.Orders/List",
+        "/shop.Orders/Big",
+    ];
+    // Each side found the connection at its own moment: a call whose request
+    // went before one side's has a span on the other side only. Every other
+    // call is linked.
+    let linked: Vec<(&ESpan, &ESpan)> = clients
+        .iter()
+        .filter_map(|c| Some((*c, *by_seq.get(&(c.req_seq, c.resp_seq))?)))
+        .collect();
+    assert!(
+        clients.len() - linked.len() <= 16,
+        "{} unlinked",
+        clients.len() - linked.len()
+    );
+    assert!(
+        servers.len() - linked.len() <= 16,
+        "{} unlinked",
+        servers.len() - linked.len()
+    );
+    for (c, s) in linked {
+        assert_eq!(c.error, "", "{c:#?}");
+        let (ch, sh) = (c.http.as_ref().unwrap(), s.http.as_ref().unwrap());
+        assert!(known.contains(&ch.path.as_str()), "{ch:?}");
+        if !ch.path.is_empty() && !sh.path.is_empty() {
+            assert_eq!(ch.path, sh.path);
+        }
+        assert_eq!((ch.status, sh.status), (200, 200));
+        if let (Some(a), Some(b)) = (
+            c.grpc.as_ref().and_then(|g| g.status_code),
+            s.grpc.as_ref().and_then(|g| g.status_code),
+        ) {
+            assert_eq!(a, b);
+        }
+    }
+    for metric in ["unanswered_total", "l7_malformed_total"] {
+        assert_eq!(h.metric(metric), 0, "{metric}");
+    }
+    h.stop().await;
+}
+
 /// A second HTTP/2 implementation: curl (nghttp2, whose header compression
 /// uses Huffman codes) against the grpcio server, 16 clients at once, each
 /// making five calls and one for a missing order (NOT_FOUND in a trailers-only
