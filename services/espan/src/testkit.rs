@@ -16,13 +16,44 @@ pub struct TestNats {
     port: u16,
     store: tempfile::TempDir,
     binary: PathBuf,
+    options: NatsOptions,
+}
+
+/// What a test server is configured with beyond its port and store.
+#[derive(Debug, Clone)]
+pub struct NatsOptions {
+    /// The server's `max_payload`; `None`: its default, 1 MiB.
+    pub max_payload: Option<usize>,
+    /// JetStream's `sync_interval`: how often the store is fsynced ("always",
+    /// or a duration). Tests say it explicitly, as every launcher of espan
+    /// does: "always" by default (acked = on disk), as in production.
+    pub sync_interval: String,
+    /// Where JetStream keeps its files; `None`: in the server's own temporary
+    /// directory.
+    pub store_dir: Option<PathBuf>,
+}
+
+impl Default for NatsOptions {
+    fn default() -> Self {
+        Self {
+            max_payload: None,
+            sync_interval: "always".into(),
+            store_dir: None,
+        }
+    }
 }
 
 impl TestNats {
     /// Starts a server on a free port. Finds the binary in `ESPAN_NATS_SERVER` or on
     /// `PATH` (`.ci/run` installs it).
     pub fn start() -> std::io::Result<Self> {
+        Self::start_with(NatsOptions::default())
+    }
+
+    /// Starts a server configured with `options`.
+    pub fn start_with(options: NatsOptions) -> std::io::Result<Self> {
         let mut nats = Self::reserve()?;
+        nats.options = options;
         nats.spawn()?;
         Ok(nats)
     }
@@ -35,6 +66,7 @@ impl TestNats {
             port: free_port()?,
             store: tempfile::Builder::new().prefix("espan-nats").tempdir()?,
             binary: nats_server_binary()?,
+            options: NatsOptions::default(),
         })
     }
 
@@ -43,8 +75,8 @@ impl TestNats {
         format!("nats://127.0.0.1:{}", self.port)
     }
 
-    /// A connection named `name` with espan's streams made (or updated) with
-    /// `limits`: what a test or bench of any service starts from.
+    /// A connection named `name` with espan's streams made with `limits`
+    /// where missing: what a test or bench of any service starts from.
     pub async fn bus(
         &self,
         name: &str,
@@ -79,11 +111,21 @@ impl TestNats {
         // to 75% of the free disk: many tests at once, each with three 10 GiB
         // streams, would be refused. Nothing here writes more than a few MB.
         let config = self.store.path().join("nats.conf");
-        let store_dir = self.store.path().join("js");
+        let store_dir = self
+            .options
+            .store_dir
+            .clone()
+            .unwrap_or_else(|| self.store.path().join("js"));
+        let max_payload = self
+            .options
+            .max_payload
+            .map(|n| format!("max_payload: {n}\n"))
+            .unwrap_or_default();
         std::fs::write(
             &config,
             format!(
-                "jetstream {{\n  store_dir: {store_dir:?}\n  max_file_store: 1T\n  max_memory_store: 256MB\n}}\n"
+                "{max_payload}jetstream {{\n  store_dir: {store_dir:?}\n  max_file_store: 1T\n  max_memory_store: 256MB\n  sync_interval: {}\n}}\n",
+                self.options.sync_interval
             ),
         )?;
         let child = Command::new(&self.binary)
