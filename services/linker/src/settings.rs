@@ -121,6 +121,16 @@ pub struct Options {
     /// after a restart). [default: 10m]
     #[arg(long, env = "ESPAN_DUPLICATE_WINDOW", value_name = "DURATION")]
     pub duplicate_window: Option<String>,
+    /// Copies of each JetStream stream the linker creates (1, 3 or 5; more
+    /// than 1 needs a JetStream cluster). A stream that exists keeps its own.
+    /// [default: 1]
+    #[arg(long, env = "ESPAN_STREAM_REPLICAS", value_name = "N")]
+    pub stream_replicas: Option<String>,
+    /// Spans a trace sends at most: the root and the earliest are kept, the
+    /// rest counted (espan_linker_spans_capped). A trace larger than a TRACES
+    /// message goes out in parts under one trace id. [default: 20000]
+    #[arg(long, env = "ESPAN_MAX_TRACE_SPANS", value_name = "N")]
+    pub max_trace_spans: Option<String>,
 }
 
 /// The resolved configuration.
@@ -144,6 +154,8 @@ pub struct Settings {
     pub ack_wait: Duration,
     pub stream_max_bytes: u64,
     pub duplicate_window: Duration,
+    pub max_trace_spans: usize,
+    pub stream_replicas: usize,
 }
 
 impl Load for Settings {
@@ -184,6 +196,24 @@ impl Load for Settings {
         }
         let nats_url: String =
             layers.get("nats_url", "nats_url", "nats://127.0.0.1:4222".to_owned())?;
+        let max_trace_spans: usize = layers.get("max_trace_spans", "max_trace_spans", 20_000)?;
+        let stream_replicas: usize = layers.get("stream_replicas", "stream_replicas", 1)?;
+        if ![1, 3, 5].contains(&stream_replicas) {
+            return Err(layers.invalid(
+                "stream_replicas",
+                "stream_replicas",
+                stream_replicas,
+                "must be 1, 3 or 5",
+            ));
+        }
+        if max_trace_spans == 0 {
+            return Err(layers.invalid(
+                "max_trace_spans",
+                "max_trace_spans",
+                0,
+                "must be at least 1",
+            ));
+        }
         Ok(Settings {
             db_path: layers.get("db_path", "db_path", PathBuf::from("/var/lib/espan/linker"))?,
             use_app_trace_id: layers.get("use_app_trace_id", "use_app_trace_id", true)?,
@@ -232,11 +262,29 @@ impl Load for Settings {
                     GoDuration(Duration::from_secs(600)),
                 )?
                 .0,
+            max_trace_spans,
+            stream_replicas,
         })
     }
 }
 
 impl Settings {
+    /// What in these settings makes "acked" less than "on disk", said at
+    /// start-up: a store that never syncs loses the window's batches (already
+    /// acked on ESPANS) in a power cut.
+    pub fn durability_warnings(&self) -> Vec<String> {
+        let mut warnings = Vec::new();
+        if self.store_sync.0 == "never" {
+            warnings.push(
+                "store_sync=never: SurrealDB never fsyncs, so batches acked on ESPANS can be lost \
+                 in a power cut or kernel crash (a killed process loses nothing); use \"every\" \
+                 or an interval unless that loss is acceptable"
+                    .to_owned(),
+            );
+        }
+        warnings
+    }
+
     /// Parses `args` (first item = program name) the way `main` does.
     pub fn from_args<I, T>(args: I) -> Result<(Cli, Settings), LoadError>
     where
