@@ -61,6 +61,12 @@ pub struct Metrics {
     pub spans_dropped_buffer: Counter,
     pub batches_published: Counter,
     pub spans_published: Counter,
+    /// Text fields cut to max_field_size before publishing.
+    pub text_fields_capped: Counter,
+    /// Batches the server refused for their size, published in smaller parts.
+    pub batches_split: Counter,
+    /// Spans too large for the server even alone: dropped.
+    pub spans_dropped_too_large: Counter,
     pub publish_errors: Counter,
     pub buffer_bytes: Gauge,
     pub buffer_batches: Gauge,
@@ -182,6 +188,18 @@ impl Metrics {
         reg!(batches_published, "Batches acknowledged by JetStream");
         reg!(spans_published, "eSpans in acknowledged batches");
         reg!(publish_errors, "Failed publishes (retried)");
+        reg!(
+            text_fields_capped,
+            "Text fields (path, query, error, …) cut to max_field_size before publishing"
+        );
+        reg!(
+            batches_split,
+            "Batches larger than the server's max_payload, published in smaller parts instead"
+        );
+        reg!(
+            spans_dropped_too_large,
+            "eSpans larger than the server's max_payload even alone: dropped"
+        );
         reg!(buffer_bytes, "Bytes of batches waiting for JetStream");
         reg!(buffer_batches, "Batches waiting for JetStream");
         reg!(

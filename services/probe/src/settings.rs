@@ -66,6 +66,15 @@ pub struct Options {
     /// Most eSpans per published batch. [default: 500]
     #[arg(long, env = "ENV_INPUT_EBPF_BATCH_SPANS", value_name = "N")]
     pub batch_spans: Option<String>,
+    /// Most bytes per published batch (encoded); a batch is sealed at
+    /// batch_spans or at this size, whichever comes first. NATS refuses a
+    /// message above its max_payload (1MiB by default). [default: 512KiB]
+    #[arg(long, env = "ENV_INPUT_EBPF_BATCH_BYTES", value_name = "SIZE")]
+    pub batch_bytes: Option<String>,
+    /// Longest text field (path, query, error, service, …) an eSpan carries;
+    /// longer ones are cut and counted. [default: 4KiB]
+    #[arg(long, env = "ENV_INPUT_EBPF_MAX_FIELD_SIZE", value_name = "SIZE")]
+    pub max_field_size: Option<String>,
     /// Longest wait before a batch is published. [default: 200ms]
     #[arg(long, env = "ENV_INPUT_EBPF_BATCH_INTERVAL", value_name = "DURATION")]
     pub batch_interval: Option<String>,
@@ -102,6 +111,8 @@ pub struct Settings {
     pub capture_bytes: u32,
     pub ring_bytes: u32,
     pub batch_spans: usize,
+    pub batch_bytes: usize,
+    pub max_field_bytes: usize,
     pub batch_interval: Duration,
     pub buffer_bytes: u64,
     pub metrics_addr: SocketAddr,
@@ -202,6 +213,28 @@ impl Load for Settings {
         if batch_spans == 0 {
             return Err(layers.invalid("batch_spans", "batch_spans", 0, "must be at least 1"));
         }
+        let batch_bytes = layers
+            .get("batch_bytes", "batch_bytes", ByteSize(512 << 10))?
+            .0;
+        if !(4 << 10..=64 << 20).contains(&batch_bytes) {
+            return Err(layers.invalid(
+                "batch_bytes",
+                "batch_bytes",
+                batch_bytes,
+                "must be 4KiB to 64MiB",
+            ));
+        }
+        let max_field_bytes = layers
+            .get("max_field_size", "max_field_size", ByteSize(4 << 10))?
+            .0;
+        if !(16..=1 << 20).contains(&max_field_bytes) {
+            return Err(layers.invalid(
+                "max_field_size",
+                "max_field_size",
+                max_field_bytes,
+                "must be 16B to 1MiB",
+            ));
+        }
         let batch_interval = layers
             .get::<GoDuration>(
                 "batch_interval",
@@ -238,6 +271,8 @@ impl Load for Settings {
             capture_bytes: capture as u32,
             ring_bytes: ring as u32,
             batch_spans,
+            batch_bytes: batch_bytes as usize,
+            max_field_bytes: max_field_bytes as usize,
             batch_interval,
             buffer_bytes: layers
                 .get("buffer_size", "buffer_size", ByteSize(64 << 20))?
