@@ -196,7 +196,7 @@ pub async fn run(
         max_bytes: settings.stream_max_bytes,
         duplicate_window: settings.duplicate_window,
         replicas: settings.stream_replicas,
-        ..StreamLimits::default()
+        max_age: settings.stream_max_age,
     };
     bus.ensure_streams(&limits).await?;
 

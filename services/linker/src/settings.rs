@@ -117,6 +117,11 @@ pub struct Options {
     /// three: ESPANS, TRACES, DEADLETTER). [default: 2GiB]
     #[arg(long, env = "ESPAN_STREAM_MAX_BYTES", value_name = "SIZE")]
     pub stream_max_bytes: Option<String>,
+    /// How long ESPANS and TRACES keep a message the linker or exporter has not
+    /// taken (0 = no limit; dead letters never expire). For streams the linker
+    /// creates. [default: 24h]
+    #[arg(long, env = "ESPAN_STREAM_MAX_AGE", value_name = "DURATION")]
+    pub stream_max_age: Option<String>,
     /// How long JetStream remembers message ids (de-duplication of re-sent traces
     /// after a restart). [default: 10m]
     #[arg(long, env = "ESPAN_DUPLICATE_WINDOW", value_name = "DURATION")]
@@ -153,6 +158,7 @@ pub struct Settings {
     pub consume_batch: usize,
     pub ack_wait: Duration,
     pub stream_max_bytes: u64,
+    pub stream_max_age: Duration,
     pub duplicate_window: Duration,
     pub max_trace_spans: usize,
     pub stream_replicas: usize,
@@ -254,6 +260,13 @@ impl Load for Settings {
                 .0,
             stream_max_bytes: layers
                 .get("stream_max_bytes", "stream_max_bytes", ByteSize(2 << 30))?
+                .0,
+            stream_max_age: layers
+                .get::<GoDuration>(
+                    "stream_max_age",
+                    "stream_max_age",
+                    GoDuration(Duration::from_secs(24 * 3600)),
+                )?
                 .0,
             duplicate_window: layers
                 .get::<GoDuration>(

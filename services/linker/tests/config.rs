@@ -228,8 +228,19 @@ fn help_explains_every_option() {
 
 #[test]
 fn durability_settings_resolve_and_store_sync_never_is_warned_about() {
-    let out = config(&["--stream-replicas", "3", "--max-trace-spans", "500"], &[]);
+    let out = config(
+        &[
+            "--stream-replicas",
+            "3",
+            "--max-trace-spans",
+            "500",
+            "--stream-max-age",
+            "168h",
+        ],
+        &[],
+    );
     assert!(out.contains("stream_replicas: 3"), "{out}");
+    assert!(out.contains("stream_max_age: 604800s"), "{out}");
     assert!(out.contains("max_trace_spans: 500"), "{out}");
     let err = error(&["--stream-replicas", "2"], &[]);
     assert!(

@@ -68,6 +68,8 @@ pub struct Metrics {
     /// Spans too large for the server even alone: dropped.
     pub spans_dropped_too_large: Counter,
     pub publish_errors: Counter,
+    /// 1 while the sender waits to retry a failed publish.
+    pub publish_stalled: Gauge,
     pub buffer_bytes: Gauge,
     pub buffer_batches: Gauge,
     /// Requests still waiting for their answer when the probe stopped.
@@ -188,6 +190,10 @@ impl Metrics {
         reg!(batches_published, "Batches acknowledged by JetStream");
         reg!(spans_published, "eSpans in acknowledged batches");
         reg!(publish_errors, "Failed publishes (retried)");
+        reg!(
+            publish_stalled,
+            "1 while publishing is stalled: a publish failed and the sender waits to retry"
+        );
         reg!(
             text_fields_capped,
             "Text fields (path, query, error, …) cut to max_field_size before publishing"

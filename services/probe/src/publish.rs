@@ -364,10 +364,12 @@ pub async fn sender(
                     outbox.acked(ack.tag);
                 }
                 backoff = Duration::from_millis(100);
+                outbox.metrics.publish_stalled.set(0);
                 health.set_ok();
             }
             Err(e) => {
                 outbox.metrics.publish_errors.inc();
+                outbox.metrics.publish_stalled.set(1);
                 tracing::warn!("publish failed, will re-send: {e}");
                 health.set_failing(format!("NATS: {e}"));
                 publisher.abandon();
