@@ -1516,8 +1516,9 @@ unsafe extern "C" {
 
 // ---------------------------------------------------------------- parts, dead letters, sinks
 
-/// A trace the linker cut into parts (one per TRACES message, one trace id)
-/// reaches the backend whole: every span once, all under that id.
+/// A 2 MiB trace the linker cut into parts (one per TRACES message, each
+/// under max_payload, one trace id) reaches the backend whole: every span
+/// once, all under that id.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_trace_in_parts_arrives_whole_under_one_id() {
     let s = setup().await;
@@ -1525,14 +1526,25 @@ async fn a_trace_in_parts_arrives_whole_under_one_id() {
     let mut settings = settings(&s.nats);
     Sink::Http.configure(&mut settings, receiver.port);
     let exporter = Exporter::start(&settings).await;
-    let mut parts: Vec<TraceBatch> = (0..3)
+    let mut parts: Vec<TraceBatch> = (0..5)
         .map(|part| {
-            let mut batch = volume_batch(part, 1, 400);
-            batch.traces[0].trace_id_high = 0x77;
-            batch.traces[0].trace_id_low = 0x88;
+            let mut batch = volume_batch(part, 1, 1000);
+            let trace = &mut batch.traces[0];
+            trace.trace_id_high = 0x77;
+            trace.trace_id_low = 0x88;
+            for linked in &mut trace.spans {
+                let span = linked.span.as_mut().unwrap();
+                span.http.as_mut().unwrap().path = format!("/fan-out/{}", "x".repeat(300));
+            }
             batch
         })
         .collect();
+    let sizes: Vec<usize> = parts
+        .iter_mut()
+        .map(|p| wire::encode_trace_batch(p).len())
+        .collect();
+    assert!(sizes.iter().sum::<usize>() > 2 << 20, "{sizes:?}");
+    assert!(sizes.iter().all(|&n| n < 1 << 20), "{sizes:?}");
     let want = span_ids(&parts);
     publish(&s.bus, &mut parts).await;
     assert_received_exactly(Sink::Http, &receiver, &s.bus, &want, "every part").await;
