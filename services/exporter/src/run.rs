@@ -104,8 +104,13 @@ pub async fn start(settings: &Settings, shutdown: Shutdown) -> Result<Running, R
         Duration::from_secs(30),
     )
     .await?;
-    // Existing streams keep their limits: they belong to the linker.
-    bus.ensure_streams(&StreamLimits::default()).await?;
+    // Streams that exist keep their settings; one this exporter is the first
+    // to need gets the defaults and the configured replicas.
+    bus.ensure_streams(&StreamLimits {
+        replicas: settings.stream_replicas,
+        ..StreamLimits::default()
+    })
+    .await?;
 
     let mut registry = Registry::default();
     let metrics = Metrics::register(&mut registry);

@@ -345,6 +345,7 @@ fn settings(nats: &TestNats) -> Settings {
         retry_max: Duration::from_millis(500),
         ack_wait: Duration::from_secs(30),
         durable_prefix: "exporter".into(),
+        stream_replicas: 1,
     }
 }
 

@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use espan::config::{self, ByteSize, ConfigError, GoDuration, Layers, Load, LoadError, Rate};
+use espan::config::{
+    self, ByteSize, ConfigError, GoDuration, Layers, Load, LoadError, Rate, Replicas,
+};
 
 use crate::store::SyncMode;
 
@@ -203,15 +205,13 @@ impl Load for Settings {
         let nats_url: String =
             layers.get("nats_url", "nats_url", "nats://127.0.0.1:4222".to_owned())?;
         let max_trace_spans: usize = layers.get("max_trace_spans", "max_trace_spans", 20_000)?;
-        let stream_replicas: usize = layers.get("stream_replicas", "stream_replicas", 1)?;
-        if ![1, 3, 5].contains(&stream_replicas) {
-            return Err(layers.invalid(
+        let stream_replicas = layers
+            .get(
                 "stream_replicas",
                 "stream_replicas",
-                stream_replicas,
-                "must be 1, 3 or 5",
-            ));
-        }
+                Replicas::new(1).expect("valid"),
+            )?
+            .get();
         if max_trace_spans == 0 {
             return Err(layers.invalid(
                 "max_trace_spans",

@@ -244,7 +244,7 @@ fn durability_settings_resolve_and_store_sync_never_is_warned_about() {
     assert!(out.contains("max_trace_spans: 500"), "{out}");
     let err = error(&["--stream-replicas", "2"], &[]);
     assert!(
-        err.contains("flag --stream-replicas") && err.contains("must be 1, 3 or 5"),
+        err.contains("flag --stream-replicas") && err.contains("stream replicas must be 1, 3 or 5"),
         "{err}"
     );
     let err = error(&["--max-trace-spans", "0"], &[]);

@@ -113,6 +113,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<RunningProbe> {
         // the probe is first to create.
         stream_limits: StreamLimits {
             max_bytes: settings.stream_max_bytes,
+            replicas: settings.stream_replicas,
             ..StreamLimits::default()
         },
         batch_interval: settings.batch_interval,

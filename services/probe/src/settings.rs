@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::{Args, Parser};
-use espan::config::{self, ByteSize, ConfigError, GoDuration, Layers, Load, LoadError};
+use espan::config::{self, ByteSize, ConfigError, GoDuration, Layers, Load, LoadError, Replicas};
 use espan_common::MAX_CAPTURE;
 
 use crate::procs::Selection;
@@ -89,6 +89,10 @@ pub struct Options {
     /// streams (keep it equal to the linker's). [default: 2GiB]
     #[arg(long, env = "ESPAN_STREAM_MAX_BYTES", value_name = "SIZE")]
     pub stream_max_bytes: Option<String>,
+    /// Copies of each JetStream stream when this probe is the first to create
+    /// it (1, 3 or 5; keep it equal to the linker's). [default: 1]
+    #[arg(long, env = "ESPAN_STREAM_REPLICAS", value_name = "N")]
+    pub stream_replicas: Option<String>,
     /// Connections followed at once; beyond, the least recently active are
     /// forgotten (counted). [default: 65536]
     #[arg(long, env = "ENV_INPUT_EBPF_MAX_CONNECTIONS", value_name = "N")]
@@ -118,6 +122,7 @@ pub struct Settings {
     pub metrics_addr: SocketAddr,
     pub host: String,
     pub stream_max_bytes: u64,
+    pub stream_replicas: usize,
     /// What the assembler may hold.
     pub limits: crate::assemble::Limits,
 }
@@ -286,6 +291,13 @@ impl Load for Settings {
             stream_max_bytes: layers
                 .get("stream_max_bytes", "stream_max_bytes", ByteSize(2 << 30))?
                 .0,
+            stream_replicas: layers
+                .get(
+                    "stream_replicas",
+                    "stream_replicas",
+                    Replicas::new(1).expect("valid"),
+                )?
+                .get(),
             limits: crate::assemble::Limits {
                 max_conns,
                 held_budget: parser_memory,
