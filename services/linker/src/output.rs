@@ -259,13 +259,20 @@ impl Output {
         // Given up only at shutdown: not published and not retired, the next
         // start replays them.
         let sent: Vec<AtomicBool> = messages.iter().map(|_| AtomicBool::new(false)).collect();
+        let dropped: Vec<AtomicBool> = messages.iter().map(|_| AtomicBool::new(false)).collect();
         let metrics = self.metrics.clone();
         retried(&self.shutdown, &metrics, "publishing traces", || {
-            self.publish(&messages, &sent, seq)
+            self.publish(&messages, &sent, &dropped, seq)
         })
         .await?;
+        let published: usize = messages
+            .iter()
+            .zip(&dropped)
+            .filter(|(_, dropped)| !dropped.load(Ordering::Relaxed))
+            .map(|(m, _)| m.traces.len())
+            .sum();
+        self.metrics.traces_published.inc_by(published as u64);
         let traces: Vec<Encoded> = messages.into_iter().flat_map(|m| m.traces).collect();
-        self.metrics.traces_published.inc_by(traces.len() as u64);
         // One store write at a time, in order.
         if let Some(previous) = storing.take() {
             previous.await.ok();
@@ -287,11 +294,13 @@ impl Output {
     }
 
     /// Publishes the messages not `sent` yet and marks them; a message the
-    /// server refuses for its size is dropped, counted, and marked too.
+    /// server refuses for its size is dropped, counted, and marked `sent` and
+    /// `dropped`.
     async fn publish(
         &self,
         messages: &[Message],
         sent: &[AtomicBool],
+        dropped: &[AtomicBool],
         seq: u64,
     ) -> Result<(), bus::BusError> {
         let mut publisher = self.bus.publisher(4096);
@@ -321,6 +330,7 @@ impl Output {
                     self.metrics.spans_dropped_too_large.inc_by(spans);
                     tracing::error!(%error, spans, msg_id = %message.msg_id, "TRACES message too large for the server: dropped");
                     sent[n].store(true, Ordering::Relaxed);
+                    dropped[n].store(true, Ordering::Relaxed);
                 }
                 Err(error) => return Err(error),
             }

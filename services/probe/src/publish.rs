@@ -402,6 +402,40 @@ mod tests {
         assert_eq!(m.spans_published.get(), 4);
     }
 
+    #[test]
+    fn a_refused_batch_is_halved_in_place_and_a_refused_span_dropped_and_counted() {
+        let m = Metrics::default();
+        let o = Outbox::new(1 << 30, m.clone());
+        let encode = |n| {
+            encode_espan_batch(&ESpanBatch {
+                version: WIRE_VERSION,
+                host: "h".into(),
+                boot_id: 1,
+                seq: 1,
+                spans: long_spans(n, 10),
+            })
+        };
+        o.push(1, 5, encode(5));
+        o.push(2, 1, encode(1));
+        o.split(1);
+        let parts: Vec<(String, usize)> = o
+            .lock()
+            .queue
+            .iter()
+            .map(|s| (s.name.clone(), s.spans))
+            .collect();
+        assert_eq!(
+            parts,
+            [("1.1".into(), 2), ("1.2".into(), 3), ("2".into(), 1)],
+            "the halves in the batch's place, before the next one"
+        );
+        assert_eq!(m.batches_split.get(), 1);
+        o.split(2);
+        assert_eq!(m.spans_dropped_too_large.get(), 1);
+        assert_eq!(o.len(), 2);
+        assert_eq!(o.unacked_spans(), 5);
+    }
+
     fn config(batch_bytes: usize) -> PublishConfig {
         PublishConfig {
             host: "host-a".into(),
