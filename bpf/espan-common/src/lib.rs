@@ -24,6 +24,16 @@ pub const DIR_INGRESS: u32 = 1;
 /// most this. Enough for a request line and a typical set of headers.
 pub const MAX_CAPTURE: usize = 4096;
 
+/// On an HTTP/2 connection every byte of a transfer is captured, up to this
+/// many, in one record: frames are batched many to a read or write, and a frame
+/// header beyond the capture would lose the framing and, with it, the
+/// connection's header compression state (see the probe's `h2` module).
+pub const H2_CAPTURE: usize = 64 * MAX_CAPTURE;
+
+/// The same for a transfer through several iovecs, gathered first in a room
+/// of twice this size per possible CPU (512 KiB each).
+pub const H2_GATHER: usize = H2_CAPTURE;
+
 /// Payload room of the sizes a data record is reserved in (the ring buffer
 /// needs a constant size per reservation): the smallest that holds the bytes to
 /// copy is taken, so a short transfer does not take 4 KiB of the ring.
@@ -201,6 +211,12 @@ pub mod maps {
     pub const EVENTS: &str = "EVENTS";
     /// Counters the kernel side keeps (index → count), see `counter`.
     pub const COUNTERS: &str = "COUNTERS";
+    /// Sockets that speak HTTP/2 (`struct sock` address → 1): their transfers
+    /// are captured whole up to [`super::H2_CAPTURE`]. The kernel adds a socket
+    /// that carries the client preface; user space adds one it finds mid-way.
+    pub const H2_SOCKS: &str = "H2_SOCKS";
+    /// Where an HTTP/2 transfer's iovecs are gathered: an entry per possible CPU.
+    pub const H2_ROOM: &str = "H2_ROOM";
 }
 
 /// Indexes into the per-CPU `COUNTERS` array.
@@ -214,5 +230,8 @@ pub mod counter {
     /// A transfer made outside the hooked syscalls (sendfile, splice, io_uring,
     /// recvmmsg, …): reported without payload.
     pub const NOT_CAPTURED: u32 = 3;
-    pub const LEN: u32 = 4;
+    /// An HTTP/2 transfer longer than [`super::H2_CAPTURE`]: its last record is
+    /// cut (user space then loses the framing until it finds it again).
+    pub const H2_BEYOND_CAPTURE: u32 = 4;
+    pub const LEN: u32 = 5;
 }

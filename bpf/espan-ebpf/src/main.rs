@@ -15,18 +15,20 @@
 use aya_ebpf::EbpfContext;
 use aya_ebpf::bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP};
 use aya_ebpf::helpers::generated::{
-    bpf_get_current_task_btf, bpf_probe_read_kernel as raw_read_kernel,
-    bpf_probe_read_user as raw_read_user, bpf_task_pt_regs,
+    bpf_get_current_task_btf, bpf_get_smp_processor_id, bpf_loop,
+    bpf_probe_read_kernel as raw_read_kernel, bpf_probe_read_user as raw_read_user,
+    bpf_task_pt_regs,
 };
 use aya_ebpf::helpers::{
     bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_probe_read_user,
 };
 use aya_ebpf::macros::{map, raw_tracepoint, tracepoint};
-use aya_ebpf::maps::{Array, PerCpuArray, RingBuf};
+use aya_ebpf::maps::{Array, LruHashMap, PerCpuArray, RingBuf};
 use aya_ebpf::programs::{RawTracePointContext, TracePointContext};
 use espan_common::{
     CloseEvent, ConnectEvent, DIR_EGRESS, DIR_INGRESS, DataEvent, EVENT_CLOSE, EVENT_CONNECT,
-    EVENT_DATA, EVENT_EXEC, EVENT_EXIT, EVENT_FORK, MAX_CAPTURE, ProcEvent, TRACED_WORDS, counter, layout, syscall,
+    EVENT_DATA, EVENT_EXEC, EVENT_EXIT, EVENT_FORK, H2_CAPTURE, H2_GATHER, MAX_CAPTURE, ProcEvent,
+    TRACED_WORDS, counter, layout, syscall,
 };
 
 // Set by user space from the kernel's BTF (never hard-coded) and from the config.
@@ -78,6 +80,14 @@ static EVENTS: RingBuf = RingBuf::with_byte_size(8 << 20, 0);
 
 #[map]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::LEN, 0);
+
+// LRU: a socket whose close was never seen (the probe restarted) ages out.
+#[map]
+static H2_SOCKS: LruHashMap<u64, u32> = LruHashMap::with_max_entries(65536, 0);
+
+/// The first 8 bytes of HTTP/2's client preface (`PRI * HTTP/2.0…`), as a
+/// little-endian u64.
+const H2_PREFACE_HEAD: u64 = u64::from_le_bytes(*b"PRI * HT");
 
 /// A data record reserved with `N` bytes of payload room.
 #[repr(C)]
@@ -144,6 +154,9 @@ fn read_kernel<T: Copy>(addr: u64) -> Option<T> {
 
 /// Most iovecs of one readv/writev/recvmsg/sendmsg whose bytes are captured.
 const MAX_IOVECS: u64 = 16;
+/// The same on an HTTP/2 socket: gRPC's C core writes each frame header and
+/// each payload as an iovec of its own, 60 at once.
+const MAX_H2_IOVECS: u64 = 64;
 
 /// Where a syscall's bytes are in user memory.
 #[derive(Clone, Copy)]
@@ -216,8 +229,8 @@ fn syscall_bytes(direction: u32) -> UserBytes {
 static GATHER: PerCpuArray<[u8; 2 * MAX_CAPTURE]> = PerCpuArray::with_max_entries(1, 0);
 
 /// Copies up to `want` (≤ MAX_CAPTURE) bytes from the `iovcnt` iovecs at `iov`
-/// into `dst`, in order; returns how many it copied (fewer when the iovecs hold
-/// fewer, or one could not be read).
+/// into `dst`, in order; returns how many it copied (fewer when the iovecs
+/// hold fewer, or one could not be read).
 #[inline(always)]
 fn gather_iovecs(iov: u64, iovcnt: u64, want: u64, dst: *mut u8) -> u64 {
     let mut off: u64 = 0;
@@ -231,6 +244,7 @@ fn gather_iovecs(iov: u64, iovcnt: u64, want: u64, dst: *mut u8) -> u64 {
         else {
             break;
         };
+        i += 1;
         let mut n = want - off;
         if n > len {
             n = len;
@@ -254,9 +268,32 @@ fn gather_iovecs(iov: u64, iovcnt: u64, want: u64, dst: *mut u8) -> u64 {
             }
         }
         off += n;
-        i += 1;
     }
     off
+}
+
+/// Where the first `n` bytes of the syscall's buffer are copied from (several
+/// iovecs are gathered into the per-CPU room first).
+#[inline(always)]
+fn source_of(bytes: UserBytes, n: u64) -> Source {
+    match bytes {
+        UserBytes::Unknown => Source::User(0, 0),
+        UserBytes::Buffer(buf, size) => Source::User(buf, n.min(size)),
+        // One iovec is a buffer. Several (Node.js writes a response's head and
+        // body chunks as one writev) are gathered first, so the parser sees the
+        // bytes as they go on the wire, not just the first iovec's.
+        UserBytes::Vector(iov, 1) => match unsafe { bpf_probe_read_user(iov as *const [u64; 2]) } {
+            Ok([buf, size]) => Source::User(buf, n.min(size)),
+            Err(_) => Source::User(0, 0),
+        },
+        UserBytes::Vector(iov, iovcnt) => match GATHER.get_ptr_mut(0) {
+            Some(room) => {
+                let room = room.cast::<u8>();
+                Source::Kernel(room as u64, gather_iovecs(iov, iovcnt, n, room))
+            }
+            None => Source::User(0, 0),
+        },
+    }
 }
 
 // sock_{send,recv}_length(struct sock *sk, int ret, int flags); user space
@@ -349,47 +386,201 @@ fn try_sock_length(sk: u64, ret: i32, direction: u32) -> Result<(), i64> {
         head.raddr[..4].copy_from_slice(&tuple[0..4]);
     }
 
+    let bytes = syscall_bytes(direction);
+    if matches!(bytes, UserBytes::Unknown) {
+        count(counter::NOT_CAPTURED);
+    }
+    // SAFETY: a plain lookup; the value is not read.
+    if unsafe { H2_SOCKS.get(&sk) }.is_some() {
+        emit_h2(&head, bytes);
+        return Ok(());
+    }
     // Bytes to copy: what moved, what the buffer holds, what the config allows.
     let mut n = len as u64;
     let cap = global(&CAPTURE_BYTES) as u64;
     if n > cap {
         n = cap;
-    }
-    let source = match syscall_bytes(direction) {
-        UserBytes::Unknown => {
-            count(counter::NOT_CAPTURED);
-            Source::User(0, 0)
+        // A transfer longer than the capture that starts with HTTP/2's
+        // preface (a server reading it with the first requests) is captured
+        // whole, or the connection's header compression state would be lost
+        // from its first bytes.
+        if first_bytes(bytes) == H2_PREFACE_HEAD {
+            let _ = H2_SOCKS.insert(sk, 1u32, 0);
+            emit_h2(&head, bytes);
+            return Ok(());
         }
-        UserBytes::Buffer(buf, size) => Source::User(buf, n.min(size)),
-        // One iovec is a buffer. Several (Node.js writes a response's head and
-        // body chunks as one writev) are gathered first, so the parser sees the
-        // bytes as they go on the wire, not just the first iovec's.
-        UserBytes::Vector(iov, 1) => match unsafe { bpf_probe_read_user(iov as *const [u64; 2]) } {
-            Ok([buf, size]) => Source::User(buf, n.min(size)),
-            Err(_) => Source::User(0, 0),
-        },
-        UserBytes::Vector(iov, iovcnt) => match GATHER.get_ptr_mut(0) {
-            Some(room) => {
-                let room = room.cast::<u8>();
-                Source::Kernel(room as u64, gather_iovecs(iov, iovcnt, n, room))
-            }
-            None => Source::User(0, 0),
-        },
-    };
-    // The smallest reservation that holds them (see espan_common::CAPTURE_TIERS).
-    let n = source.len();
-    if n <= 128 {
-        emit::<128>(&head, source);
-    } else if n <= 512 {
-        emit::<512>(&head, source);
-    } else if n <= 1024 {
-        emit::<1024>(&head, source);
-    } else if n <= 2048 {
-        emit::<2048>(&head, source);
-    } else {
-        emit::<MAX_CAPTURE>(&head, source);
+    }
+    let source = source_of(bytes, n);
+    if emit_tiered(&head, source) == H2_PREFACE_HEAD {
+        // The client's preface: the connection speaks HTTP/2 from here on.
+        let _ = H2_SOCKS.insert(sk, 1u32, 0);
     }
     Ok(())
+}
+
+/// The first 8 bytes of the syscall's buffer (0 when it has fewer, or none).
+#[inline(always)]
+fn first_bytes(bytes: UserBytes) -> u64 {
+    let addr = match bytes {
+        UserBytes::Buffer(buf, size) if size >= 8 => buf,
+        UserBytes::Vector(iov, n) if n > 0 => {
+            // SAFETY: reading user memory through the helper, which checks the address.
+            match unsafe { bpf_probe_read_user(iov as *const [u64; 2]) } {
+                Ok([buf, size]) if size >= 8 => buf,
+                _ => return 0,
+            }
+        }
+        _ => return 0,
+    };
+    // SAFETY: as above.
+    unsafe { bpf_probe_read_user(addr as *const u64) }.unwrap_or(0)
+}
+
+/// Emits a record in the smallest reservation that holds `source` (see
+/// espan_common::CAPTURE_TIERS); returns its first 8 bytes (0 when fewer).
+#[inline(always)]
+fn emit_tiered(head: &DataEvent, source: Source) -> u64 {
+    let n = source.len();
+    if n <= 128 {
+        emit::<128>(head, source)
+    } else if n <= 512 {
+        emit::<512>(head, source)
+    } else if n <= 1024 {
+        emit::<1024>(head, source)
+    } else if n <= 2048 {
+        emit::<2048>(head, source)
+    } else {
+        emit::<MAX_CAPTURE>(head, source)
+    }
+}
+
+/// Room where an HTTP/2 transfer's iovecs are gathered, one entry per CPU
+/// (user space sets the count; a per-CPU map's value cannot be this large).
+/// Twice H2_GATHER, so that the verifier can see every copy stays inside.
+#[map]
+static H2_ROOM: Array<[u8; 2 * H2_GATHER]> = Array::with_max_entries(1, 0);
+
+/// An HTTP/2 socket's transfer: every byte, up to H2_CAPTURE (H2_GATHER
+/// through several iovecs), in one record, so that a transfer's bytes stay in
+/// order with other threads' transfers on the socket.
+#[inline(always)]
+fn emit_h2(head: &DataEvent, bytes: UserBytes) {
+    let len = head.len as u64;
+    let limit = match bytes {
+        UserBytes::Vector(_, n) if n > 1 => H2_GATHER,
+        _ => H2_CAPTURE,
+    } as u64;
+    let mut want = len;
+    if want > limit {
+        want = limit;
+        count(counter::H2_BEYOND_CAPTURE);
+    }
+    // Where the bytes are: one user buffer, or the iovecs gathered first.
+    let source = match bytes {
+        UserBytes::Unknown => Source::User(0, 0),
+        UserBytes::Buffer(buf, size) => Source::User(buf, want.min(size)),
+        UserBytes::Vector(iov, 1) => match unsafe { bpf_probe_read_user(iov as *const [u64; 2]) } {
+            Ok([buf, size]) => Source::User(buf, want.min(size)),
+            Err(_) => Source::User(0, 0),
+        },
+        UserBytes::Vector(iov, iovcnt) => {
+            // SAFETY: no preconditions.
+            let cpu = unsafe { bpf_get_smp_processor_id() };
+            match H2_ROOM.get_ptr_mut(cpu) {
+                Some(room) => {
+                    let room = room.cast::<u8>();
+                    Source::Kernel(room as u64, gather_h2(iov, iovcnt, want, room))
+                }
+                None => Source::User(0, 0),
+            }
+        }
+    };
+    let n = source.len();
+    if n <= MAX_CAPTURE as u64 {
+        emit_tiered(head, source);
+    } else if n <= 4 * MAX_CAPTURE as u64 {
+        emit::<{ 4 * MAX_CAPTURE }>(head, source);
+    } else if n <= 16 * MAX_CAPTURE as u64 {
+        emit::<{ 16 * MAX_CAPTURE }>(head, source);
+    } else {
+        emit::<H2_CAPTURE>(head, source);
+    }
+}
+
+/// Copies up to `want` (≤ H2_GATHER) bytes from the `iovcnt` iovecs at `iov`
+/// into `dst` (2 × H2_GATHER bytes), in order; returns how many it copied.
+#[inline(always)]
+fn gather_h2(iov: u64, iovcnt: u64, want: u64, dst: *mut u8) -> u64 {
+    let mut g = H2Gather {
+        iov,
+        iovcnt,
+        want,
+        off: 0,
+        dst: dst as u64,
+    };
+    // SAFETY: `h2_iovec` has the callback's signature; `g` outlives the loop.
+    unsafe {
+        bpf_loop(
+            MAX_H2_IOVECS as u32,
+            h2_iovec as *const () as usize as *mut core::ffi::c_void,
+            (&raw mut g).cast::<core::ffi::c_void>(),
+            0,
+        );
+    }
+    g.off
+}
+
+/// The state of [`gather_h2`]'s loop.
+#[repr(C)]
+struct H2Gather {
+    iov: u64,
+    iovcnt: u64,
+    want: u64,
+    /// Bytes copied so far.
+    off: u64,
+    dst: u64,
+}
+
+/// Copies iovec `index` (`ctx` is an `H2Gather`); 1 stops the loop.
+#[inline(never)]
+extern "C" fn h2_iovec(index: u32, ctx: *mut core::ffi::c_void) -> i64 {
+    // SAFETY: the loop passes the H2Gather on gather_h2's stack.
+    let g = unsafe { &mut *ctx.cast::<H2Gather>() };
+    let i = index as u64;
+    if i >= g.iovcnt || g.off >= g.want || g.off >= H2_GATHER as u64 {
+        return 1;
+    }
+    // SAFETY: reading user memory through the helper, which checks the address.
+    let Ok([base, len]) = (unsafe { bpf_probe_read_user((g.iov + i * 16) as *const [u64; 2]) })
+    else {
+        return 1;
+    };
+    let mut n = g.want - g.off;
+    if n > len {
+        n = len;
+    }
+    if n > H2_GATHER as u64 {
+        n = H2_GATHER as u64;
+    }
+    if n > 0 {
+        let at = g.off & (H2_GATHER as u64 - 1);
+        // SAFETY: at < H2_GATHER and n ≤ H2_GATHER: inside the room.
+        let rc = unsafe {
+            raw_read_user(
+                (g.dst as *mut u8)
+                    .add(at as usize)
+                    .cast::<core::ffi::c_void>(),
+                n as u32,
+                base as *const core::ffi::c_void,
+            )
+        };
+        if rc < 0 {
+            count(counter::COPY_FAILED);
+            return 1;
+        }
+    }
+    g.off += n;
+    0
 }
 
 /// Where a record's payload is copied from: `(address, bytes)` in user memory, or
@@ -412,20 +603,23 @@ impl Source {
 }
 
 /// Reserves a record with `N` bytes of payload room, copies the header and up to
-/// `N` bytes of `source`, submits it.
+/// `N` bytes of `source`, submits it; returns the payload's first 8 bytes
+/// (0 when fewer were copied).
 #[inline(always)]
-fn emit<const N: usize>(head: &DataEvent, source: Source) {
+fn emit<const N: usize>(head: &DataEvent, source: Source) -> u64 {
     let Some(mut entry) = EVENTS.reserve::<Record<N>>(0) else {
         count(counter::RING_FULL);
-        return;
+        return 0;
     };
     let rec = entry.as_mut_ptr();
     let mut n = source.len();
     if n > N as u64 {
         n = N as u64;
     }
+    let mut first: u64 = 0;
     // SAFETY: `rec` points at a reserved Record<N>; the header is written whole,
-    // the payload copy stays within its N bytes.
+    // the payload copy stays within its N bytes, and 8 bytes are read back
+    // only when at least 8 were copied (N ≥ 128).
     unsafe {
         (*rec).head = *head;
         if n > 0 {
@@ -439,9 +633,13 @@ fn emit<const N: usize>(head: &DataEvent, source: Source) {
                 n = 0;
             }
         }
+        if n >= 8 {
+            first = core::ptr::read_unaligned(core::ptr::addr_of!((*rec).data).cast::<u64>());
+        }
         (*rec).head.cap_len = n as u32;
     }
     entry.submit(wakeup_flag());
+    first
 }
 
 /// After a read that returned data: did it also consume the peer's FIN? The FIN
@@ -497,6 +695,7 @@ pub fn inet_sock_set_state(ctx: RawTracePointContext) -> i32 {
     if !is_tcp(sk) {
         return 0;
     }
+    let _ = H2_SOCKS.remove(&sk);
     if let Some(mut entry) = EVENTS.reserve::<CloseEvent>(0) {
         entry.write(CloseEvent {
             kind: EVENT_CLOSE,

@@ -15,7 +15,7 @@ pub mod pb {
 }
 
 pub use pb::{
-    AppTrace, Db, ESpan, ESpanBatch, Endpoint, Http, LinkedSpan, Protocol, SamplingDecision,
+    AppTrace, Db, ESpan, ESpanBatch, Endpoint, Grpc, Http, LinkedSpan, Protocol, SamplingDecision,
     SpanKind, Trace, TraceBatch, TraceFormat,
 };
 
@@ -443,6 +443,7 @@ pub mod sample {
             container_id: String::new(),
             conn_id: n / 10 + 1,
             db: None,
+            grpc: None,
         }
     }
 

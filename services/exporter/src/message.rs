@@ -397,6 +397,10 @@ mod tests {
                 query: d.query.into(),
                 status_code: d.status_code.into(),
             }),
+            grpc: view.grpc.map(|g| espan::wire::Grpc {
+                status_code: g.status_code,
+                message: g.message.into(),
+            }),
         }
     }
 

@@ -78,6 +78,8 @@ pub struct SpanView<'a> {
     pub conn_id: u64,
     /// The database call (Redis, …).
     pub db: Option<DbView<'a>>,
+    /// A gRPC call's outcome (its method and path are in `http`).
+    pub grpc: Option<GrpcView<'a>>,
 }
 
 /// One end of a TCP connection.
@@ -130,6 +132,15 @@ pub struct DbView<'a> {
     pub query: &'a str,
     /// The server's error code; empty on success.
     pub status_code: &'a str,
+}
+
+/// A gRPC call's outcome.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct GrpcView<'a> {
+    /// `grpc-status`, when the trailers were seen.
+    pub status_code: Option<u32>,
+    /// `grpc-message`, percent-encoded as sent.
+    pub message: &'a str,
 }
 
 /// The application's own trace context.
@@ -201,7 +212,8 @@ impl<'a> SpanView<'a> {
                 CONTAINER_ID => span.container_id = reader.str()?,
                 CONN_ID => span.conn_id = reader.fixed64()?,
                 DB => db(span.db.get_or_insert_default(), reader.message()?)?,
-                k if k >> 3 <= 23 => {
+                GRPC => grpc(span.grpc.get_or_insert_default(), reader.message()?)?,
+                k if k >> 3 <= 24 => {
                     return Err(ReadError::WrongWireType {
                         field: k >> 3,
                         wire_type: (k & 7) as u8,
@@ -238,6 +250,7 @@ const HOST: u32 = protowire::key(20, LEN);
 const CONTAINER_ID: u32 = protowire::key(21, LEN);
 const CONN_ID: u32 = protowire::key(22, FIXED64);
 const DB: u32 = protowire::key(23, LEN);
+const GRPC: u32 = protowire::key(24, LEN);
 
 fn endpoint<'a>(endpoint: &mut EndpointView<'a>, mut reader: Reader<'a>) -> Result<(), ReadError> {
     while let Some((field, wire_type)) = reader.key()? {
@@ -275,6 +288,18 @@ fn db<'a>(db: &mut DbView<'a>, mut reader: Reader<'a>) -> Result<(), ReadError> 
             (4, LEN) => db.query = reader.str()?,
             (5, LEN) => db.status_code = reader.str()?,
             (1..=5, _) => return Err(ReadError::WrongWireType { field, wire_type }),
+            _ => reader.skip(field, wire_type)?,
+        }
+    }
+    Ok(())
+}
+
+fn grpc<'a>(grpc: &mut GrpcView<'a>, mut reader: Reader<'a>) -> Result<(), ReadError> {
+    while let Some((field, wire_type)) = reader.key()? {
+        match (field, wire_type) {
+            (1, VARINT) => grpc.status_code = Some(reader.varint()? as u32),
+            (2, LEN) => grpc.message = reader.str()?,
+            (1..=2, _) => return Err(ReadError::WrongWireType { field, wire_type }),
             _ => reader.skip(field, wire_type)?,
         }
     }

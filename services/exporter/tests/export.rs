@@ -220,6 +220,7 @@ fn detailed_trace() -> Trace {
         container_id: String::new(),
         conn_id: 7,
         db: None,
+        grpc: None,
     };
     let client = ESpan {
         span_id: 0x2222,
@@ -250,6 +251,7 @@ fn detailed_trace() -> Trace {
         }),
         conn_id: 8,
         db: None,
+        grpc: None,
         ..server.clone()
     };
     Trace {

@@ -532,6 +532,7 @@ impl<'a> World<'a> {
             container_id: String::new(),
             conn_id: u64::from(local.1) << 32 | u64::from(remote.1),
             db: None,
+            grpc: None,
         }
     }
 

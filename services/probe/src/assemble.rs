@@ -2,7 +2,8 @@
 //!
 //! Each connection gets a role from its first request: read by the process → it
 //! is the SERVER side; written → CLIENT. Responses answer requests in order
-//! (HTTP/1.x pipelining keeps order). A thread that has read a server request
+//! (HTTP/1.x pipelining keeps order), except on HTTP/2, where a response
+//! answers the request on its stream. A thread that has read a server request
 //! and not yet answered it is "serving" that span; a client request written by
 //! that thread gets it as `local_parent_id` (the thread rule). The rule is used
 //! only where it is sound ([`crate::runtime`]): for thread-per-request servers,
@@ -32,7 +33,7 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 
-use espan::wire::{Db, ESpan, Endpoint, Http, Protocol, SpanKind};
+use espan::wire::{Db, ESpan, Endpoint, Grpc, Http, Protocol, SpanKind};
 
 use crate::conn::{Conn, Direction};
 use crate::message::{L7, Message, MysqlFrame, PgFrame, RedisFrame, Transfer};
@@ -90,6 +91,8 @@ pub struct AssembleStats {
     /// Messages whose framing lay beyond the capture (see [`crate::http1`],
     /// [`crate::resp`]).
     pub unframed: u64,
+    /// Header fields that could not be read (see [`crate::h2`]).
+    pub unknown_headers: u64,
     /// Times a connection's pairing of requests and answers was lost (Redis,
     /// see [`crate::resp`]); its waiting requests count as unanswered.
     pub desyncs: u64,
@@ -225,6 +228,8 @@ pub struct Assembler {
     /// Bytes all parsers hold (the entries' `held`, summed).
     held: u64,
     host: String,
+    /// A connection the last transfer showed to speak HTTP/2.
+    h2_found: Option<u64>,
     pub stats: AssembleStats,
 }
 
@@ -269,8 +274,25 @@ impl Assembler {
             woke: Vec::new(),
             wall_offset,
             host,
+            h2_found: None,
             stats: AssembleStats::default(),
         }
+    }
+
+    /// Where `sk`'s stream in `dir` expects its next transfer to start (None
+    /// for a connection not followed, or a stream not seen yet).
+    pub fn next_seq(&self, sk: u64, dir: Direction) -> Option<u32> {
+        self.conns
+            .get(&sk)
+            .filter(|e| !e.ignored)
+            .and_then(|e| e.conn.next_seq(dir))
+    }
+
+    /// The socket the last transfer showed to speak HTTP/2. The kernel finds
+    /// most by their preface; one seen mid-way (or whose preface came in
+    /// pieces) only user space can tell.
+    pub fn take_h2_found(&mut self) -> Option<u64> {
+        self.h2_found.take()
     }
 
     fn wall(&self, mono_ns: u64) -> u64 {
@@ -382,6 +404,9 @@ impl Assembler {
         self.woke.clear();
         let mut messages = Vec::new();
         entry.conn.feed(d.dir, d.transfer, &mut messages);
+        if entry.conn.take_h2_found() {
+            self.h2_found = Some(d.sk);
+        }
         let held = entry.conn.held_bytes() as u64;
         self.held = self.held - entry.held + held;
         entry.held = held;
@@ -390,6 +415,7 @@ impl Assembler {
         self.stats.truncated += p.truncated;
         self.stats.gaps += p.gaps;
         self.stats.unframed += p.unframed;
+        self.stats.unknown_headers += p.unknown_headers;
         self.stats.desyncs += desyncs;
         for (dir, msg) in messages {
             self.on_message(d.sk, dir, msg, procs, out);
@@ -575,11 +601,17 @@ impl Assembler {
             self.stats.unmatched += 1;
             return;
         };
-        let Some(req) = (if dir == expected {
-            entry.pending.pop_front()
-        } else {
-            None
-        }) else {
+        let req = match (dir == expected, msg.stream) {
+            (false, _) => None,
+            (true, 0) => entry.pending.pop_front(),
+            // HTTP/2: the request on the same stream.
+            (true, stream) => entry
+                .pending
+                .iter()
+                .position(|p| p.msg.stream == stream)
+                .and_then(|i| entry.pending.remove(i)),
+        };
+        let Some(req) = req else {
             self.stats.unmatched += 1;
             return;
         };
@@ -618,14 +650,56 @@ impl Assembler {
                 self.turns.call_ended(req.span_id);
             }
         }
-        let (bytes_req, bytes_resp) = (req.msg.bytes, resp.map_or(0, |r| r.bytes));
+        let bytes_req = match resp.map(|r| &r.l7) {
+            Some(L7::Http2(answer)) => answer.request_bytes,
+            _ => req.msg.bytes,
+        };
+        let bytes_resp = resp.map_or(0, |r| r.bytes);
         let (bytes_in, bytes_out) = match role {
             Role::Server => (bytes_req, bytes_resp),
             Role::Client => (bytes_resp, bytes_req),
         };
         let end = resp.map_or(req.msg.end_ns, |r| r.end_ns.max(req.msg.start_ns));
         self.stats.spans += 1;
+        let mut stream_error = None;
+        let mut grpc = None;
         let (protocol, http, db, app_trace) = match req.msg.l7 {
+            L7::Http2(request) => {
+                let answer = match resp.map(|r| &r.l7) {
+                    Some(L7::Http2(answer)) => Some(answer),
+                    _ => None,
+                };
+                let is_grpc = request.grpc || answer.is_some_and(|a| a.grpc);
+                if is_grpc {
+                    grpc = Some(Grpc {
+                        status_code: answer.and_then(|a| a.grpc_status),
+                        message: answer.map(|a| a.grpc_message.clone()).unwrap_or_default(),
+                    });
+                }
+                if let Some(a) = answer.filter(|a| a.reset) {
+                    stream_error = Some(if a.head.status == 0 {
+                        "stream reset before the response"
+                    } else {
+                        "stream reset"
+                    });
+                }
+                (
+                    if is_grpc {
+                        Protocol::Grpc
+                    } else {
+                        Protocol::Http2
+                    },
+                    Some(Http {
+                        method: request.head.method,
+                        path: request.head.path,
+                        version: request.head.version,
+                        status: answer.map_or(0, |a| a.head.status),
+                        host: request.head.host,
+                    }),
+                    None,
+                    request.head.app_trace,
+                )
+            }
             L7::Http(head) => (
                 Protocol::Http1,
                 Some(Http {
@@ -699,11 +773,12 @@ impl Assembler {
             db,
             bytes_in,
             bytes_out,
-            error: if resp.is_none() {
-                "connection closed before the response".into()
-            } else {
-                String::new()
+            error: match (resp, stream_error) {
+                (None, _) => "connection closed before the response".into(),
+                (Some(_), Some(e)) => e.into(),
+                (Some(_), None) => String::new(),
             },
+            grpc,
             app_trace,
             host: self.host.clone(),
             container_id: String::new(),

@@ -10,10 +10,10 @@ use std::net::SocketAddr;
 
 use crate::http1::{self, HeadQueue};
 use crate::message::{Cursor, Exchanges, Message, Problems, Side, Transfer};
-use crate::{mysql, pg, resp};
+use crate::{h2, mysql, pg, resp};
 
 /// Which way bytes went, from the traced process's side.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Direction {
     /// The process wrote them.
     Egress,
@@ -42,7 +42,7 @@ enum Parser {
         ingress: http1::Stream,
         heads: HeadQueue,
     },
-    /// Redis or PostgreSQL: the client speaks first, answers come in order.
+    /// Redis, PostgreSQL, MySQL (answers in order) and HTTP/2 (answers by stream).
     Exchanges {
         /// The direction requests go (the client's writes).
         requests: Direction,
@@ -60,6 +60,8 @@ pub struct Conn {
     ingress: Cursor,
     parser: Parser,
     gaps: u64,
+    /// Found to speak HTTP/2, not yet told (see [`Conn::take_h2_found`]).
+    h2_found: bool,
     pub last_ns: u64,
 }
 
@@ -73,6 +75,7 @@ impl Conn {
             ingress: Cursor::default(),
             parser: Parser::Unknown,
             gaps: 0,
+            h2_found: false,
             last_ns: 0,
         }
     }
@@ -91,7 +94,15 @@ impl Conn {
             self.missed(dir);
         }
         if matches!(self.parser, Parser::Unknown) {
-            self.parser = if http1::looks_like_start(t.data) {
+            // HTTP/2's preface would pass for an HTTP/1.x request line.
+            let h2 = h2::starts_session(&t);
+            self.h2_found = h2.is_some();
+            self.parser = if let Some(start) = h2.filter(|s| !s.mid_way) {
+                Parser::Exchanges {
+                    requests: dir,
+                    session: Box::new(h2::Session::new(start)),
+                }
+            } else if http1::looks_like_start(t.data) {
                 Parser::Http1 {
                     egress: http1::Stream::new(),
                     ingress: http1::Stream::new(),
@@ -112,6 +123,15 @@ impl Conn {
                     // The server speaks first: a greeting goes the answers' way.
                     requests: if mid_way { dir } else { dir.opposite() },
                     session: Box::new(mysql::Session::new(mid_way)),
+                }
+            } else if let Some(start) = h2 {
+                Parser::Exchanges {
+                    requests: if start.requests_this_way {
+                        dir
+                    } else {
+                        dir.opposite()
+                    },
+                    session: Box::new(h2::Session::new(start)),
                 }
             } else {
                 return;
@@ -163,7 +183,11 @@ impl Conn {
                 Direction::Egress => egress.gap(),
                 Direction::Ingress => ingress.gap(),
             },
-            Parser::Exchanges { session, .. } => session.gap(),
+            Parser::Exchanges { requests, session } => session.gap(if dir == *requests {
+                Side::Requests
+            } else {
+                Side::Answers
+            }),
         }
     }
 
@@ -214,6 +238,14 @@ impl Conn {
         missed
     }
 
+    /// Where `dir`'s stream expects its next transfer to start.
+    pub fn next_seq(&self, dir: Direction) -> Option<u32> {
+        match dir {
+            Direction::Egress => self.egress.next_seq(),
+            Direction::Ingress => self.ingress.next_seq(),
+        }
+    }
+
     /// Whether a transfer starting at `seq` continues this connection's stream in
     /// `dir` (true when that stream has seen nothing yet).
     pub fn continues(&self, dir: Direction, seq: u32) -> bool {
@@ -236,6 +268,11 @@ impl Conn {
             |s, done| s.conclude(done),
             |e, done| e.resync_if_quiet(done),
         );
+    }
+
+    /// Whether this connection was found to speak HTTP/2 since the last call.
+    pub fn take_h2_found(&mut self) -> bool {
+        std::mem::take(&mut self.h2_found)
     }
 
     /// Bytes its parsers hold (see [`Exchanges::held_bytes`]).

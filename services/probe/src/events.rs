@@ -23,7 +23,12 @@ use crate::loader::Loaded;
 use crate::message::Transfer;
 use crate::metrics::Metrics;
 use crate::procs::{ProcFacts, Selection, all_pids, children_of, tgid_of};
+use crate::reorder::{self, Reorder};
 use crate::runtime;
+
+/// How long a transfer whose record came before an earlier one's waits for it
+/// (the crossing is a matter of microseconds; the reader polls every few ms).
+const REORDER_WAIT: Duration = Duration::from_millis(50);
 
 /// A decoded ring record.
 #[derive(Debug)]
@@ -193,6 +198,8 @@ pub struct Reader {
     stop: Arc<AtomicBool>,
     /// Reused buffer for records copied out of the ring.
     scratch: Vec<u8>,
+    /// Transfers whose records came before an earlier transfer's.
+    reorder: Reorder<(DataHead, Vec<u8>)>,
 }
 
 impl Reader {
@@ -218,6 +225,7 @@ impl Reader {
             spans,
             stop,
             scratch: Vec::new(),
+            reorder: Reorder::new(REORDER_WAIT),
         }
     }
 
@@ -303,6 +311,7 @@ impl Reader {
             // SAFETY: one valid pollfd.
             unsafe { libc::poll(&mut pfd, 1, timeout) };
             self.drain(&mut spans);
+            self.feed_expired(false, &mut spans);
             self.send(&mut spans);
             if last_housekeeping.elapsed() >= Duration::from_secs(1) {
                 last_housekeeping = Instant::now();
@@ -313,6 +322,7 @@ impl Reader {
         // Drain what is left so a stop loses nothing already seen; connections
         // still waiting for bytes after their close end now.
         self.drain(&mut spans);
+        self.feed_expired(true, &mut spans);
         let before = self.assembler.stats;
         let procs = &self.procs;
         self.assembler
@@ -381,25 +391,13 @@ impl Reader {
                 if (payload.len() as u32) < head.len {
                     self.metrics.truncated_captures.inc();
                 }
-                self.assembler.on_data(
-                    DataIn {
-                        pid: head.pid,
-                        sk: head.sk,
-                        dir: head.dir,
-                        other_seq: Some(head.other_seq),
-                        local: head.local,
-                        remote: head.remote,
-                        transfer: Transfer {
-                            seq: head.seq,
-                            len: head.len,
-                            data: payload,
-                            ts_ns: head.ts_ns,
-                            tid: head.tid,
-                        },
-                    },
-                    &lookup,
-                    spans,
-                );
+                if self.crossed(&head) && self.reorder.has_room(head.sk) {
+                    self.reorder
+                        .hold(head.sk, Instant::now(), (head, payload.to_vec()));
+                    return;
+                }
+                self.feed(head, payload, spans);
+                self.feed_now_in_order(head.sk, spans);
             }
             Ok(Record::Close { sk, ts_ns }) => {
                 self.metrics.close_events.inc();
@@ -434,6 +432,77 @@ impl Reader {
         }
     }
 
+    /// Whether a transfer's record came before the record of an earlier
+    /// transfer on its socket (see [`crate::reorder`]): it starts ahead of its
+    /// stream, or says the other direction stands ahead of where that stream
+    /// has got to.
+    fn crossed(&self, head: &DataHead) -> bool {
+        let next = |dir| self.assembler.next_seq(head.sk, dir);
+        reorder::ahead(head.seq, next(head.dir), 0)
+            || reorder::ahead(head.other_seq, next(head.dir.opposite()), 1)
+    }
+
+    /// Feeds the transfers held for `sk` that are in order now.
+    fn feed_now_in_order(&mut self, sk: u64, spans: &mut Vec<ESpan>) {
+        while self.reorder.holds(sk) {
+            let assembler = &self.assembler;
+            let ready = |(head, _): &(DataHead, Vec<u8>)| {
+                let next = |dir| assembler.next_seq(sk, dir);
+                !reorder::ahead(head.seq, next(head.dir), 0)
+                    && !reorder::ahead(head.other_seq, next(head.dir.opposite()), 1)
+            };
+            let Some((head, bytes)) = self.reorder.take_ready(sk, ready) else {
+                break;
+            };
+            self.metrics.records_reordered.inc();
+            self.feed(head, &bytes, spans);
+        }
+    }
+
+    /// Feeds one transfer, in its stream's order, to the assembler.
+    fn feed(&mut self, head: DataHead, payload: &[u8], spans: &mut Vec<ESpan>) {
+        let procs = &self.procs;
+        let lookup = |pid: u32| procs.get(&pid).cloned();
+        self.assembler.on_data(
+            DataIn {
+                pid: head.pid,
+                sk: head.sk,
+                dir: head.dir,
+                other_seq: Some(head.other_seq),
+                local: head.local,
+                remote: head.remote,
+                transfer: Transfer {
+                    seq: head.seq,
+                    len: head.len,
+                    data: payload,
+                    ts_ns: head.ts_ns,
+                    tid: head.tid,
+                },
+            },
+            &lookup,
+            spans,
+        );
+        if let Some(sk) = self.assembler.take_h2_found() {
+            // The kernel captures its frames whole from now on.
+            if let Err(e) = self.loaded.h2_socks.insert(sk, 1, 0) {
+                tracing::debug!("cannot mark an HTTP/2 socket: {e}");
+            }
+        }
+    }
+
+    /// Feeds the transfers held longer than the reorder wait (or all of them,
+    /// at a stop): the bytes before them were missed.
+    fn feed_expired(&mut self, all: bool, spans: &mut Vec<ESpan>) {
+        let expired = if all {
+            self.reorder.drain()
+        } else {
+            self.reorder.expired(Instant::now())
+        };
+        for (head, bytes) in expired {
+            self.feed(head, &bytes, spans);
+        }
+    }
+
     fn housekeeping(&mut self, spans: &mut Vec<ESpan>) {
         let sum = |index: u32| -> i64 {
             self.loaded
@@ -452,6 +521,9 @@ impl Reader {
         self.metrics
             .kernel_not_captured
             .set(sum(counter::NOT_CAPTURED));
+        self.metrics
+            .kernel_h2_beyond_capture
+            .set(sum(counter::H2_BEYOND_CAPTURE));
         let mut now = libc::timespec {
             tv_sec: 0,
             tv_nsec: 0,

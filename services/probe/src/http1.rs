@@ -555,8 +555,8 @@ fn body_hint(headers: &[httparse::Header<'_>], head: &mut HttpHead) -> Result<Bo
 }
 
 /// Trace-context headers seen in a request.
-#[derive(Default)]
-struct TraceHeaders {
+#[derive(Debug, Default)]
+pub(crate) struct TraceHeaders {
     traceparent: Option<String>,
     dd_trace: Option<String>,
     dd_parent: Option<String>,
@@ -568,7 +568,7 @@ struct TraceHeaders {
 }
 
 impl TraceHeaders {
-    fn offer(&mut self, name: &str, value: &str) {
+    pub(crate) fn offer(&mut self, name: &str, value: &str) {
         let slot = if name.eq_ignore_ascii_case("traceparent") {
             &mut self.traceparent
         } else if name.eq_ignore_ascii_case("x-datadog-trace-id") {
@@ -592,7 +592,7 @@ impl TraceHeaders {
     }
 
     /// W3C first, then Datadog, then B3; a malformed header is ignored.
-    fn app_trace(&self) -> Option<AppTrace> {
+    pub(crate) fn app_trace(&self) -> Option<AppTrace> {
         if let Some(t) = self.traceparent.as_deref().and_then(parse_traceparent) {
             return Some(t);
         }

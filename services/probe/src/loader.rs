@@ -68,6 +68,8 @@ pub struct Loaded {
     pub traced: Array<MapData, u64>,
     pub events: RingBuf<MapData>,
     pub counters: PerCpuArray<MapData, u64>,
+    /// Sockets whose transfers are captured whole (see `espan_common::maps::H2_SOCKS`).
+    pub h2_socks: aya::maps::HashMap<MapData, u64, u32>,
 }
 
 /// The syscalls whose user buffer the programs capture, in the order of
@@ -330,6 +332,7 @@ pub fn load(options: &LoadOptions) -> Result<Loaded, LoadError> {
         .override_global(globals::CAPTURE_BYTES, &capture, true)
         .override_global(globals::WAKEUP_BYTES, &options.wakeup_bytes, true)
         .map_max_entries(maps::EVENTS, ring)
+        .map_max_entries(maps::H2_ROOM, possible_cpus()?)
         .load(OBJECT)
         .map_err(|e| LoadError::Load(e.to_string()))?;
 
@@ -374,12 +377,23 @@ pub fn load(options: &LoadOptions) -> Result<Loaded, LoadError> {
         .map_err(|e| LoadError::Load(e.to_string()))?;
     let counters = PerCpuArray::try_from(take(&mut ebpf, maps::COUNTERS)?)
         .map_err(|e| LoadError::Load(e.to_string()))?;
+    let h2_socks = aya::maps::HashMap::try_from(take(&mut ebpf, maps::H2_SOCKS)?)
+        .map_err(|e| LoadError::Load(e.to_string()))?;
     Ok(Loaded {
         ebpf,
         traced,
         events,
         counters,
+        h2_socks,
     })
+}
+
+/// CPUs the kernel may run a program on (`/sys/devices/system/cpu/possible`):
+/// the HTTP/2 gathering room has an entry for each.
+fn possible_cpus() -> Result<u32, LoadError> {
+    let n = aya::util::nr_cpus()
+        .map_err(|(path, e)| LoadError::Load(format!("cannot read {path}: {e}")))?;
+    Ok(n as u32)
 }
 
 #[cfg(test)]

@@ -20,6 +20,7 @@ pub struct Transfer<'a> {
 #[derive(Debug, Clone, PartialEq)]
 pub enum L7 {
     Http(HttpHead),
+    Http2(H2Head),
     Redis(RedisFrame),
     Postgres(PgFrame),
     Mysql(MysqlFrame),
@@ -30,6 +31,7 @@ impl L7 {
     pub fn is_request(&self) -> bool {
         match self {
             L7::Http(head) => head.is_request(),
+            L7::Http2(h2) => h2.head.is_request(),
             L7::Redis(frame) => frame.is_command(),
             L7::Postgres(frame) => frame.is_query(),
             L7::Mysql(frame) => frame.is_command(),
@@ -55,6 +57,26 @@ impl HttpHead {
     pub fn is_request(&self) -> bool {
         !self.method.is_empty()
     }
+}
+
+/// What an HTTP/2 header block says ([`crate::h2`]): the head as for
+/// HTTP/1.x (`:authority` as the host), and gRPC's outcome from the trailers.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct H2Head {
+    pub head: HttpHead,
+    /// `content-type: application/grpc…`.
+    pub grpc: bool,
+    /// `grpc-status`, when the trailers (or a trailers-only response) carried it.
+    pub grpc_status: Option<u32>,
+    pub grpc_message: String,
+    /// The stream was reset (RST_STREAM) before it ended.
+    pub reset: bool,
+    /// Some header fields could not be read (cut by the capture, or naming a
+    /// compression table entry not seen).
+    pub unknown: bool,
+    /// An answer's: the bytes of its stream's request frames (a request's
+    /// body comes after the request message was made).
+    pub request_bytes: u64,
 }
 
 /// What a Redis message says ([`crate::resp`]).
@@ -116,6 +138,9 @@ pub struct Message {
     pub last_tid: u32,
     /// All its bytes (HTTP: head plus body).
     pub bytes: u64,
+    /// The HTTP/2 stream it is on: its answer is the one on the same stream.
+    /// 0 where answers come in order.
+    pub stream: u32,
 }
 
 impl Message {
@@ -130,6 +155,7 @@ impl Message {
             first_tid: t.tid,
             last_tid: t.tid,
             bytes: 0,
+            stream: 0,
         }
     }
 
@@ -152,6 +178,10 @@ pub struct Problems {
     /// A message's framing lay beyond the capture: it ended where the stream
     /// showed it (see [`crate::http1`], [`crate::resp`]).
     pub unframed: u64,
+    /// Header fields that could not be read (an HTTP/2 header block cut by the
+    /// capture, or naming a compression table entry from before the probe or
+    /// a loss): the message is kept with what was read.
+    pub unknown_headers: u64,
 }
 
 impl Problems {
@@ -161,6 +191,7 @@ impl Problems {
         self.truncated += other.truncated;
         self.gaps += other.gaps;
         self.unframed += other.unframed;
+        self.unknown_headers += other.unknown_headers;
     }
 }
 
@@ -179,8 +210,9 @@ pub enum Side {
 pub trait Exchanges: std::fmt::Debug + Send {
     /// Feeds one transfer of `side`; complete messages go to `out`.
     fn feed(&mut self, side: Side, t: Transfer<'_>, out: &mut Vec<(Side, Message)>);
-    /// Bytes were missed: the connection cannot be followed for now.
-    fn gap(&mut self);
+    /// Bytes were missed on `side`: the connection (or, where answers are
+    /// paired by stream, that direction) cannot be followed for now.
+    fn gap(&mut self, side: Side);
     /// The connection has been quiet: an answer left open is over, and a
     /// connection whose framing was lost is followed again.
     fn resync_if_quiet(&mut self, out: &mut Vec<(Side, Message)>);

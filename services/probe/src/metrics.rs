@@ -32,15 +32,21 @@ pub struct Metrics {
     pub kernel_sock_read_failed: Gauge,
     /// Transfers outside the hooked syscalls (sendfile, splice, io_uring, …).
     pub kernel_not_captured: Gauge,
+    /// HTTP/2 transfers longer than the whole-frame capture.
+    pub kernel_h2_beyond_capture: Gauge,
     pub l7_malformed: Counter,
     pub l7_truncated: Counter,
     pub stream_gaps: Counter,
+    /// Transfers whose records came before an earlier transfer's, put back in order.
+    pub records_reordered: Counter,
     pub spans: Counter,
     pub ambiguous_parent: Counter,
     /// Client spans left without a parent, by reason (see `assemble::ParentUnset`).
     pub parent_unset: Family<ReasonLabel, Counter>,
     /// Messages whose framing lay beyond the capture.
     pub l7_unframed: Counter,
+    /// HTTP/2 header blocks with fields that could not be read.
+    pub l7_unknown_headers: Counter,
     /// Redis connections whose pairing was lost (see `resp`).
     pub desyncs: Counter,
     pub unanswered: Counter,
@@ -118,16 +124,20 @@ impl Metrics {
             "Socket field reads that failed in the kernel"
         );
         reg!(
+            kernel_h2_beyond_capture,
+            "HTTP/2 transfers longer than the 64 KiB captured whole (their frames beyond it are not read; the connection's framing is found again later)"
+        );
+        reg!(
             kernel_not_captured,
             "Transfers made outside read/write/readv/writev/recvfrom/sendto/recvmsg/sendmsg (sendfile, splice, io_uring, ...): sequence numbers only"
         );
         reg!(
             l7_malformed,
-            "Stretches of traffic on traced sockets that are not HTTP/1.x or Redis RESP as expected (skipped)"
+            "Stretches of traffic on traced sockets that are not the protocol they speak (HTTP/1.x, HTTP/2, Redis, PostgreSQL, MySQL) as expected (skipped)"
         );
         reg!(
             l7_truncated,
-            "HTTP heads or chunk sizes, or Redis headers, beyond the captured bytes (skipped)"
+            "Message heads or framing beyond the captured bytes (HTTP heads and chunk sizes, HTTP/2 frame headers, Redis headers, SQL packet headers): skipped"
         );
         reg!(
             stream_gaps,
@@ -146,6 +156,14 @@ impl Metrics {
         reg!(
             l7_unframed,
             "Messages whose framing lay beyond the captured bytes (HTTP chunked bodies, Redis replies; ended where the stream showed it)"
+        );
+        reg!(
+            records_reordered,
+            "Transfers whose kernel record came before an earlier transfer's on the same socket (two threads back to back), put back in order"
+        );
+        reg!(
+            l7_unknown_headers,
+            "HTTP/2 header blocks with fields that could not be read (cut by the capture, or naming a compression table entry from before the probe started or before a loss): the span keeps the fields read"
         );
         reg!(
             desyncs,
@@ -238,6 +256,8 @@ impl Metrics {
             }
         }
         self.l7_unframed.inc_by(d(before.unframed, now.unframed));
+        self.l7_unknown_headers
+            .inc_by(d(before.unknown_headers, now.unknown_headers));
         self.desyncs.inc_by(d(before.desyncs, now.desyncs));
         self.conns_over_cap
             .inc_by(d(before.evicted_over_cap, now.evicted_over_cap));

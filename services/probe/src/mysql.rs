@@ -246,6 +246,7 @@ impl Session {
                 first_tid: p.tid,
                 last_tid: p.tid,
                 bytes: u64::from(p.len) + 4,
+                stream: 0,
             },
         ));
     }
@@ -277,6 +278,7 @@ impl Session {
             first_tid: p.tid,
             last_tid: p.tid,
             bytes: 0,
+            stream: 0,
         });
         response.bytes += u64::from(p.len) + 4;
         response.end_ns = p.ts_ns;
@@ -459,7 +461,7 @@ impl Session {
 
     fn lose(&mut self, truncated: bool) {
         lenframe::count_loss(&mut self.problems, truncated);
-        self.gap();
+        self.gap(Side::Requests);
     }
 }
 
@@ -496,7 +498,7 @@ impl Exchanges for Session {
         }
     }
 
-    fn gap(&mut self) {
+    fn gap(&mut self, _side: Side) {
         if matches!(self.phase, Phase::Tls | Phase::Lost) {
             return;
         }

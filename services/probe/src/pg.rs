@@ -88,6 +88,7 @@ impl<'a> Msg<'a> {
             first_tid: self.tid,
             last_tid: self.tid,
             bytes: 0,
+            stream: 0,
         }
     }
 
@@ -296,7 +297,7 @@ impl Session {
     /// Which result answers which query is unknown from here on.
     fn lose(&mut self, truncated: bool) {
         lenframe::count_loss(&mut self.problems, truncated);
-        self.gap();
+        self.gap(Side::Requests);
     }
 }
 
@@ -368,7 +369,7 @@ impl Exchanges for Session {
     }
 
     /// Bytes were missed: the connection cannot be followed for now.
-    fn gap(&mut self) {
+    fn gap(&mut self, _side: Side) {
         if matches!(self.phase, Phase::Tls | Phase::Lost) {
             return;
         }

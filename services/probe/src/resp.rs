@@ -142,7 +142,7 @@ impl Exchanges for Session {
     }
 
     /// Bytes were missed: the connection cannot be followed for now.
-    fn gap(&mut self) {
+    fn gap(&mut self, _side: Side) {
         if self.commands.state != State::Lost || self.replies.state != State::Lost {
             self.desyncs += 1;
         }

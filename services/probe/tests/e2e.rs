@@ -1278,6 +1278,142 @@ async fn redis_connections_opened_before_the_probe_started() {
     h.stop().await;
 }
 
+/// A grpcio server (`grpc_app.py server`) on `port`, once it listens.
+fn grpc_server(port: u16, env: &[(String, String)]) -> Proc {
+    let p = Proc(
+        Command::new(python_with_redis())
+            .arg(apps().join("grpc_app.py"))
+            .args(["server", &port.to_string()])
+            .envs(env_refs(env))
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_listening(port);
+    p
+}
+
+/// The gRPC method of a span (`Get` of `/shop.Orders/Get`) and its status.
+fn grpc_call(span: &ESpan) -> String {
+    let method = span
+        .http
+        .as_ref()
+        .and_then(|h| h.path.rsplit('/').next())
+        .unwrap_or("");
+    let status = span.grpc.as_ref().and_then(|g| g.status_code);
+    format!("{method} {}", status.map_or("-".into(), |c| c.to_string()))
+}
+
+/// Every call of `made` ("METHOD STATUS" → count) is a gRPC span on the client
+/// and one on the server, with the same stream's sequence numbers, path,
+/// `:status`, gRPC status and trace context; nothing is left unpaired.
+async fn grpc_spans_pair(
+    h: &mut Harness,
+    made: &HashMap<String, usize>,
+    client_service: &str,
+    server_service: &str,
+) {
+    let total: usize = made.values().sum();
+    let grpc = |s: &[ESpan], service: &str, kind: SpanKind| {
+        of(s, service, kind)
+            .into_iter()
+            .filter(|s| made.contains_key(&grpc_call(s)))
+            .count()
+    };
+    let spans = h
+        .reader
+        .until("a client and a server span per call", |s| {
+            grpc(s, client_service, SpanKind::Client) >= total
+                && grpc(s, server_service, SpanKind::Server) >= total
+        })
+        .await;
+    let clients = of(&spans, client_service, SpanKind::Client);
+    let servers = of(&spans, server_service, SpanKind::Server);
+    let mut by_call: HashMap<String, usize> = HashMap::new();
+    for c in &clients {
+        *by_call.entry(grpc_call(c)).or_default() += 1;
+    }
+    assert_eq!(&by_call, made, "client spans by call");
+    let by_seq: HashMap<(u32, u32), &ESpan> = servers
+        .iter()
+        .map(|s| ((s.req_seq, s.resp_seq), *s))
+        .collect();
+    assert_eq!(by_seq.len(), servers.len(), "server pairs are distinct");
+    let mut with_context = 0;
+    for c in &clients {
+        assert_eq!(c.protocol, espan::wire::Protocol::Grpc as i32, "{c:#?}");
+        assert_eq!(c.error, "", "{c:#?}");
+        let s = by_seq
+            .get(&(c.req_seq, c.resp_seq))
+            .unwrap_or_else(|| panic!("no server span with the sequence numbers of {c:#?}"));
+        assert_eq!(s.http, c.http, "the same call on both sides");
+        assert_eq!(s.grpc, c.grpc, "the same outcome on both sides");
+        assert_eq!(s.app_trace, c.app_trace);
+        assert_eq!((s.bytes_in, s.bytes_out), (c.bytes_out, c.bytes_in));
+        assert!(c.bytes_out > 0 && c.bytes_in > 0, "{c:#?}");
+        assert_eq!(c.http.as_ref().unwrap().status, 200);
+        assert_eq!(c.http.as_ref().unwrap().version, "HTTP/2");
+        if let Some(app) = &c.app_trace {
+            assert_eq!(app.trace_id_low, app.parent_span_id - 1);
+            with_context += 1;
+        }
+    }
+    assert_eq!(
+        with_context,
+        total / 2,
+        "every other call carries traceparent"
+    );
+    assert_eq!(servers.len(), clients.len(), "nothing on one side only");
+    for metric in [
+        "unanswered_total",
+        "unmatched_total",
+        "stream_gaps_total",
+        "l7_truncated_total",
+        "l7_malformed_total",
+        "l7_unknown_headers_total",
+        "kernel_h2_beyond_capture",
+    ] {
+        assert_eq!(h.metric(metric), 0, "{metric}");
+    }
+}
+
+/// What `grpc_app.py client` printed: calls made, by "METHOD STATUS".
+fn calls_made(stdout: &[u8]) -> HashMap<String, usize> {
+    String::from_utf8_lossy(stdout)
+        .lines()
+        .filter_map(|l| {
+            let (call, count) = l.rsplit_once(' ')?;
+            Some((call.to_owned(), count.parse().ok()?))
+        })
+        .collect()
+}
+
+/// grpcio (gRPC's C core) client and server over cleartext HTTP/2: one channel,
+/// so 16 threads' calls are concurrent streams on one connection, written many
+/// frames to a `sendmsg` (up to 60 iovecs). Unary calls, a NOT_FOUND error in
+/// the trailers, server streaming, 40 KB answers beyond a single capture; half
+/// the calls carry `traceparent`. Each call is a span on both sides, linked by
+/// the sequence numbers of its stream's first HEADERS frames.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root (eBPF); scripts/test.sh runs it as root"]
+async fn grpc_streams_multiplexed_on_one_connection_pair_with_the_server() {
+    let mut h = Harness::start(|_| {}).await;
+    let port = free_port().unwrap();
+    let _srv = grpc_server(port, &h.traced("grpc-server"));
+    h.wait_traced(1).await;
+    let out = Command::new(python_with_redis())
+        .arg(apps().join("grpc_app.py"))
+        .args(["client", &port.to_string(), "16", "40"])
+        .envs(env_refs(&h.traced("grpc-client")))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let made = calls_made(&out.stdout);
+    assert_eq!(made.values().sum::<usize>(), 16 * 40);
+    grpc_spans_pair(&mut h, &made, "grpc-client", "grpc-server").await;
+    h.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs root (eBPF); scripts/test.sh runs it as root"]
 async fn untraced_processes_yield_nothing() {

@@ -104,6 +104,14 @@ fn write_line(out: &mut String, template: &mut String, span_ref: &SpanRef<'_>) {
             fields.string("http_host", h.host);
         }
     }
+    if let Some(grpc) = &span.grpc {
+        if let Some(code) = grpc.status_code {
+            fields.string("grpc_status_code", &decimal(u64::from(code)));
+        }
+        if !grpc.message.is_empty() {
+            fields.string("grpc_message", grpc.message);
+        }
+    }
     if let Some(db) = &span.db {
         fields.string("db_system", db.system);
         if !db.operation.is_empty() {
@@ -145,6 +153,9 @@ fn write_line(out: &mut String, template: &mut String, span_ref: &SpanRef<'_>) {
 fn status_text(span: &SpanView<'_>) -> &'static str {
     if !span.error.is_empty() || span.db.is_some_and(|db| !db.status_code.is_empty()) {
         return "error";
+    }
+    if let Some(code) = span.grpc.and_then(|g| g.status_code) {
+        return if code == 0 { "ok" } else { "error" };
     }
     match span.http.as_ref().map_or(0, |h| h.status) {
         500.. => "error",
@@ -324,6 +335,26 @@ mod tests {
             ts = span.start_ns,
         );
         assert_eq!(line, want);
+    }
+
+    #[test]
+    fn a_grpc_call_carries_its_status() {
+        let mut span = sample::span(2);
+        span.protocol = espan::wire::Protocol::Grpc as i32;
+        span.http.as_mut().unwrap().path = "/shop.Orders/Get".into();
+        span.http.as_mut().unwrap().method = "POST".into();
+        span.grpc = Some(espan::wire::Grpc {
+            status_code: Some(5),
+            message: "no such order".into(),
+        });
+        let line = line_of(span.clone(), 0, trace());
+        assert!(line.contains(",status=error "), "{line}");
+        assert!(
+            line.contains(",grpc_status_code=\"5\",grpc_message=\"no such order\","),
+            "{line}"
+        );
+        span.grpc.as_mut().unwrap().status_code = Some(0);
+        assert!(line_of(span, 0, trace()).contains(",status=ok "));
     }
 
     #[test]

@@ -301,6 +301,7 @@ mod tests {
             container_id: hostile_text(rng),
             conn_id: rng.random(),
             db: None,
+            grpc: None,
         }
     }
 

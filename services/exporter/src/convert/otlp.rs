@@ -15,7 +15,7 @@ use opentelemetry_proto::tonic::trace::v1::{
 };
 
 use super::{decimal, hex128, ip_text, port, route, span_id_hex, split_host, trace_id_bytes};
-use crate::view::{AppTraceView, DbView, EndpointView, HttpView, SpanRef, SpanView};
+use crate::view::{AppTraceView, DbView, EndpointView, GrpcView, HttpView, SpanRef, SpanView};
 
 /// The instrumentation scope every span is reported under.
 pub const SCOPE_NAME: &str = "espan";
@@ -174,6 +174,7 @@ pub fn describe<'a>(
     let kind = SpanKind::try_from(espan.kind).unwrap_or(SpanKind::Unspecified);
     scratch.name.clear();
     match (espan.http.as_ref(), espan.db.as_ref()) {
+        (Some(h), _) if espan.grpc.is_some() => grpc_attributes(out, h, espan.grpc, scratch),
         (Some(h), _) => http_attributes(out, espan, h, kind, scratch),
         (None, Some(db)) => db_attributes(out, espan, db, scratch),
         (None, None) => scratch.name.push_str(protocol_name(espan.protocol)),
@@ -185,6 +186,7 @@ pub fn describe<'a>(
         Ending::Failed(error) => out.str("error.type", error),
         Ending::HttpError(code) => out.str("error.type", &decimal(u64::from(code))),
         Ending::DbError(code) => out.str("error.type", code),
+        Ending::GrpcError(code) => out.str("error.type", grpc_status_name(code)),
     }
     out.int("thread.id", i64::from(espan.tid));
     ebpf_attributes(out, span_ref);
@@ -197,7 +199,9 @@ pub fn describe<'a>(
         status: match status {
             Ending::Fine => (status::StatusCode::Unset, ""),
             Ending::Failed(error) => (status::StatusCode::Error, error),
-            Ending::HttpError(_) | Ending::DbError(_) => (status::StatusCode::Error, ""),
+            Ending::HttpError(_) | Ending::DbError(_) | Ending::GrpcError(_) => {
+                (status::StatusCode::Error, "")
+            }
         },
     }
 }
@@ -238,6 +242,63 @@ fn http_attributes(
     if let Some(version) = h.version.strip_prefix("HTTP/") {
         out.str("network.protocol.version", version);
     }
+}
+
+/// The `rpc.*` attributes of a gRPC call, and the span name
+/// `{rpc.service}/{rpc.method}` (from the path `/{service}/{method}`).
+fn grpc_attributes(
+    out: &mut impl Attributes,
+    h: &HttpView<'_>,
+    grpc: Option<GrpcView<'_>>,
+    scratch: &mut Scratch,
+) {
+    out.str("rpc.system", "grpc");
+    let (service, method) = h
+        .path
+        .strip_prefix('/')
+        .and_then(|p| p.split_once('/'))
+        .unwrap_or(("", ""));
+    if service.is_empty() || method.is_empty() {
+        scratch.name.push_str("grpc");
+    } else {
+        scratch.name.push_str(service);
+        scratch.name.push('/');
+        scratch.name.push_str(method);
+        out.str("rpc.service", service);
+        out.str("rpc.method", method);
+    }
+    if let Some(code) = grpc.and_then(|g| g.status_code) {
+        out.int("rpc.grpc.status_code", i64::from(code));
+    }
+    if h.status != 0 {
+        out.int("http.response.status_code", i64::from(h.status));
+    }
+    out.str("network.protocol.name", "http");
+    out.str("network.protocol.version", "2");
+}
+
+/// gRPC's name for a status code (`error.type` of a failed call).
+fn grpc_status_name(code: u32) -> &'static str {
+    const NAMES: [&str; 17] = [
+        "OK",
+        "CANCELLED",
+        "UNKNOWN",
+        "INVALID_ARGUMENT",
+        "DEADLINE_EXCEEDED",
+        "NOT_FOUND",
+        "ALREADY_EXISTS",
+        "PERMISSION_DENIED",
+        "RESOURCE_EXHAUSTED",
+        "FAILED_PRECONDITION",
+        "ABORTED",
+        "OUT_OF_RANGE",
+        "UNIMPLEMENTED",
+        "INTERNAL",
+        "UNAVAILABLE",
+        "DATA_LOSS",
+        "UNAUTHENTICATED",
+    ];
+    NAMES.get(code as usize).copied().unwrap_or("_OTHER")
 }
 
 /// The `db.*` attributes, and the span name: the operation (`GET`), as the
@@ -375,6 +436,8 @@ enum Ending<'a> {
     HttpError(u32),
     /// A database's error code (`WRONGTYPE`, a SQLSTATE).
     DbError(&'a str),
+    /// A gRPC status that fails the call.
+    GrpcError(u32),
 }
 
 /// A failed exchange is an error; an HTTP status is one from 400 up for a
@@ -387,6 +450,19 @@ fn status<'a>(espan: &SpanView<'a>, kind: SpanKind) -> Ending<'a> {
         && !db.status_code.is_empty()
     {
         return Ending::DbError(db.status_code);
+    }
+    if let Some(code) = espan.grpc.and_then(|g| g.status_code) {
+        // The conventions: any status but OK fails a client call; a server
+        // fails only on the codes that mean its own fault.
+        let failed = match kind {
+            SpanKind::Client => code != 0,
+            _ => matches!(code, 2 | 4 | 12 | 13 | 14 | 15),
+        };
+        return if failed {
+            Ending::GrpcError(code)
+        } else {
+            Ending::Fine
+        };
     }
     let code = espan.http.as_ref().map_or(0, |h| h.status);
     let failed = match kind {
@@ -583,6 +659,57 @@ mod tests {
             status::StatusCode::Unset as i32
         );
         assert!(text(a, "error.type").is_none());
+    }
+
+    /// A gRPC span of `sample::span(n)` (even n: CLIENT) with `grpc-status` `code`.
+    fn grpc_span(n: u64, code: u32) -> ESpan {
+        let mut span = sample::span(n);
+        span.protocol = Protocol::Grpc as i32;
+        span.http = Some(Http {
+            method: "POST".into(),
+            path: "/shop.Orders/Get".into(),
+            version: "HTTP/2".into(),
+            status: 200,
+            host: "orders:50051".into(),
+        });
+        span.grpc = Some(espan::wire::Grpc {
+            status_code: Some(code),
+            message: "no%20such%20order".into(),
+        });
+        span
+    }
+
+    #[test]
+    fn a_grpc_call_follows_the_rpc_conventions() {
+        let request = request_of(&trace_of(vec![(grpc_span(2, 5), 0)]));
+        let span = &request.resource_spans[0].scope_spans[0].spans[0];
+        assert_eq!(span.name, "shop.Orders/Get");
+        let a = &span.attributes;
+        assert_eq!(text(a, "rpc.system").unwrap(), "grpc");
+        assert_eq!(text(a, "rpc.service").unwrap(), "shop.Orders");
+        assert_eq!(text(a, "rpc.method").unwrap(), "Get");
+        assert_eq!(number(a, "rpc.grpc.status_code"), Some(5));
+        assert_eq!(text(a, "network.protocol.version").unwrap(), "2");
+        assert_eq!(text(a, "server.address").unwrap(), "orders");
+        assert_eq!(number(a, "server.port"), Some(50051));
+        assert!(text(a, "http.request.method").is_none());
+        // NOT_FOUND fails the client's call.
+        assert_eq!(text(a, "error.type").unwrap(), "NOT_FOUND");
+        assert_eq!(
+            span.status.as_ref().unwrap().code,
+            status::StatusCode::Error as i32
+        );
+        // A server fails only on the codes that mean its own fault.
+        for (code, failed) in [(5, false), (0, false), (13, true), (14, true)] {
+            let request = request_of(&trace_of(vec![(grpc_span(1, code), 0)]));
+            let span = &request.resource_spans[0].scope_spans[0].spans[0];
+            let want = if failed {
+                status::StatusCode::Error
+            } else {
+                status::StatusCode::Unset
+            };
+            assert_eq!(span.status.as_ref().unwrap().code, want as i32, "{code}");
+        }
     }
 
     #[test]

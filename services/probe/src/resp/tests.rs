@@ -225,7 +225,7 @@ fn a_gap_is_a_desync() {
     let mut s = Session::new();
     let (mut c, mut r) = (0, 0);
     feed(&mut s, Side::Requests, &mut c, &[&cmd(&["GET", "a"])], 1024);
-    s.gap();
+    s.gap(Side::Answers);
     assert_eq!(s.desyncs, 1);
     assert!(feed(&mut s, Side::Answers, &mut r, &[b"$1\r\nv\r\n"], 1024).is_empty());
 }
