@@ -259,6 +259,9 @@ pub fn cap_text_fields(span: &mut ESpan, max_bytes: usize) -> u64 {
         cap(&mut http.version);
         cap(&mut http.host);
     }
+    if let Some(grpc) = span.grpc.as_mut() {
+        cap(&mut grpc.message);
+    }
     if let Some(db) = span.db.as_mut() {
         cap(&mut db.system);
         cap(&mut db.operation);
