@@ -1,6 +1,7 @@
 //! Real servers for tests: a `nats-server` with JetStream on a free loopback
 //! port and its own store directory, killed when dropped. Tests of every crate
-//! use it, so each test has a bus of its own and can stop or restart it.
+//! use it, so each test has a bus of its own and can stop or restart it. And a
+//! disk whose power can be cut ([`PowerCutDisk`]), for durability tests.
 //!
 //! Behind the `testkit` feature: tests and benches ask for it, release builds
 //! of the services leave it out.
@@ -193,6 +194,153 @@ fn is_executable(path: &Path) -> bool {
 /// A loopback port nothing listens on right now.
 pub fn free_port() -> std::io::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// A disk whose power can be cut, for durability tests (root: loop devices,
+/// mount, sysctl).
+///
+/// It is an ext4 file system in a loop device over a plain backing file. While
+/// writeback is held ([`PowerCutDisk::hold_writeback`]: the kernel's periodic
+/// flush off, `vm.dirty_writeback_centisecs` 0), what a program wrote without
+/// fsync stays dirty in the page cache of the mounted file system, and only
+/// what it fsynced reaches the backing file. [`PowerCutDisk::cut`] copies the
+/// backing file at that instant: the disk as a power cut leaves it, mounted
+/// where the next program can read it.
+///
+/// What it cannot show: a disk's own volatile cache (the loop device's flush
+/// reaches the backing file's page cache, which the copy reads), or writeback
+/// that memory pressure forces meanwhile (it can only make a test lose less).
+/// A real cut needs a device that drops writes (dm-flakey), and this kernel
+/// has no device-mapper.
+pub struct PowerCutDisk {
+    dir: tempfile::TempDir,
+    image: PathBuf,
+    mounted: LoopMount,
+    held: Option<WritebackHeld>,
+}
+
+impl PowerCutDisk {
+    /// A fresh file system of `megabytes`, mounted.
+    pub fn new(megabytes: u64) -> std::io::Result<Self> {
+        let dir = tempfile::Builder::new().prefix("espan-disk").tempdir()?;
+        let image = dir.path().join("disk.img");
+        run(
+            "truncate",
+            &["-s", &format!("{megabytes}M"), path_str(&image)?],
+        )?;
+        run("mkfs.ext4", &["-q", "-F", path_str(&image)?])?;
+        let mounted = LoopMount::new(&image, &dir.path().join("mnt"))?;
+        Ok(Self {
+            dir,
+            image,
+            mounted,
+            held: None,
+        })
+    }
+
+    /// Where the file system is mounted.
+    pub fn path(&self) -> &Path {
+        &self.mounted.mount
+    }
+
+    /// Syncs what is written so far, then holds the kernel's writeback off
+    /// until the cut.
+    pub fn hold_writeback(&mut self) -> std::io::Result<()> {
+        run("sync", &[])?;
+        self.held = Some(WritebackHeld::new()?);
+        Ok(())
+    }
+
+    /// Cuts the power: copies the disk as it is now, lets writeback go again,
+    /// and mounts the copy. Whatever still writes to the old disk writes to a
+    /// disk nobody reads again.
+    pub fn cut(self) -> std::io::Result<AfterCut> {
+        let copy = self.dir.path().join("after-cut.img");
+        std::fs::copy(&self.image, &copy)?;
+        drop(self.held);
+        drop(self.mounted);
+        let mounted = LoopMount::new(&copy, &self.dir.path().join("mnt-after-cut"))?;
+        Ok(AfterCut {
+            mounted,
+            _dir: self.dir,
+        })
+    }
+}
+
+/// The disk as the power cut left it, mounted.
+pub struct AfterCut {
+    mounted: LoopMount,
+    _dir: tempfile::TempDir,
+}
+
+impl AfterCut {
+    /// Where it is mounted.
+    pub fn path(&self) -> &Path {
+        &self.mounted.mount
+    }
+}
+
+struct LoopMount {
+    device: String,
+    mount: PathBuf,
+}
+
+impl LoopMount {
+    fn new(image: &Path, mount: &Path) -> std::io::Result<Self> {
+        let device = run("losetup", &["-f", "--show", path_str(image)?])?;
+        std::fs::create_dir_all(mount)?;
+        run("mount", &[&device, path_str(mount)?])?;
+        Ok(Self {
+            device,
+            mount: mount.to_owned(),
+        })
+    }
+}
+
+impl Drop for LoopMount {
+    fn drop(&mut self) {
+        // Lazy: a writer may still hold files of a disk whose power was cut.
+        let _ = Command::new("umount").arg("-l").arg(&self.mount).status();
+        let _ = Command::new("losetup").args(["-d", &self.device]).status();
+    }
+}
+
+const WRITEBACK: &str = "/proc/sys/vm/dirty_writeback_centisecs";
+
+/// The kernel's periodic writeback off while it lives.
+struct WritebackHeld {
+    before: String,
+}
+
+impl WritebackHeld {
+    fn new() -> std::io::Result<Self> {
+        let before = std::fs::read_to_string(WRITEBACK)?;
+        std::fs::write(WRITEBACK, "0")?;
+        Ok(Self { before })
+    }
+}
+
+impl Drop for WritebackHeld {
+    fn drop(&mut self) {
+        let _ = std::fs::write(WRITEBACK, self.before.trim());
+    }
+}
+
+fn path_str(path: &Path) -> std::io::Result<&str> {
+    path.to_str()
+        .ok_or_else(|| std::io::Error::other(format!("not UTF-8: {}", path.display())))
+}
+
+/// Runs `program`; its trimmed standard output, or an error with its stderr.
+fn run(program: &str, args: &[&str]) -> std::io::Result<String> {
+    let out = Command::new(program).args(args).output()?;
+    if !out.status.success() {
+        return Err(std::io::Error::other(format!(
+            "{program} {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
 }
 
 /// The probe's tests still call this; new code uses `tempfile` directly.

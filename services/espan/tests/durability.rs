@@ -2,87 +2,20 @@
 //! acked, with `sync_interval: always` (what every espan launcher sets,
 //! `scripts/nats.conf`) and with NATS's default of 2 minutes.
 //!
-//! What the test does: nats-server keeps its store on an ext4 file system in a
-//! loop device over a plain backing file. The kernel's periodic writeback is
-//! held off for the test's few seconds (`vm.dirty_writeback_centisecs` 0), so
-//! what nats-server wrote without fsync stays dirty in the page cache of the
-//! mounted file system, and only what it fsynced reaches the backing file. At
-//! the cut, nats-server gets SIGKILL and the backing file is copied at once:
-//! the copy is the disk as a power cut leaves it. A server started on the copy
-//! says which acked messages survived.
-//!
-//! What it does not show: a disk's own volatile cache (a loop device's flush
-//! reaches the backing file's page cache, which this machine's power cut would
-//! also take, but which the copy sees), or writeback that memory pressure
-//! forces (it can only make the 2-minute case lose less). A real power cut
-//! would need a device that drops writes (dm-flakey); this kernel has no
-//! device-mapper. Needs root (loop devices, mount, sysctl): `--include-ignored`.
+//! What the test does: nats-server keeps its store on a
+//! [`espan::testkit::PowerCutDisk`] (its docs say what that simulation shows
+//! and what it does not); at the cut it gets SIGKILL and the disk is copied as
+//! it is. A server started on the copy says which acked messages survived.
+//! Needs root (loop devices, mount, sysctl): `--include-ignored`.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
 use espan::bus::{self, StreamLimits};
-use espan::testkit::{NatsOptions, TestNats};
+use espan::testkit::{NatsOptions, PowerCutDisk, TestNats};
 
 const MESSAGES: u64 = 2_000;
-
-fn run(program: &str, args: &[&str]) -> String {
-    let out = Command::new(program).args(args).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{program} {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
-}
-
-/// An ext4 file system in a loop device over `image`, mounted at `mount`;
-/// unmounted and detached on drop.
-struct LoopFs {
-    device: String,
-    mount: PathBuf,
-}
-
-impl LoopFs {
-    fn mount(image: &Path, mount: &Path) -> Self {
-        let device = run("losetup", &["-f", "--show", image.to_str().unwrap()]);
-        std::fs::create_dir_all(mount).unwrap();
-        run("mount", &[&device, mount.to_str().unwrap()]);
-        Self {
-            device,
-            mount: mount.to_owned(),
-        }
-    }
-}
-
-impl Drop for LoopFs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.mount).status();
-        let _ = Command::new("losetup").args(["-d", &self.device]).status();
-    }
-}
-
-/// Holds the kernel's periodic writeback off while it lives (restored on drop).
-struct WritebackHeld {
-    before: String,
-}
-
-const WRITEBACK: &str = "/proc/sys/vm/dirty_writeback_centisecs";
-
-impl WritebackHeld {
-    fn new() -> Self {
-        let before = std::fs::read_to_string(WRITEBACK).unwrap();
-        std::fs::write(WRITEBACK, "0").unwrap();
-        Self { before }
-    }
-}
-
-impl Drop for WritebackHeld {
-    fn drop(&mut self) {
-        let _ = std::fs::write(WRITEBACK, self.before.trim());
-    }
-}
 
 /// What one run measured.
 struct Cut {
@@ -95,17 +28,10 @@ struct Cut {
 /// Publishes acked messages to a server with `sync_interval`, cuts the power,
 /// and says what survived.
 async fn cut_power(sync_interval: &str) -> Cut {
-    let dir = tempfile::Builder::new()
-        .prefix("espan-durability")
-        .tempdir()
-        .unwrap();
-    let image = dir.path().join("disk.img");
-    run("truncate", &["-s", "256M", image.to_str().unwrap()]);
-    run("mkfs.ext4", &["-q", "-F", image.to_str().unwrap()]);
-    let disk = LoopFs::mount(&image, &dir.path().join("mnt"));
+    let mut disk = PowerCutDisk::new(256).unwrap();
     let mut nats = TestNats::start_with(NatsOptions {
         sync_interval: sync_interval.into(),
-        store_dir: Some(disk.mount.join("js")),
+        store_dir: Some(disk.path().join("js")),
         ..Default::default()
     })
     .unwrap();
@@ -115,9 +41,7 @@ async fn cut_power(sync_interval: &str) -> Cut {
     };
     let bus = nats.bus("durability", &limits).await.unwrap();
     // Everything before the messages (the streams) is on disk.
-    run("sync", &[]);
-
-    let held = WritebackHeld::new();
+    disk.hold_writeback().unwrap();
     let started = std::time::Instant::now();
     let mut publisher = bus.publisher(64);
     let mut acked = 0;
@@ -138,14 +62,9 @@ async fn cut_power(sync_interval: &str) -> Cut {
     let rate = acked as f64 / started.elapsed().as_secs_f64();
     // The cut: the process dies, and the disk is what reached it.
     nats.kill();
-    let after_cut = dir.path().join("after-cut.img");
-    std::fs::copy(&image, &after_cut).unwrap();
-    drop(held);
-    drop(disk);
-
-    let disk = LoopFs::mount(&after_cut, &dir.path().join("mnt-after"));
+    let disk = disk.cut().unwrap();
     let nats = TestNats::start_with(NatsOptions {
-        store_dir: Some(disk.mount.join("js")),
+        store_dir: Some(disk.path().join("js")),
         ..Default::default()
     })
     .unwrap();
