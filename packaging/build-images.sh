@@ -114,8 +114,10 @@ ldd "$nats_bin" >/dev/null 2>&1 && die "$nats_bin is not static; the NATS image 
 nats=packaging/rootfs/nats
 mkdir -p "$nats/data"
 cp -L "$nats_bin" "$nats/nats-server"
+# Acked = on disk, as every launcher of espan runs JetStream (scripts/nats.conf).
+cp scripts/nats.conf "$nats/nats.conf"
 import_rootfs "$nats" "espan-nats:$TAG" \
-  'ENTRYPOINT ["/nats-server"]' 'CMD ["-js", "-sd", "/data"]' 'EXPOSE 4222'
+  'ENTRYPOINT ["/nats-server"]' 'CMD ["-js", "-sd", "/data", "-c", "/nats.conf"]' 'EXPOSE 4222'
 
 # 3. The service images, from the Containerfile (the legacy builder's chatter is
 # shown only on failure).

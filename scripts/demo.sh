@@ -26,7 +26,7 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 
 # A private JetStream for the demo, so nothing of an earlier run is replayed.
 nats_port=$(free_port)
-"$ESPAN_NATS_SERVER" -js -a 127.0.0.1 -p "$nats_port" -sd "$work/nats" >"$work/nats.log" 2>&1 &
+"$ESPAN_NATS_SERVER" -js -a 127.0.0.1 -p "$nats_port" -sd "$work/nats" -c scripts/nats.conf >"$work/nats.log" 2>&1 &
 pids+=($!)
 nats="nats://127.0.0.1:$nats_port"
 for _ in $(seq 50); do (exec 3<>/dev/tcp/127.0.0.1/$nats_port) 2>/dev/null && break; sleep 0.1; done

@@ -41,8 +41,8 @@ ln -sf "$ESPAN_NATS_SERVER" "$HOME/.local/bin/nats-server"
 if ! (exec 3<>/dev/tcp/127.0.0.1/4222) 2>/dev/null; then
   store="${ESPAN_NATS_STORE:-/var/lib/espan/nats}"
   mkdir -p "$store"
-  log "starting nats-server -js on 127.0.0.1:4222 (store $store)"
-  nohup "$ESPAN_NATS_SERVER" -js -a 127.0.0.1 -p 4222 -sd "$store" >/var/log/espan-nats.log 2>&1 &
+  log "starting nats-server -js on 127.0.0.1:4222 (store $store, config scripts/nats.conf)"
+  nohup "$ESPAN_NATS_SERVER" -js -a 127.0.0.1 -p 4222 -sd "$store" -c scripts/nats.conf >/var/log/espan-nats.log 2>&1 &
   for _ in $(seq 50); do (exec 3<>/dev/tcp/127.0.0.1/4222) 2>/dev/null && break; sleep 0.1; done
 fi
 

@@ -4,8 +4,9 @@ the ground truth espan is measured against; they go to a JSON-lines file, never
 over the network, so the app's exporter adds no traffic for espan to see.
 
 Roles (every path carries a unique id, so each call is one (kind, path)):
-  front  GET /r/<run>/<i>      calls back1 GET /b1/<run>/<i>/<k> for k < fanout,
-                               then back2 GET /b2/<run>/<i>
+  front  GET /r/<run>/<i>      calls back1 GET /b1/<run>/<i>/<k> for k < fanout
+                               (with /<padding> of --path-pad bytes when set: a
+                               large trace), then back2 GET /b2/<run>/<i>
   back1  GET /b1/...           answers
   back2  GET /b2/...           INCR + GET on redis, then answers
 
@@ -176,14 +177,16 @@ def make_app(args):
     def front(run, i):
         tag_thread()
         answers = []
+        pad = "/" + "p" * args.path_pad if args.path_pad else ""
         for k in range(args.fanout):
-            answers.append(http_get(f"{args.back1}/b1/{run}/{i}/{k}", args.keepalive))
+            answers.append(http_get(f"{args.back1}/b1/{run}/{i}/{k}{pad}", args.keepalive))
         sleep = request.args.get("sleep_ms", "0")
         answers.append(http_get(f"{args.back2}/b2/{run}/{i}?sleep_ms={sleep}", args.keepalive))
         return {"front": i, "answers": len(answers)}
 
     @app.route("/b1/<run>/<int:i>/<int:k>")
-    def back1(run, i, k):
+    @app.route("/b1/<run>/<int:i>/<int:k>/<pad>")
+    def back1(run, i, k, pad=""):
         tag_thread()
         return {"back1": [i, k]}
 
@@ -209,6 +212,7 @@ def main():
     parser.add_argument("--back2", default="")
     parser.add_argument("--redis", default="127.0.0.1:6379")
     parser.add_argument("--fanout", type=int, default=2)
+    parser.add_argument("--path-pad", type=int, default=0, help="bytes of padding in back1 paths")
     parser.add_argument("--keepalive", action="store_true", help="reuse connections to the backends")
     parser.add_argument("--server", choices=["threaded", "pool"], default="threaded")
     parser.add_argument("--workers", type=int, default=4)

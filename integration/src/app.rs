@@ -48,6 +48,8 @@ pub struct AppOptions {
     pub keepalive: bool,
     /// Calls to back1 per front request.
     pub fanout: u32,
+    /// Bytes of padding at the end of back1's paths (0: none): large spans.
+    pub path_pad: usize,
     pub front_server: ServerModel,
     pub back_server: ServerModel,
     /// The front reaches back1 through a DNAT'd virtual address.
@@ -60,6 +62,7 @@ impl Default for AppOptions {
             propagation: false,
             keepalive: false,
             fanout: 2,
+            path_pad: 0,
             front_server: ServerModel::Threaded,
             back_server: ServerModel::Threaded,
             nat: false,
@@ -179,6 +182,8 @@ impl App {
             format!("http://{}:{BACK2_PORT}", c.addr),
             "--fanout".to_owned(),
             options.fanout.to_string(),
+            "--path-pad".to_owned(),
+            options.path_pad.to_string(),
         ];
         if options.keepalive {
             front_args.push("--keepalive".to_owned());

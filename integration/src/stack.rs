@@ -362,7 +362,7 @@ fn start_nats(tools: &Tools, work: &Path, port: u16) -> Result<Service> {
     std::fs::write(
         &config,
         format!(
-            "jetstream {{\n  store_dir: {:?}\n  max_file_store: 4G\n  max_memory_store: 256MB\n}}\n",
+            "jetstream {{\n  store_dir: {:?}\n  max_file_store: 4G\n  max_memory_store: 256MB\n  sync_interval: always\n}}\n",
             work.join("nats-store")
         ),
     )?;

@@ -37,6 +37,8 @@ pub const DEAD_REASON_HEADER: &str = "Espan-Dead-Reason";
 pub const DEAD_SUBJECT_HEADER: &str = "Espan-Dead-Subject";
 /// Header with the stream sequence the message had.
 pub const DEAD_SEQ_HEADER: &str = "Espan-Dead-Seq";
+/// Header `i/n` of a letter stored in `n` chunks (see [`DeadLetters`]).
+pub const DEAD_CHUNK_HEADER: &str = "Espan-Dead-Chunk";
 
 /// A NATS URL from config: DataKit's `host:port` becomes `nats://host:port`.
 pub fn nats_url(text: &str) -> String {
@@ -123,6 +125,20 @@ pub enum BusError {
         /// Why.
         reason: String,
     },
+    /// A message larger than the server takes (its `max_payload`, headers
+    /// included): permanent, so it is never sent, and never retried as it is.
+    /// The caller splits it or drops it, counted.
+    #[error(
+        "message for {subject} is {bytes} bytes with its headers; the server takes at most {max_payload}"
+    )]
+    TooLarge {
+        /// The subject.
+        subject: String,
+        /// Payload and headers.
+        bytes: usize,
+        /// The server's `max_payload`.
+        max_payload: usize,
+    },
     /// A dead letter was not stored (the message stays unacked and comes back).
     #[error("dead-lettering to {subject} failed: {reason}")]
     DeadLetter {
@@ -143,6 +159,38 @@ pub enum BusError {
     },
 }
 
+impl BusError {
+    /// True for [`BusError::TooLarge`]: trying again cannot help.
+    pub fn is_too_large(&self) -> bool {
+        matches!(self, BusError::TooLarge { .. })
+    }
+}
+
+/// The `max_payload` NATS servers have unless configured otherwise (1 MiB),
+/// assumed while the server has not said its own.
+pub const DEFAULT_MAX_PAYLOAD: usize = 1 << 20;
+
+/// Bytes a message takes on the wire against `max_payload`: the payload and
+/// its headers (`NATS/1.0\r\n`, `name: value\r\n` each, a blank line), as
+/// the server counts them.
+pub fn message_size(payload: usize, headers: Option<&HeaderMap>, msg_id: Option<&str>) -> usize {
+    let mut header_bytes = 0;
+    if let Some(headers) = headers {
+        for (name, values) in headers.iter() {
+            for value in values {
+                header_bytes += name.to_string().len() + value.as_str().len() + 4;
+            }
+        }
+    }
+    if let Some(id) = msg_id {
+        header_bytes += "Nats-Msg-Id".len() + id.len() + 4;
+    }
+    if header_bytes > 0 {
+        header_bytes += "NATS/1.0\r\n\r\n".len();
+    }
+    payload + header_bytes
+}
+
 /// Limits of the streams, from each service's config.
 #[derive(Debug, Clone)]
 pub struct StreamLimits {
@@ -150,10 +198,14 @@ pub struct StreamLimits {
     /// refused (discard new), so the publisher sees back-pressure instead of old
     /// data disappearing.
     pub max_bytes: u64,
-    /// How long a message is kept; zero = forever.
+    /// How long a message is kept; zero = forever. Not for DEADLETTER: dead
+    /// letters are kept until someone handles them (or max_bytes says no).
     pub max_age: Duration,
     /// How long JetStream remembers a `Nats-Msg-Id` for de-duplication.
     pub duplicate_window: Duration,
+    /// Copies of each stream in a JetStream cluster (1, 3 or 5; 1 on a
+    /// single server). With 1, a message acked is on one server's disk only.
+    pub replicas: usize,
 }
 
 impl Default for StreamLimits {
@@ -161,7 +213,10 @@ impl Default for StreamLimits {
         Self {
             max_bytes: 2 << 30,
             max_age: Duration::from_secs(24 * 3600),
-            duplicate_window: Duration::from_secs(120),
+            // The linker's: whichever service creates a stream first, traces
+            // re-sent after a restart are recognised for as long.
+            duplicate_window: Duration::from_secs(600),
+            replicas: 1,
         }
     }
 }
@@ -263,13 +318,21 @@ impl Bus {
         &self.jetstream
     }
 
+    /// The largest message the server takes, headers included (its
+    /// `max_payload`; [`DEFAULT_MAX_PAYLOAD`] until it said).
+    pub fn max_payload(&self) -> usize {
+        max_payload(&self.client)
+    }
+
     /// True while the connection is up.
     pub fn is_connected(&self) -> bool {
         self.client.connection_state() == async_nats::connection::State::Connected
     }
 
-    /// Creates `ESPANS`, `TRACES` and `DEADLETTER` if missing, or updates their
-    /// limits: for the one service whose settings own the limits (the linker).
+    /// Creates `ESPANS`, `TRACES` and `DEADLETTER` where missing, with
+    /// `limits`. A stream that exists keeps its settings, whoever made them
+    /// (an operator's replicas and limits, or another service's): they are
+    /// never overwritten; where they differ from `limits`, a warning says so.
     pub async fn ensure_streams(&self, limits: &StreamLimits) -> Result<(), BusError> {
         for (name, subjects) in ALL_STREAMS {
             self.ensure_stream(name, subjects, limits).await?;
@@ -277,55 +340,35 @@ impl Bus {
         Ok(())
     }
 
-    /// Creates the streams that do not exist yet and leaves the others as their
-    /// owner configured them: for services that only need the streams to be
-    /// there (probes, exporters), so that their start never undoes the
-    /// linker's limits (its duplicate window, above all).
-    pub async fn create_missing_streams(&self, limits: &StreamLimits) -> Result<(), BusError> {
-        for (name, subjects) in ALL_STREAMS {
-            self.create_stream_if_missing(name, subjects, limits)
-                .await?;
-        }
-        Ok(())
-    }
-
-    /// Creates or updates one stream.
+    /// Creates one stream unless it exists; see [`Bus::ensure_streams`].
     pub async fn ensure_stream(
         &self,
         name: &str,
         subjects: &str,
         limits: &StreamLimits,
     ) -> Result<(), BusError> {
-        let config = stream_config(name, subjects, limits);
-        // Services start together: another one may create the stream between
-        // our "update: not found" and our "create", and with limits of its own
-        // the create is refused as "name already in use". The stream is there
-        // then, so the next try updates it.
-        let mut tries = 0;
-        loop {
-            tries += 1;
-            match self.jetstream.create_or_update_stream(config.clone()).await {
-                Ok(_) => return Ok(()),
-                Err(e) if tries < 3 && created_meanwhile(&e) => continue,
-                Err(e) => return Err(stream_error(name, e)),
-            }
-        }
-    }
-
-    /// Creates one stream unless it exists (with whatever limits it has).
-    async fn create_stream_if_missing(
-        &self,
-        name: &str,
-        subjects: &str,
-        limits: &StreamLimits,
-    ) -> Result<(), BusError> {
-        match self
-            .jetstream
-            .create_stream(stream_config(name, subjects, limits))
-            .await
-        {
+        let wanted = stream_config(name, subjects, limits);
+        match self.jetstream.create_stream(wanted.clone()).await {
+            // Created, or there with exactly these settings.
             Ok(_) => Ok(()),
-            Err(e) if created_meanwhile(&e) => Ok(()),
+            // There with settings of its own (made meanwhile by another
+            // service starting too, or long ago by an operator): kept.
+            Err(e) if created_meanwhile(&e) => {
+                if let Ok(mut stream) = self.jetstream.get_stream(name).await
+                    && let Ok(info) = stream.info().await
+                {
+                    for (setting, have, want) in differences(&info.config, &wanted) {
+                        tracing::warn!(
+                            stream = name,
+                            setting,
+                            have,
+                            configured = want,
+                            "the stream exists with a setting of its own; kept (change it with the nats CLI if meant)"
+                        );
+                    }
+                }
+                Ok(())
+            }
             Err(e) => Err(stream_error(name, e)),
         }
     }
@@ -333,10 +376,18 @@ impl Bus {
     /// A publisher that keeps up to `max_in_flight` publishes waiting for their acks.
     pub fn publisher(&self, max_in_flight: usize) -> Publisher {
         Publisher {
+            client: self.client.clone(),
             jetstream: self.jetstream.clone(),
             in_flight: VecDeque::new(),
             max_in_flight: max_in_flight.max(1),
         }
+    }
+}
+
+fn max_payload(client: &async_nats::Client) -> usize {
+    match client.server_info().max_payload {
+        0 => DEFAULT_MAX_PAYLOAD,
+        n => n,
     }
 }
 
@@ -348,6 +399,12 @@ const ALL_STREAMS: [(&str, &str); 3] = [
 ];
 
 fn stream_config(name: &str, subjects: &str, limits: &StreamLimits) -> stream::Config {
+    // Dead letters wait for someone to look at them: no age limit.
+    let max_age = if name == DEADLETTER_STREAM {
+        Duration::ZERO
+    } else {
+        limits.max_age
+    };
     stream::Config {
         name: name.to_owned(),
         subjects: vec![subjects.to_owned()],
@@ -357,11 +414,58 @@ fn stream_config(name: &str, subjects: &str, limits: &StreamLimits) -> stream::C
         } else {
             limits.max_bytes as i64
         },
-        max_age: limits.max_age,
+        max_age,
         duplicate_window: limits.duplicate_window,
+        num_replicas: limits.replicas.max(1),
         discard: stream::DiscardPolicy::New,
         ..Default::default()
     }
+}
+
+/// The settings espan configures that `have` holds otherwise than `want`:
+/// `(setting, have, want)`.
+fn differences(
+    have: &stream::Config,
+    want: &stream::Config,
+) -> Vec<(&'static str, String, String)> {
+    let mut out = Vec::new();
+    let mut check = |setting, have: String, want: String| {
+        if have != want {
+            out.push((setting, have, want));
+        }
+    };
+    check(
+        "max_bytes",
+        have.max_bytes.to_string(),
+        want.max_bytes.to_string(),
+    );
+    check(
+        "max_age",
+        format!("{:?}", have.max_age),
+        format!("{:?}", want.max_age),
+    );
+    check(
+        "duplicate_window",
+        format!("{:?}", have.duplicate_window),
+        format!("{:?}", want.duplicate_window),
+    );
+    check(
+        "num_replicas",
+        have.num_replicas.to_string(),
+        want.num_replicas.to_string(),
+    );
+    check("subjects", have.subjects.join(","), want.subjects.join(","));
+    check(
+        "discard",
+        format!("{:?}", have.discard),
+        format!("{:?}", want.discard),
+    );
+    check(
+        "storage",
+        format!("{:?}", have.storage),
+        format!("{:?}", want.storage),
+    );
+    out
 }
 
 fn stream_error(name: &str, e: jetstream::context::CreateStreamError) -> BusError {
@@ -424,6 +528,7 @@ struct InFlight {
 /// Publishes messages with a `Nats-Msg-Id` and many acks outstanding at once
 /// (one awaited ack per message would cap throughput at one round trip each).
 pub struct Publisher {
+    client: async_nats::Client,
     jetstream: jetstream::Context,
     in_flight: VecDeque<InFlight>,
     max_in_flight: usize,
@@ -433,6 +538,10 @@ impl Publisher {
     /// Sends one message; when `max_in_flight` publishes are outstanding, first
     /// waits for the oldest ack. Returns the acks that completed meanwhile, in
     /// publish order. `tag` is the caller's name for this publish.
+    ///
+    /// A message larger than the server's `max_payload` is not sent:
+    /// [`BusError::TooLarge`], and the publishes in flight are untouched (the
+    /// caller splits or drops that one message and goes on).
     pub async fn publish(
         &mut self,
         tag: u64,
@@ -441,6 +550,15 @@ impl Publisher {
         payload: Bytes,
         headers: Option<HeaderMap>,
     ) -> Result<Vec<Acked>, BusError> {
+        let bytes = message_size(payload.len(), headers.as_ref(), Some(&msg_id));
+        let max_payload = max_payload(&self.client);
+        if bytes > max_payload {
+            return Err(BusError::TooLarge {
+                subject,
+                bytes,
+                max_payload,
+            });
+        }
         let mut done = Vec::new();
         while self.in_flight.len() >= self.max_in_flight {
             done.push(self.await_oldest().await?);
@@ -550,6 +668,8 @@ pub struct ConsumerSpec {
     pub filter_subject: String,
     /// Deliveries before a failing message is dead-lettered; 0 or below: never
     /// (retry forever, for handlers whose failures are always transient).
+    /// Applied by [`consume`], not by JetStream, which redelivers until the
+    /// letter is stored.
     pub max_deliver: i64,
     /// How long JetStream waits for an ack before redelivering.
     pub ack_wait: Duration,
@@ -557,14 +677,28 @@ pub struct ConsumerSpec {
     pub max_ack_pending: i64,
     /// Messages handed to the handler at once, at most.
     pub batch: usize,
-    /// Delay before a nak'd message comes back.
+    /// Delay before a nak'd message comes back the first time; it doubles
+    /// with each delivery, up to `max_retry_delay`.
     pub retry_delay: Duration,
+    /// The longest a nak'd message waits before it comes back.
+    pub max_retry_delay: Duration,
 }
 
 impl ConsumerSpec {
     /// True when a message delivered `delivered` times must be dead-lettered.
     pub fn gives_up_after(&self, delivered: i64) -> bool {
         self.max_deliver > 0 && delivered >= self.max_deliver
+    }
+
+    /// How long a message delivered `delivered` times waits before it comes
+    /// back: `retry_delay` doubled per delivery, at most `max_retry_delay`.
+    /// A failure that lasts (DEADLETTER full, a store that is down) then costs
+    /// a try every `max_retry_delay`, not a busy loop.
+    pub fn backoff(&self, delivered: i64) -> Duration {
+        let doublings = delivered.saturating_sub(1).clamp(0, 20) as u32;
+        self.retry_delay
+            .saturating_mul(1 << doublings)
+            .min(self.max_retry_delay.max(self.retry_delay))
     }
 
     /// Defaults for `durable` on `stream`.
@@ -578,6 +712,7 @@ impl ConsumerSpec {
             max_ack_pending: 1000,
             batch: 64,
             retry_delay: Duration::from_millis(500),
+            max_retry_delay: Duration::from_secs(30),
         }
     }
 }
@@ -619,6 +754,9 @@ pub trait ConsumeObserver: Send + Sync {
     fn retried(&self, _messages: u64) {}
     /// A message went to the dead-letter subject.
     fn dead_lettered(&self, _reason: &str) {}
+    /// A message was to be dead-lettered but DEADLETTER did not take it (full,
+    /// unreachable): nak'd with backoff, it comes back and is tried again.
+    fn dead_letter_failed(&self, _error: &BusError) {}
 }
 
 /// Observes nothing.
@@ -629,7 +767,8 @@ impl ConsumeObserver for NoObserver {}
 pub type DecodeFn<T> = fn(&[u8]) -> Result<T, String>;
 
 /// Creates (or binds to) the durable pull consumer `spec` describes and opens
-/// its message stream. `max_deliver` 0 means unlimited.
+/// its message stream. JetStream redelivers without limit; `max_deliver` is
+/// applied by [`consume`].
 pub async fn pull_messages(
     bus: &Bus,
     spec: &ConsumerSpec,
@@ -648,11 +787,11 @@ pub async fn pull_messages(
         durable_name: Some(spec.durable.clone()),
         ack_policy: consumer::AckPolicy::Explicit,
         ack_wait: spec.ack_wait,
-        max_deliver: if spec.max_deliver > 0 {
-            spec.max_deliver
-        } else {
-            -1
-        },
+        // Giving up is ours (`ConsumerSpec::gives_up_after`, then a dead
+        // letter): with JetStream's own limit, a message whose last delivery
+        // found DEADLETTER full would never come back, neither stored nor
+        // dead-lettered.
+        max_deliver: -1,
         filter_subject: spec.filter_subject.clone(),
         max_ack_pending: spec.max_ack_pending,
         ..Default::default()
@@ -675,8 +814,10 @@ pub async fn pull_messages(
 /// Pulls messages from a durable consumer and hands them to `handler` until
 /// `shutdown`. Acks only what the handler accepted. A message that does not
 /// decode can never succeed and goes straight to the dead-letter subject; one
-/// whose handler fails is nak'd and retried, alone, until `max_deliver`, then
-/// dead-lettered. Either way it is acked only after the dead letter was stored.
+/// whose handler fails is nak'd and retried, alone, with backoff, until
+/// `max_deliver`, then dead-lettered. Either way it is acked only after the
+/// dead letter was stored; when DEADLETTER does not take it (full,
+/// unreachable), it is nak'd with backoff and counted, never a reason to stop.
 pub async fn consume<T: Send, H: Handler<T>>(
     bus: &Bus,
     spec: &ConsumerSpec,
@@ -691,7 +832,11 @@ pub async fn consume<T: Send, H: Handler<T>>(
         reason,
     };
     let mut messages = pull_messages(bus, spec).await?;
-    let dead_letters = DeadLetters::new(bus, &spec.stream, &spec.durable);
+    let giving_up = GivingUp {
+        dead_letters: DeadLetters::new(bus, &spec.stream, &spec.durable),
+        spec,
+        observer,
+    };
     let stop = shutdown.clone().wait();
     tokio::pin!(stop);
 
@@ -725,10 +870,7 @@ pub async fn consume<T: Send, H: Handler<T>>(
         let mut group = Vec::with_capacity(raw.len());
         let mut group_msgs = Vec::with_capacity(raw.len());
         for message in raw {
-            let (stream_seq, delivered) = match message.info() {
-                Ok(info) => (info.stream_sequence, info.delivered),
-                Err(_) => (0, 1),
-            };
+            let (stream_seq, delivered) = delivery_info(&message);
             match decode(&message.payload) {
                 Ok(value) => {
                     group.push(Delivery {
@@ -740,11 +882,9 @@ pub async fn consume<T: Send, H: Handler<T>>(
                     group_msgs.push(message);
                 }
                 Err(reason) => {
-                    let reason = format!("undecodable: {reason}");
-                    dead_letters
-                        .take_message(&message, stream_seq, &reason)
-                        .await?;
-                    observer.dead_lettered(&reason);
+                    giving_up
+                        .dead_letter(&message, &format!("undecodable: {reason}"))
+                        .await
                 }
             }
         }
@@ -757,35 +897,13 @@ pub async fn consume<T: Send, H: Handler<T>>(
                 ack_all(&group_msgs).await;
                 observer.acked(count as u64);
             }
-            Err(error) if count == 1 => {
-                let message = &group_msgs[0];
-                let (stream_seq, delivered) = message
-                    .info()
-                    .map(|i| (i.stream_sequence, i.delivered))
-                    .unwrap_or((0, 1));
-                if spec.gives_up_after(delivered) {
-                    let reason = format!("handler failed {delivered} times: {error}");
-                    dead_letters
-                        .take_message(message, stream_seq, &reason)
-                        .await?;
-                    observer.dead_lettered(&reason);
-                } else {
-                    tracing::warn!(%error, stream_seq, delivered, "handler failed; message will be redelivered");
-                    let _ = message
-                        .ack_with(jetstream::AckKind::Nak(Some(spec.retry_delay)))
-                        .await;
-                    observer.retried(1);
-                }
-            }
+            Err(error) if count == 1 => giving_up.failed(&group_msgs[0], &error).await,
             Err(error) => {
                 // One bad message must not hold back the good ones: hand them over
                 // one by one, so only the failing one is retried.
                 tracing::warn!(%error, count, "group failed; retrying its messages one by one");
                 for message in group_msgs {
-                    let (stream_seq, delivered) = message
-                        .info()
-                        .map(|i| (i.stream_sequence, i.delivered))
-                        .unwrap_or((0, 1));
+                    let (stream_seq, delivered) = delivery_info(&message);
                     let Ok(value) = decode(&message.payload) else {
                         continue;
                     };
@@ -800,23 +918,69 @@ pub async fn consume<T: Send, H: Handler<T>>(
                             ack_all(std::slice::from_ref(&message)).await;
                             observer.acked(1);
                         }
-                        Err(error) if spec.gives_up_after(delivered) => {
-                            let reason = format!("handler failed {delivered} times: {error}");
-                            dead_letters
-                                .take_message(&message, stream_seq, &reason)
-                                .await?;
-                            observer.dead_lettered(&reason);
-                        }
-                        Err(_) => {
-                            let _ = message
-                                .ack_with(jetstream::AckKind::Nak(Some(spec.retry_delay)))
-                                .await;
-                            observer.retried(1);
-                        }
+                        Err(error) => giving_up.failed(&message, &error).await,
                     }
                 }
             }
         }
+    }
+}
+
+/// `(stream sequence, deliveries)` of a JetStream message; `(0, 1)` when it
+/// carries no delivery info.
+fn delivery_info(message: &jetstream::Message) -> (u64, i64) {
+    message
+        .info()
+        .map(|i| (i.stream_sequence, i.delivered))
+        .unwrap_or((0, 1))
+}
+
+/// What [`consume`] does with a message that failed: nak it with backoff, or
+/// dead-letter it once it is out of tries.
+struct GivingUp<'a> {
+    dead_letters: DeadLetters,
+    spec: &'a ConsumerSpec,
+    observer: &'a dyn ConsumeObserver,
+}
+
+impl GivingUp<'_> {
+    /// The handler failed on `message`.
+    async fn failed(&self, message: &jetstream::Message, error: &HandlerError) {
+        let (stream_seq, delivered) = delivery_info(message);
+        if self.spec.gives_up_after(delivered) {
+            let reason = format!("handler failed {delivered} times: {error}");
+            self.dead_letter(message, &reason).await;
+        } else {
+            tracing::warn!(%error, stream_seq, delivered, "handler failed; message will be redelivered");
+            self.nak(message, delivered).await;
+        }
+    }
+
+    /// Dead-letters `message`; when DEADLETTER does not take it, naks it with
+    /// backoff and counts that, so the consumer goes on with the others.
+    async fn dead_letter(&self, message: &jetstream::Message, reason: &str) {
+        let (stream_seq, delivered) = delivery_info(message);
+        match self
+            .dead_letters
+            .take_message(message, stream_seq, reason)
+            .await
+        {
+            Ok(()) => self.observer.dead_lettered(reason),
+            Err(error) => {
+                tracing::error!(%error, stream_seq, delivered, "dead letter not stored; the message comes back after a backoff");
+                self.observer.dead_letter_failed(&error);
+                self.nak(message, delivered).await;
+            }
+        }
+    }
+
+    async fn nak(&self, message: &jetstream::Message, delivered: i64) {
+        let delay = self.spec.backoff(delivered);
+        if let Err(error) = message.ack_with(jetstream::AckKind::Nak(Some(delay))).await {
+            // Then it comes back after ack_wait instead.
+            tracing::warn!(%error, "nak failed");
+        }
+        self.observer.retried(1);
     }
 }
 
@@ -852,8 +1016,14 @@ async fn ack_all(messages: &[jetstream::Message]) {
 /// of [`DEADLETTER_STREAM`]). Two consumers of one message (the exporter's
 /// sinks) have different ids, so one's letter never hides the other's, which
 /// an id made of the source subject and sequence alone would do.
+///
+/// A letter larger than the server takes (a message near `max_payload` plus
+/// the headers) is stored in chunks, each a letter of its own with
+/// [`DEAD_CHUNK_HEADER`] `i/n` and `/chunk-i` appended to its id: never
+/// refused for its size.
 #[derive(Clone)]
 pub struct DeadLetters {
+    client: async_nats::Client,
     jetstream: jetstream::Context,
     stream: String,
     consumer: String,
@@ -881,6 +1051,7 @@ impl DeadLetters {
     /// Letters of durable `consumer` reading `stream`.
     pub fn new(bus: &Bus, stream: &str, consumer: &str) -> Self {
         Self {
+            client: bus.client.clone(),
             jetstream: bus.jetstream.clone(),
             stream: stream.to_owned(),
             consumer: consumer.to_owned(),
@@ -910,11 +1081,49 @@ impl DeadLetters {
         headers.insert(DEAD_REASON_HEADER, reason.as_str());
         headers.insert(DEAD_SUBJECT_HEADER, letter.source_subject);
         headers.insert(DEAD_SEQ_HEADER, letter.stream_seq.to_string().as_str());
+        let msg_id = (letter.stream_seq > 0).then(|| self.msg_id(letter.stream_seq, letter.piece));
+        // Room for the chunk header and the longer id a chunk has.
+        let overhead = message_size(0, Some(&headers), msg_id.as_deref()) + 64;
+        let max_payload = max_payload(&self.client);
+        let chunk = max_payload.saturating_sub(overhead).max(1);
+        let chunks = letter.payload.len().div_ceil(chunk).max(1);
+        for i in 0..chunks {
+            let mut headers = headers.clone();
+            let mut id = msg_id.clone();
+            let payload = if chunks == 1 {
+                letter.payload.clone()
+            } else {
+                headers.insert(DEAD_CHUNK_HEADER, format!("{}/{chunks}", i + 1).as_str());
+                id = id.map(|id| format!("{id}/chunk-{}", i + 1));
+                let from = i * chunk;
+                letter
+                    .payload
+                    .slice(from..(from + chunk).min(letter.payload.len()))
+            };
+            self.publish(payload, headers, id).await?;
+        }
+        tracing::warn!(
+            stream_seq = letter.stream_seq,
+            piece = letter.piece,
+            chunks,
+            reason,
+            dead_subject = %self.subject,
+            "dead-lettered"
+        );
+        Ok(())
+    }
+
+    async fn publish(
+        &self,
+        payload: Bytes,
+        headers: HeaderMap,
+        msg_id: Option<String>,
+    ) -> Result<(), BusError> {
         let mut publish = jetstream::message::PublishMessage::build()
-            .payload(letter.payload)
+            .payload(payload)
             .headers(headers);
-        if letter.stream_seq > 0 {
-            publish = publish.message_id(self.msg_id(letter.stream_seq, letter.piece));
+        if let Some(id) = msg_id {
+            publish = publish.message_id(id);
         }
         let failed = |e: &dyn std::fmt::Display| BusError::DeadLetter {
             subject: self.subject.clone(),
@@ -926,13 +1135,6 @@ impl DeadLetters {
             .map_err(|e| failed(&e))?
             .await
             .map_err(|e| failed(&e))?;
-        tracing::warn!(
-            stream_seq = letter.stream_seq,
-            piece = letter.piece,
-            reason,
-            dead_subject = %self.subject,
-            "dead-lettered"
-        );
         Ok(())
     }
 

@@ -538,6 +538,42 @@ impl Setting for Vec<String> {
     }
 }
 
+/// Copies of a JetStream stream: 1 (a single server), 3 or 5 (a cluster).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Replicas(usize);
+
+impl Replicas {
+    /// `n` must be 1, 3 or 5.
+    pub fn new(n: usize) -> Result<Self, String> {
+        if [1, 3, 5].contains(&n) {
+            Ok(Replicas(n))
+        } else {
+            Err("stream replicas must be 1, 3 or 5".into())
+        }
+    }
+    /// The count.
+    pub fn get(self) -> usize {
+        self.0
+    }
+}
+
+impl Setting for Replicas {
+    fn from_text(text: &str) -> Result<Self, String> {
+        let n: usize = text
+            .trim()
+            .parse()
+            .map_err(|_| "stream replicas must be 1, 3 or 5".to_owned())?;
+        Replicas::new(n)
+    }
+    fn from_toml(value: &toml::Value) -> Result<Self, String> {
+        match value {
+            toml::Value::Integer(i) => Replicas::new(usize::try_from(*i).unwrap_or(0)),
+            toml::Value::String(text) => Self::from_text(text),
+            other => Err(format!("expected a number, found a {}", other.type_str())),
+        }
+    }
+}
+
 /// A sampling rate: a fraction of traces to keep, from 0 to 1.
 #[derive(Debug, Clone, Copy, PartialEq, PartialOrd)]
 pub struct Rate(f64);

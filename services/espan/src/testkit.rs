@@ -1,6 +1,7 @@
 //! Real servers for tests: a `nats-server` with JetStream on a free loopback
 //! port and its own store directory, killed when dropped. Tests of every crate
-//! use it, so each test has a bus of its own and can stop or restart it.
+//! use it, so each test has a bus of its own and can stop or restart it. And a
+//! disk whose power can be cut ([`PowerCutDisk`]), for durability tests.
 //!
 //! Behind the `testkit` feature: tests and benches ask for it, release builds
 //! of the services leave it out.
@@ -16,13 +17,44 @@ pub struct TestNats {
     port: u16,
     store: tempfile::TempDir,
     binary: PathBuf,
+    options: NatsOptions,
+}
+
+/// What a test server is configured with beyond its port and store.
+#[derive(Debug, Clone)]
+pub struct NatsOptions {
+    /// The server's `max_payload`; `None`: its default, 1 MiB.
+    pub max_payload: Option<usize>,
+    /// JetStream's `sync_interval`: how often the store is fsynced ("always",
+    /// or a duration). Tests say it explicitly, as every launcher of espan
+    /// does: "always" by default (acked = on disk), as in production.
+    pub sync_interval: String,
+    /// Where JetStream keeps its files; `None`: in the server's own temporary
+    /// directory.
+    pub store_dir: Option<PathBuf>,
+}
+
+impl Default for NatsOptions {
+    fn default() -> Self {
+        Self {
+            max_payload: None,
+            sync_interval: "always".into(),
+            store_dir: None,
+        }
+    }
 }
 
 impl TestNats {
     /// Starts a server on a free port. Finds the binary in `ESPAN_NATS_SERVER` or on
     /// `PATH` (`.ci/run` installs it).
     pub fn start() -> std::io::Result<Self> {
+        Self::start_with(NatsOptions::default())
+    }
+
+    /// Starts a server configured with `options`.
+    pub fn start_with(options: NatsOptions) -> std::io::Result<Self> {
         let mut nats = Self::reserve()?;
+        nats.options = options;
         nats.spawn()?;
         Ok(nats)
     }
@@ -35,6 +67,7 @@ impl TestNats {
             port: free_port()?,
             store: tempfile::Builder::new().prefix("espan-nats").tempdir()?,
             binary: nats_server_binary()?,
+            options: NatsOptions::default(),
         })
     }
 
@@ -43,8 +76,8 @@ impl TestNats {
         format!("nats://127.0.0.1:{}", self.port)
     }
 
-    /// A connection named `name` with espan's streams made (or updated) with
-    /// `limits`: what a test or bench of any service starts from.
+    /// A connection named `name` with espan's streams made with `limits`
+    /// where missing: what a test or bench of any service starts from.
     pub async fn bus(
         &self,
         name: &str,
@@ -79,11 +112,21 @@ impl TestNats {
         // to 75% of the free disk: many tests at once, each with three 10 GiB
         // streams, would be refused. Nothing here writes more than a few MB.
         let config = self.store.path().join("nats.conf");
-        let store_dir = self.store.path().join("js");
+        let store_dir = self
+            .options
+            .store_dir
+            .clone()
+            .unwrap_or_else(|| self.store.path().join("js"));
+        let max_payload = self
+            .options
+            .max_payload
+            .map(|n| format!("max_payload: {n}\n"))
+            .unwrap_or_default();
         std::fs::write(
             &config,
             format!(
-                "jetstream {{\n  store_dir: {store_dir:?}\n  max_file_store: 1T\n  max_memory_store: 256MB\n}}\n"
+                "{max_payload}jetstream {{\n  store_dir: {store_dir:?}\n  max_file_store: 1T\n  max_memory_store: 256MB\n  sync_interval: {}\n}}\n",
+                self.options.sync_interval
             ),
         )?;
         let child = Command::new(&self.binary)
@@ -151,6 +194,153 @@ fn is_executable(path: &Path) -> bool {
 /// A loopback port nothing listens on right now.
 pub fn free_port() -> std::io::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// A disk whose power can be cut, for durability tests (root: loop devices,
+/// mount, sysctl).
+///
+/// It is an ext4 file system in a loop device over a plain backing file. While
+/// writeback is held ([`PowerCutDisk::hold_writeback`]: the kernel's periodic
+/// flush off, `vm.dirty_writeback_centisecs` 0), what a program wrote without
+/// fsync stays dirty in the page cache of the mounted file system, and only
+/// what it fsynced reaches the backing file. [`PowerCutDisk::cut`] copies the
+/// backing file at that instant: the disk as a power cut leaves it, mounted
+/// where the next program can read it.
+///
+/// What it cannot show: a disk's own volatile cache (the loop device's flush
+/// reaches the backing file's page cache, which the copy reads), or writeback
+/// that memory pressure forces meanwhile (it can only make a test lose less).
+/// A real cut needs a device that drops writes (dm-flakey), and this kernel
+/// has no device-mapper.
+pub struct PowerCutDisk {
+    dir: tempfile::TempDir,
+    image: PathBuf,
+    mounted: LoopMount,
+    held: Option<WritebackHeld>,
+}
+
+impl PowerCutDisk {
+    /// A fresh file system of `megabytes`, mounted.
+    pub fn new(megabytes: u64) -> std::io::Result<Self> {
+        let dir = tempfile::Builder::new().prefix("espan-disk").tempdir()?;
+        let image = dir.path().join("disk.img");
+        run(
+            "truncate",
+            &["-s", &format!("{megabytes}M"), path_str(&image)?],
+        )?;
+        run("mkfs.ext4", &["-q", "-F", path_str(&image)?])?;
+        let mounted = LoopMount::new(&image, &dir.path().join("mnt"))?;
+        Ok(Self {
+            dir,
+            image,
+            mounted,
+            held: None,
+        })
+    }
+
+    /// Where the file system is mounted.
+    pub fn path(&self) -> &Path {
+        &self.mounted.mount
+    }
+
+    /// Syncs what is written so far, then holds the kernel's writeback off
+    /// until the cut.
+    pub fn hold_writeback(&mut self) -> std::io::Result<()> {
+        run("sync", &[])?;
+        self.held = Some(WritebackHeld::new()?);
+        Ok(())
+    }
+
+    /// Cuts the power: copies the disk as it is now, lets writeback go again,
+    /// and mounts the copy. Whatever still writes to the old disk writes to a
+    /// disk nobody reads again.
+    pub fn cut(self) -> std::io::Result<AfterCut> {
+        let copy = self.dir.path().join("after-cut.img");
+        std::fs::copy(&self.image, &copy)?;
+        drop(self.held);
+        drop(self.mounted);
+        let mounted = LoopMount::new(&copy, &self.dir.path().join("mnt-after-cut"))?;
+        Ok(AfterCut {
+            mounted,
+            _dir: self.dir,
+        })
+    }
+}
+
+/// The disk as the power cut left it, mounted.
+pub struct AfterCut {
+    mounted: LoopMount,
+    _dir: tempfile::TempDir,
+}
+
+impl AfterCut {
+    /// Where it is mounted.
+    pub fn path(&self) -> &Path {
+        &self.mounted.mount
+    }
+}
+
+struct LoopMount {
+    device: String,
+    mount: PathBuf,
+}
+
+impl LoopMount {
+    fn new(image: &Path, mount: &Path) -> std::io::Result<Self> {
+        let device = run("losetup", &["-f", "--show", path_str(image)?])?;
+        std::fs::create_dir_all(mount)?;
+        run("mount", &[&device, path_str(mount)?])?;
+        Ok(Self {
+            device,
+            mount: mount.to_owned(),
+        })
+    }
+}
+
+impl Drop for LoopMount {
+    fn drop(&mut self) {
+        // Lazy: a writer may still hold files of a disk whose power was cut.
+        let _ = Command::new("umount").arg("-l").arg(&self.mount).status();
+        let _ = Command::new("losetup").args(["-d", &self.device]).status();
+    }
+}
+
+const WRITEBACK: &str = "/proc/sys/vm/dirty_writeback_centisecs";
+
+/// The kernel's periodic writeback off while it lives.
+struct WritebackHeld {
+    before: String,
+}
+
+impl WritebackHeld {
+    fn new() -> std::io::Result<Self> {
+        let before = std::fs::read_to_string(WRITEBACK)?;
+        std::fs::write(WRITEBACK, "0")?;
+        Ok(Self { before })
+    }
+}
+
+impl Drop for WritebackHeld {
+    fn drop(&mut self) {
+        let _ = std::fs::write(WRITEBACK, self.before.trim());
+    }
+}
+
+fn path_str(path: &Path) -> std::io::Result<&str> {
+    path.to_str()
+        .ok_or_else(|| std::io::Error::other(format!("not UTF-8: {}", path.display())))
+}
+
+/// Runs `program`; its trimmed standard output, or an error with its stderr.
+fn run(program: &str, args: &[&str]) -> std::io::Result<String> {
+    let out = Command::new(program).args(args).output()?;
+    if !out.status.success() {
+        return Err(std::io::Error::other(format!(
+            "{program} {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
 }
 
 /// The probe's tests still call this; new code uses `tempfile` directly.

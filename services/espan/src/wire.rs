@@ -225,6 +225,53 @@ pub fn validate_span(span: &ESpan) -> Result<(), SpanProblem> {
     })
 }
 
+/// Bytes `span` adds to an encoded [`ESpanBatch`]: its own encoding, its
+/// field key and its length prefix (what sealing a batch by size counts).
+pub fn span_len_in_batch(span: &ESpan) -> usize {
+    let len = span.encoded_len();
+    1 + prost::length_delimiter_len(len) + len
+}
+
+/// Cuts every text field of `span` (path, query, service, error, …) to at
+/// most `max_bytes` bytes, at a character boundary; returns how many it cut.
+/// One long field (a path padded by a client, a huge SQL statement) must not
+/// make a span, and so a message, too large to publish.
+pub fn cap_text_fields(span: &mut ESpan, max_bytes: usize) -> u64 {
+    let mut cut = 0;
+    let mut cap = |text: &mut String| {
+        if text.len() > max_bytes {
+            let mut end = max_bytes;
+            while !text.is_char_boundary(end) {
+                end -= 1;
+            }
+            text.truncate(end);
+            cut += 1;
+        }
+    };
+    cap(&mut span.comm);
+    cap(&mut span.service);
+    cap(&mut span.error);
+    cap(&mut span.host);
+    cap(&mut span.container_id);
+    if let Some(http) = span.http.as_mut() {
+        cap(&mut http.method);
+        cap(&mut http.path);
+        cap(&mut http.version);
+        cap(&mut http.host);
+    }
+    if let Some(grpc) = span.grpc.as_mut() {
+        cap(&mut grpc.message);
+    }
+    if let Some(db) = span.db.as_mut() {
+        cap(&mut db.system);
+        cap(&mut db.operation);
+        cap(&mut db.summary);
+        cap(&mut db.query);
+        cap(&mut db.status_code);
+    }
+    cut
+}
+
 /// The fields of a span that validation looks at, so that a reader that does
 /// not decode into [`ESpan`] (the exporter reads messages in place) applies the
 /// same rules through [`check_span`].
@@ -418,6 +465,35 @@ pub mod sample {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn text_fields_are_capped_at_a_character_boundary_and_counted() {
+        let mut span = sample::span(1);
+        span.http.as_mut().unwrap().path = format!("/{}", "é".repeat(3000));
+        span.error = "x".repeat(10);
+        span.db = Some(Db {
+            query: "SELECT ".repeat(1000),
+            ..Default::default()
+        });
+        assert_eq!(cap_text_fields(&mut span, 4096), 2);
+        let path = &span.http.as_ref().unwrap().path;
+        assert_eq!(path.len(), 4095, "one byte short of 4096: é is two");
+        assert_eq!(span.db.as_ref().unwrap().query.len(), 4096);
+        assert_eq!(span.error.len(), 10);
+        assert_eq!(cap_text_fields(&mut span, 4096), 0, "nothing left to cut");
+    }
+
+    #[test]
+    fn span_len_in_batch_adds_up_to_the_batch() {
+        let batch = sample::batch(3, 50);
+        let spans: usize = batch.spans.iter().map(span_len_in_batch).sum();
+        let mut empty = batch.clone();
+        empty.spans.clear();
+        assert_eq!(
+            encode_espan_batch(&batch).len(),
+            encode_espan_batch(&empty).len() + spans
+        );
+    }
 
     #[test]
     fn batch_round_trips() {

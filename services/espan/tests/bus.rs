@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use espan::bus::{self, Bus, ConsumerSpec, Delivery, Handler, HandlerError, StreamLimits};
 use espan::shutdown;
-use espan::testkit::TestNats;
+use espan::testkit::{NatsOptions, TestNats};
 use espan::wire::{self, ESpanBatch};
 use futures::StreamExt;
 
@@ -388,7 +388,9 @@ async fn dead_letters_dedup_by_consumer_message_and_piece() {
 #[tokio::test]
 async fn ensure_streams_is_idempotent() {
     let nats = TestNats::start().unwrap();
-    let bus = bus_for(&nats).await;
+    let bus = Bus::connect(&nats.url(), "test", Duration::from_secs(5))
+        .await
+        .unwrap();
     let limits = StreamLimits {
         max_bytes: 1 << 20,
         ..Default::default()
@@ -403,31 +405,36 @@ async fn ensure_streams_is_idempotent() {
     assert_eq!(stream.info().await.unwrap().config.max_bytes, 1 << 20);
 }
 
-/// A probe or exporter starting after the linker leaves the linker's limits;
-/// a stream nobody made yet gets the starter's.
+/// A stream that exists keeps its settings, whoever made them: an
+/// operator's replicas, limits and ages are never overwritten by a service
+/// starting with other ones, and a stream nobody made yet gets the starter's.
 #[tokio::test]
-async fn creating_missing_streams_leaves_existing_limits() {
+async fn existing_streams_keep_their_settings_and_missing_ones_are_created() {
     let nats = TestNats::start().unwrap();
-    let bus = bus_for(&nats).await;
-    // bus_for made every stream: ESPANS plays the one nobody made yet.
-    bus.jetstream()
-        .delete_stream(bus::ESPANS_STREAM)
+    let bus = Bus::connect(&nats.url(), "test", Duration::from_secs(5))
         .await
         .unwrap();
-    let owner = StreamLimits {
+    // The operator's TRACES, made by hand before espan ever ran.
+    let operator = async_nats::jetstream::stream::Config {
+        name: bus::TRACES_STREAM.into(),
+        subjects: vec![bus::TRACES_SUBJECTS.into()],
         max_bytes: 1 << 20,
-        duplicate_window: Duration::from_secs(600),
+        max_age: Duration::from_secs(7 * 24 * 3600),
+        duplicate_window: Duration::from_secs(900),
+        storage: async_nats::jetstream::stream::StorageType::File,
         ..Default::default()
     };
-    bus.ensure_stream(bus::TRACES_STREAM, bus::TRACES_SUBJECTS, &owner)
+    bus.jetstream()
+        .create_stream(operator.clone())
         .await
         .unwrap();
     let starter = StreamLimits {
         max_bytes: 3 << 20,
+        max_age: Duration::from_secs(3600),
         ..Default::default()
     };
-    bus.create_missing_streams(&starter).await.unwrap();
-    bus.create_missing_streams(&starter).await.unwrap();
+    bus.ensure_streams(&starter).await.unwrap();
+    bus.ensure_streams(&starter).await.unwrap();
     let config = |name: &'static str| {
         let bus = bus.clone();
         async move {
@@ -437,8 +444,33 @@ async fn creating_missing_streams_leaves_existing_limits() {
     };
     let traces = config(bus::TRACES_STREAM).await;
     assert_eq!(traces.max_bytes, 1 << 20);
-    assert_eq!(traces.duplicate_window, Duration::from_secs(600));
-    assert_eq!(config(bus::ESPANS_STREAM).await.max_bytes, 3 << 20);
+    assert_eq!(traces.max_age, operator.max_age);
+    assert_eq!(traces.duplicate_window, Duration::from_secs(900));
+    let espans = config(bus::ESPANS_STREAM).await;
+    assert_eq!(espans.max_bytes, 3 << 20);
+    assert_eq!(espans.max_age, Duration::from_secs(3600));
+    assert_eq!(espans.num_replicas, 1);
+    assert_eq!(espans.duplicate_window, Duration::from_secs(600));
+}
+
+/// Dead letters are kept until someone handles them: DEADLETTER has no age
+/// limit (it had 24 h, so a letter nobody read over a weekend was gone).
+#[tokio::test]
+async fn dead_letters_never_expire() {
+    let nats = TestNats::start().unwrap();
+    let bus = bus_for(&nats).await;
+    let mut dead = bus
+        .jetstream()
+        .get_stream(bus::DEADLETTER_STREAM)
+        .await
+        .unwrap();
+    let config = dead.info().await.unwrap().config.clone();
+    assert_eq!(config.max_age, Duration::ZERO);
+    assert_eq!(
+        config.discard,
+        async_nats::jetstream::stream::DiscardPolicy::New,
+        "a full DEADLETTER refuses new letters instead of dropping old ones"
+    );
 }
 
 /// Services start together and each creates the streams with limits of its
@@ -520,4 +552,243 @@ async fn read_dead_letters(
         ));
     }
     out
+}
+
+/// A message over the server's max_payload is refused before it is sent, as
+/// permanent (TooLarge), and the publishes around it go through.
+#[tokio::test]
+async fn a_message_over_max_payload_is_too_large_and_the_others_go_through() {
+    let nats = TestNats::start_with(NatsOptions {
+        max_payload: Some(64 << 10),
+        ..Default::default()
+    })
+    .unwrap();
+    let bus = bus_for(&nats).await;
+    assert_eq!(bus.max_payload(), 64 << 10);
+    let mut publisher = bus.publisher(16);
+    let small = || wire::encode_espan_batch(&wire::sample::batch(1, 3));
+    publisher
+        .publish(1, "espan.h".into(), "m1".into(), small(), None)
+        .await
+        .unwrap();
+    let error = publisher
+        .publish(
+            2,
+            "espan.h".into(),
+            "m2".into(),
+            bytes::Bytes::from(vec![0u8; 64 << 10]),
+            None,
+        )
+        .await
+        .unwrap_err();
+    assert!(error.is_too_large(), "{error}");
+    assert!(error.to_string().contains("at most 65536"), "{error}");
+    publisher
+        .publish(3, "espan.h".into(), "m3".into(), small(), None)
+        .await
+        .unwrap();
+    let mut acked = publisher.flush().await.unwrap();
+    acked.sort_by_key(|a| a.tag);
+    let tags: Vec<u64> = acked.iter().map(|a| a.tag).collect();
+    assert!(tags.ends_with(&[3]), "{tags:?}");
+    assert_eq!(stream_messages(&bus, bus::ESPANS_STREAM).await, 2);
+    assert!(
+        bus.is_connected(),
+        "nothing was sent that the server would refuse"
+    );
+}
+
+/// A letter larger than the server takes (a message near max_payload with the
+/// letter's headers) is stored in chunks, never refused for its size.
+#[tokio::test]
+async fn a_dead_letter_over_max_payload_is_stored_in_chunks() {
+    let nats = TestNats::start_with(NatsOptions {
+        max_payload: Some(64 << 10),
+        ..Default::default()
+    })
+    .unwrap();
+    let bus = bus_for(&nats).await;
+    let letters = bus::DeadLetters::new(&bus, bus::TRACES_STREAM, "exporter-otlp");
+    let payload: Vec<u8> = (0..(64 << 10) + 100).map(|i| (i % 251) as u8).collect();
+    let letter = || bus::DeadLetter {
+        source_subject: "trace.l",
+        stream_seq: 9,
+        piece: None,
+        payload: bytes::Bytes::from(payload.clone()),
+        reason: "refused",
+    };
+    letters.store(letter()).await.unwrap();
+    letters.store(letter()).await.unwrap();
+    let stored = read_dead_letters(&bus, 2).await;
+    assert_eq!(
+        stream_messages(&bus, bus::DEADLETTER_STREAM).await,
+        2,
+        "a repeat is stored once"
+    );
+    let mut whole = Vec::new();
+    for (n, (_, headers, chunk)) in stored.iter().enumerate() {
+        assert_eq!(
+            headers.get(bus::DEAD_CHUNK_HEADER).unwrap().as_str(),
+            format!("{}/2", n + 1)
+        );
+        assert_eq!(headers.get(bus::DEAD_SEQ_HEADER).unwrap().as_str(), "9");
+        whole.extend_from_slice(chunk);
+    }
+    assert_eq!(whole, payload);
+}
+
+/// Counts what the consumer loop reports.
+#[derive(Default)]
+struct Counts {
+    retried: AtomicU64,
+    dead_lettered: AtomicU64,
+    dead_letter_failed: AtomicU64,
+}
+
+impl bus::ConsumeObserver for Counts {
+    fn retried(&self, messages: u64) {
+        self.retried.fetch_add(messages, Ordering::SeqCst);
+    }
+    fn dead_lettered(&self, _reason: &str) {
+        self.dead_lettered.fetch_add(1, Ordering::SeqCst);
+    }
+    fn dead_letter_failed(&self, _error: &bus::BusError) {
+        self.dead_letter_failed.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+/// Makes DEADLETTER tiny and full, refusing new letters (discard new), as a
+/// real one is once its max_bytes is reached.
+async fn fill_deadletter(bus: &Bus) {
+    let js = bus.jetstream();
+    js.delete_stream(bus::DEADLETTER_STREAM).await.unwrap();
+    js.create_stream(async_nats::jetstream::stream::Config {
+        name: bus::DEADLETTER_STREAM.into(),
+        subjects: vec![bus::DEADLETTER_SUBJECTS.into()],
+        max_bytes: 4096,
+        discard: async_nats::jetstream::stream::DiscardPolicy::New,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    // Large letters first, then ever smaller ones, until not even a tiny
+    // one fits.
+    let mut n = 0;
+    for size in [1000, 100, 1] {
+        loop {
+            n += 1;
+            let sent = js
+                .publish(format!("deadletter.FILL.x{n}"), vec![b'f'; size].into())
+                .await
+                .unwrap()
+                .await;
+            if sent.is_err() {
+                break;
+            }
+        }
+    }
+}
+
+/// With DEADLETTER full, a message that must be dead-lettered is nak'd with
+/// backoff and counted; the consumer goes on with the others, and once there
+/// is room the letter is stored. Before, the consumer stopped with an error
+/// (and the linker with it, to restart into the same message).
+#[tokio::test]
+async fn a_full_deadletter_stream_never_stops_the_consumer() {
+    let nats = TestNats::start().unwrap();
+    let bus = bus_for(&nats).await;
+    fill_deadletter(&bus).await;
+    let mut publisher = bus.publisher(4);
+    publisher
+        .publish(
+            0,
+            "espan.host-a".into(),
+            "junk".into(),
+            bytes::Bytes::from_static(b"\xff\xff junk"),
+            None,
+        )
+        .await
+        .unwrap();
+    publisher.flush().await.unwrap();
+
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let handler = Collect {
+        got: tx,
+        fail_first: 0,
+        always_fail: false,
+        calls: Default::default(),
+    };
+    let counts = Arc::new(Counts::default());
+    let (trigger, stop) = shutdown::channel();
+    let task = {
+        let (bus, counts) = (bus.clone(), counts.clone());
+        let mut spec = spec(5);
+        spec.max_retry_delay = Duration::from_millis(400);
+        let mut handler = handler;
+        tokio::spawn(async move {
+            bus::consume(&bus, &spec, decode, &mut handler, &*counts, stop).await
+        })
+    };
+    // Tried again and again, each time counted, and the consumer goes on.
+    for good in 1..=3u64 {
+        let batch = wire::sample::batch(10 + good, 1);
+        publisher
+            .publish(
+                good,
+                "espan.host-a".into(),
+                format!("good-{good}"),
+                wire::encode_espan_batch(&batch),
+                None,
+            )
+            .await
+            .unwrap();
+        publisher.flush().await.unwrap();
+        let (got, _) = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(got, batch);
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(!task.is_finished(), "the consumer still runs");
+    let failed = counts.dead_letter_failed.load(Ordering::SeqCst);
+    assert!(failed >= 2, "each try counted: {failed}");
+    // Counted before its nak: one may be between the two.
+    let retried = counts.retried.load(Ordering::SeqCst);
+    assert!(
+        retried + 1 >= failed,
+        "each try nak'd: {retried} of {failed}"
+    );
+    assert_eq!(counts.dead_lettered.load(Ordering::SeqCst), 0);
+
+    // Room again: the letter is stored, the message ends.
+    let mut dead = bus
+        .jetstream()
+        .get_stream(bus::DEADLETTER_STREAM)
+        .await
+        .unwrap();
+    dead.purge().await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while counts.dead_lettered.load(Ordering::SeqCst) == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never dead-lettered"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(dead.info().await.unwrap().state.messages, 1);
+    trigger.trigger();
+    task.await.unwrap().unwrap();
+}
+
+#[test]
+fn backoff_doubles_per_delivery_up_to_its_cap() {
+    let mut spec = ConsumerSpec::new(bus::ESPANS_STREAM, "c");
+    spec.retry_delay = Duration::from_millis(500);
+    spec.max_retry_delay = Duration::from_secs(30);
+    let delays: Vec<u64> = [1, 2, 3, 7, 8, 100, i64::MAX]
+        .iter()
+        .map(|&d| spec.backoff(d).as_millis() as u64)
+        .collect();
+    assert_eq!(delays, [500, 1000, 2000, 30_000, 30_000, 30_000, 30_000]);
 }

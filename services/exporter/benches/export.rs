@@ -232,6 +232,7 @@ fn settings(nats: &TestNats) -> Settings {
         retry_max: Duration::from_secs(1),
         ack_wait: Duration::from_secs(60),
         durable_prefix: "bench".into(),
+        stream_replicas: 1,
     }
 }
 

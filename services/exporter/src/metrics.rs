@@ -24,6 +24,8 @@ pub struct Metrics {
     invalid: Family<SinkLabel, Counter>,
     dead_lettered: Family<SinkLabel, Counter>,
     redelivered: Family<SinkLabel, Counter>,
+    dead_letter_failures: Family<SinkLabel, Counter>,
+    messages_retried: Family<SinkLabel, Counter>,
     queue_depth: Family<SinkLabel, Gauge>,
     in_flight: Family<SinkLabel, Gauge>,
 }
@@ -77,6 +79,17 @@ impl Metrics {
             metrics.redelivered.clone(),
         );
         prefix.register(
+            "dead_letter_failures",
+            "Dead letters DEADLETTER did not take (full or unreachable): their messages are nak'd \
+             with backoff and tried again",
+            metrics.dead_letter_failures.clone(),
+        );
+        prefix.register(
+            "messages_retried",
+            "TRACES messages nak'd to come back later (an export or a dead letter not finished)",
+            metrics.messages_retried.clone(),
+        );
+        prefix.register(
             "queue_depth",
             "TRACES messages waiting for this sink: not yet delivered plus delivered and unacked",
             metrics.queue_depth.clone(),
@@ -101,6 +114,8 @@ impl Metrics {
             invalid: self.invalid.get_or_create(&label).clone(),
             dead_lettered: self.dead_lettered.get_or_create(&label).clone(),
             redelivered: self.redelivered.get_or_create(&label).clone(),
+            dead_letter_failures: self.dead_letter_failures.get_or_create(&label).clone(),
+            messages_retried: self.messages_retried.get_or_create(&label).clone(),
             queue_depth: self.queue_depth.get_or_create(&label).clone(),
             in_flight: self.in_flight.get_or_create(&label).clone(),
         }
@@ -126,6 +141,10 @@ pub struct SinkMetrics {
     pub dead_lettered: Counter,
     /// Spans of redelivered messages this process had not exported.
     pub redelivered: Counter,
+    /// Dead letters not stored.
+    pub dead_letter_failures: Counter,
+    /// Messages nak'd to come back.
+    pub messages_retried: Counter,
     /// Messages waiting.
     pub queue_depth: Gauge,
     /// Spans being sent.
@@ -133,7 +152,13 @@ pub struct SinkMetrics {
 }
 
 impl espan::bus::ConsumeObserver for SinkMetrics {
+    fn retried(&self, messages: u64) {
+        self.messages_retried.inc_by(messages);
+    }
     fn dead_lettered(&self, _reason: &str) {
         self.dead_lettered.inc();
+    }
+    fn dead_letter_failed(&self, _error: &espan::bus::BusError) {
+        self.dead_letter_failures.inc();
     }
 }

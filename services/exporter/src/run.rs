@@ -2,10 +2,11 @@
 //! make sure the streams exist, build each sink's stack, run its consumer.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use espan::bus::{self, Bus, ConsumerSpec, StreamLimits};
-use espan::shutdown::Shutdown;
+use espan::shutdown::{self, Shutdown, ShutdownTrigger};
 use espan::telemetry::{self, Health};
 use prometheus_client::registry::Registry;
 
@@ -40,29 +41,45 @@ pub enum RunError {
 pub struct Running {
     /// Where `/metrics` listens.
     pub metrics_addr: SocketAddr,
-    tasks: Vec<(
-        &'static str,
-        tokio::task::JoinHandle<Result<(), bus::BusError>>,
-    )>,
+    tasks: tokio::task::JoinSet<(&'static str, Result<(), bus::BusError>)>,
     health: Health,
+    /// Stops every sink: fired by the service's shutdown, or by one sink
+    /// that stopped on its own.
+    stop_sinks: Arc<ShutdownTrigger>,
+    sinks_stopping: Shutdown,
 }
 
 impl Running {
-    /// Waits until every consumer stopped (after shutdown, or on error).
-    pub async fn wait(self) -> Result<(), RunError> {
+    /// Waits until every consumer stopped. They are watched together: one
+    /// that stops before shutdown (an error, or its stream ended) turns
+    /// `/readyz` red at once and stops the others, so the exporter exits with
+    /// its error instead of running on, half of it silently gone.
+    pub async fn wait(mut self) -> Result<(), RunError> {
         let mut first_error = None;
-        for (sink, task) in self.tasks {
-            let result = task.await.unwrap_or_else(|e| {
-                Err(bus::BusError::Consume {
+        while let Some(joined) = self.tasks.join_next().await {
+            let (sink, result) = joined.unwrap_or_else(|e| {
+                (
+                    "a sink",
+                    Err(bus::BusError::Consume {
+                        stream: bus::TRACES_STREAM.into(),
+                        consumer: "?".into(),
+                        reason: format!("task failed: {e}"),
+                    }),
+                )
+            });
+            let result = match result {
+                Ok(()) if !self.sinks_stopping.is_triggered() => Err(bus::BusError::Consume {
                     stream: bus::TRACES_STREAM.into(),
                     consumer: sink.into(),
-                    reason: format!("task failed: {e}"),
-                })
-            });
+                    reason: "stopped before shutdown".into(),
+                }),
+                other => other,
+            };
             if let Err(error) = result {
-                tracing::error!(sink, %error, "consumer stopped");
+                tracing::error!(sink, %error, "consumer stopped; stopping the exporter");
                 self.health
                     .set_failing(format!("{sink} consumer stopped: {error}"));
+                self.stop_sinks.trigger();
                 first_error.get_or_insert(RunError::Bus(error));
             }
         }
@@ -72,14 +89,28 @@ impl Running {
 
 /// Starts `/metrics` and one consumer per configured sink.
 pub async fn start(settings: &Settings, shutdown: Shutdown) -> Result<Running, RunError> {
+    // The sinks stop on the service's shutdown, or when one of them stopped.
+    let (stop_sinks, sinks_stopping) = shutdown::channel();
+    let stop_sinks = Arc::new(stop_sinks);
+    let forward = stop_sinks.clone();
+    let service_stopping = shutdown.clone();
+    tokio::spawn(async move {
+        service_stopping.wait().await;
+        forward.trigger();
+    });
     let bus = Bus::connect(
         &settings.nats_url,
         "espan-exporter",
         Duration::from_secs(30),
     )
     .await?;
-    // Existing streams keep their limits: they belong to the linker.
-    bus.create_missing_streams(&StreamLimits::default()).await?;
+    // Streams that exist keep their settings; one this exporter is the first
+    // to need gets the defaults and the configured replicas.
+    bus.ensure_streams(&StreamLimits {
+        replicas: settings.stream_replicas,
+        ..StreamLimits::default()
+    })
+    .await?;
 
     let mut registry = Registry::default();
     let metrics = Metrics::register(&mut registry);
@@ -92,7 +123,7 @@ pub async fn start(settings: &Settings, shutdown: Shutdown) -> Result<Running, R
     )
     .await?;
 
-    let mut tasks = Vec::new();
+    let mut tasks = tokio::task::JoinSet::new();
     if let Some(otlp) = &settings.otlp {
         let config = stack_config(settings, otlp.timeout);
         let sink_metrics = metrics.sink("otlp");
@@ -108,7 +139,7 @@ pub async fn start(settings: &Settings, shutdown: Shutdown) -> Result<Running, R
                         .map_err(fail)?,
                     &config,
                     sink_metrics.clone(),
-                    shutdown.clone(),
+                    sinks_stopping.clone(),
                 ),
                 // tonic compresses gRPC messages itself.
                 Encoding::Otlp { gzip: false },
@@ -121,7 +152,7 @@ pub async fn start(settings: &Settings, shutdown: Shutdown) -> Result<Running, R
                         otlp::http::sink(url, &otlp.headers, otlp.gzip).map_err(fail)?,
                         &config,
                         sink_metrics.clone(),
-                        shutdown.clone(),
+                        sinks_stopping.clone(),
                     ),
                     Encoding::Otlp { gzip: otlp.gzip },
                 )
@@ -130,7 +161,8 @@ pub async fn start(settings: &Settings, shutdown: Shutdown) -> Result<Running, R
         let spec = sink_spec(settings, "otlp", encoding);
         tracing::info!(endpoint = %otlp.endpoint, protocol = ?otlp.protocol, durable = %spec.consumer.durable, "OTLP sink");
         let exporter = Exporter::new(spec, service, bus.clone(), sink_metrics);
-        tasks.push(("otlp", tokio::spawn(exporter.run(shutdown.clone()))));
+        let stop = sinks_stopping.clone();
+        tasks.spawn(async move { ("otlp", exporter.run(stop).await) });
     }
     if let Some(settings_dataway) = &settings.dataway {
         let config = stack_config(settings, settings_dataway.timeout);
@@ -145,19 +177,22 @@ pub async fn start(settings: &Settings, shutdown: Shutdown) -> Result<Running, R
             dataway::sink(url).map_err(fail)?,
             &config,
             sink_metrics.clone(),
-            shutdown.clone(),
+            sinks_stopping.clone(),
         );
         let spec = sink_spec(settings, "dataway", Encoding::Dataway);
         // The token is a secret: log the host only.
         tracing::info!(host = %reqwest::Url::parse(&settings_dataway.url).ok().and_then(|u| u.host_str().map(str::to_owned)).unwrap_or_default(), durable = %spec.consumer.durable, "Dataway sink");
         let exporter = Exporter::new(spec, service, bus.clone(), sink_metrics);
-        tasks.push(("dataway", tokio::spawn(exporter.run(shutdown.clone()))));
+        let stop = sinks_stopping.clone();
+        tasks.spawn(async move { ("dataway", exporter.run(stop).await) });
     }
     health.set_ok();
     Ok(Running {
         metrics_addr,
         tasks,
         health,
+        stop_sinks,
+        sinks_stopping,
     })
 }
 

@@ -244,7 +244,8 @@ enum Outcome {
     Sent(Sent),
     /// Refused for good; the spans are on the dead-letter subject.
     Refused,
-    /// Neither: shutdown cut its retries short, or dead-lettering failed.
+    /// Neither: shutdown cut its retries short, or dead-lettering failed; its
+    /// messages are nak'd with backoff and come back.
     Failed(String),
 }
 
@@ -346,12 +347,24 @@ impl Driver {
             Ok(batch) => batch,
             Err(error) => {
                 let reason = format!("undecodable: {error}");
-                self.sender
+                let metrics = &self.sender.metrics;
+                match self
+                    .sender
                     .dead_letters
                     .take_message(&message, stream_seq, &reason)
                     .await
-                    .map_err(|e| e.to_string())?;
-                self.sender.metrics.dead_lettered.inc();
+                {
+                    Ok(()) => {
+                        metrics.dead_lettered.inc();
+                    }
+                    Err(error) => {
+                        // DEADLETTER full or away: this message comes back
+                        // later; the others go on.
+                        tracing::error!(sink = self.spec.name, %error, stream_seq, delivered, "dead letter not stored; the message comes back after a backoff");
+                        metrics.dead_letter_failures.inc();
+                        self.nak(&message, delivered).await;
+                    }
+                }
                 return Ok(());
             }
         };
@@ -438,7 +451,7 @@ impl Driver {
             }
             Outcome::Failed(error) => {
                 let error = bus::redact(&error);
-                tracing::warn!(sink = self.spec.name, %error, "export unfinished; its messages come back after the restart");
+                tracing::warn!(sink = self.spec.name, %error, "export unfinished; its messages come back after a backoff");
                 true
             }
         };
@@ -462,12 +475,8 @@ impl Driver {
         }
         let tracked = self.tracked.remove(&seq).expect("present");
         if tracked.failed {
-            let _ = tracked
-                .message
-                .ack_with(jetstream::AckKind::Nak(Some(
-                    self.spec.consumer.retry_delay,
-                )))
-                .await;
+            let delivered = tracked.message.info().map_or(1, |i| i.delivered);
+            self.nak(&tracked.message, delivered).await;
             return;
         }
         ack(&tracked.message).await;
@@ -475,6 +484,18 @@ impl Driver {
             ack(copy).await;
         }
         self.recent.insert(seq);
+    }
+}
+
+impl Driver {
+    /// Naks `message`, delivered `delivered` times, to come back after a
+    /// backoff that grows with each delivery; counted.
+    async fn nak(&self, message: &jetstream::Message, delivered: i64) {
+        let delay = self.spec.consumer.backoff(delivered);
+        if let Err(error) = message.ack_with(jetstream::AckKind::Nak(Some(delay))).await {
+            tracing::warn!(sink = self.spec.name, %error, "nak failed; the message comes back after ack_wait");
+        }
+        self.sender.metrics.messages_retried.inc();
     }
 }
 
@@ -506,7 +527,10 @@ impl Sender {
                     Err(error) if verdict(&error) == Verdict::GiveUp => {
                         match self.dead_letter(&request, &error.to_string()).await {
                             Ok(()) => Outcome::Refused,
-                            Err(reason) => Outcome::Failed(reason),
+                            Err(reason) => {
+                                self.metrics.dead_letter_failures.inc();
+                                Outcome::Failed(reason)
+                            }
                         }
                     }
                     Err(error) => Outcome::Failed(error.to_string()),

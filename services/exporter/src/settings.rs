@@ -8,7 +8,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use espan::config::{self, ConfigError, GoDuration, Layers, Load, LoadError, Origin, Setting};
+use espan::config::{
+    self, ConfigError, GoDuration, Layers, Load, LoadError, Origin, Replicas, Setting,
+};
 
 use crate::sinks::otlp::{Protocol, parse_headers};
 
@@ -42,6 +44,8 @@ pub struct Settings {
     pub ack_wait: Duration,
     /// Durable names are `<prefix>-otlp`, `<prefix>-dataway`.
     pub durable_prefix: String,
+    /// Copies of each stream this exporter is the first to create.
+    pub stream_replicas: usize,
 }
 
 /// The OTLP sink's options.
@@ -177,6 +181,10 @@ pub struct Options {
     /// prefix share the work [default: exporter] (file key durable_prefix).
     #[arg(long, env = "ESPAN_EXPORTER_DURABLE_PREFIX", value_name = "NAME")]
     pub durable_prefix: Option<String>,
+    /// Copies of each JetStream stream when this exporter is the first to create it
+    /// (1, 3 or 5; keep it equal to the linker's) [default: 1] (file key stream_replicas).
+    #[arg(long, env = "ESPAN_STREAM_REPLICAS", value_name = "N")]
+    pub stream_replicas: Option<String>,
 }
 
 impl Settings {
@@ -243,6 +251,7 @@ impl Settings {
             format!("retry_max = \"{:?}\"", self.retry_max),
             format!("ack_wait = \"{:?}\"", self.ack_wait),
             format!("durable_prefix = {:?}", self.durable_prefix),
+            format!("stream_replicas = {}", self.stream_replicas),
         ]);
         lines.join("\n") + "\n"
     }
@@ -390,6 +399,13 @@ impl Load for Settings {
                 "durable_prefix",
                 "exporter".to_owned(),
             )?,
+            stream_replicas: layers
+                .get(
+                    "stream_replicas",
+                    "stream_replicas",
+                    Replicas::new(1).expect("valid"),
+                )?
+                .get(),
         };
         if settings.otlp.is_none() && settings.dataway.is_none() {
             return Err(ConfigError::Conflict(

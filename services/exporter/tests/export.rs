@@ -347,6 +347,7 @@ fn settings(nats: &TestNats) -> Settings {
         retry_max: Duration::from_millis(500),
         ack_wait: Duration::from_secs(30),
         durable_prefix: "exporter".into(),
+        stream_replicas: 1,
     }
 }
 
@@ -1514,4 +1515,164 @@ async fn bad_values_are_named_with_where_they_came_from() {
 
 unsafe extern "C" {
     fn kill(pid: i32, signal: i32) -> i32;
+}
+
+// ---------------------------------------------------------------- parts, dead letters, sinks
+
+/// A 2 MiB trace the linker cut into parts (one per TRACES message, each
+/// under max_payload, one trace id) reaches the backend whole: every span
+/// once, all under that id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trace_in_parts_arrives_whole_under_one_id() {
+    let s = setup().await;
+    let receiver = Sink::Http.start_receiver(&[], 0, s.dir.path());
+    let mut settings = settings(&s.nats);
+    Sink::Http.configure(&mut settings, receiver.port);
+    let exporter = Exporter::start(&settings).await;
+    let mut parts: Vec<TraceBatch> = (0..5)
+        .map(|part| {
+            let mut batch = volume_batch(part, 1, 1000);
+            let trace = &mut batch.traces[0];
+            trace.trace_id_high = 0x77;
+            trace.trace_id_low = 0x88;
+            for linked in &mut trace.spans {
+                let span = linked.span.as_mut().unwrap();
+                span.http.as_mut().unwrap().path = format!("/fan-out/{}", "x".repeat(300));
+            }
+            batch
+        })
+        .collect();
+    let sizes: Vec<usize> = parts
+        .iter_mut()
+        .map(|p| wire::encode_trace_batch(p).len())
+        .collect();
+    assert!(sizes.iter().sum::<usize>() > 2 << 20, "{sizes:?}");
+    assert!(sizes.iter().all(|&n| n < 1 << 20), "{sizes:?}");
+    let want = span_ids(&parts);
+    publish(&s.bus, &mut parts).await;
+    assert_received_exactly(Sink::Http, &receiver, &s.bus, &want, "every part").await;
+    let trace_ids: std::collections::BTreeSet<String> = otlp_spans(&receiver.records())
+        .iter()
+        .map(|(span, _)| span["trace_id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        trace_ids.into_iter().collect::<Vec<_>>(),
+        ["00000000000000770000000000000088"]
+    );
+    exporter.stop().await;
+}
+
+/// Makes DEADLETTER tiny and full, refusing new letters (discard new), as a
+/// real one is once its max_bytes is reached.
+async fn fill_deadletter(bus: &Bus) {
+    let js = bus.jetstream();
+    js.delete_stream(bus::DEADLETTER_STREAM).await.unwrap();
+    js.create_stream(async_nats::jetstream::stream::Config {
+        name: bus::DEADLETTER_STREAM.into(),
+        subjects: vec![bus::DEADLETTER_SUBJECTS.into()],
+        max_bytes: 4096,
+        discard: async_nats::jetstream::stream::DiscardPolicy::New,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let mut n = 0;
+    for size in [1000, 100, 1] {
+        loop {
+            n += 1;
+            let sent = js
+                .publish(format!("deadletter.FILL.x{n}"), vec![b'f'; size].into())
+                .await
+                .unwrap()
+                .await;
+            if sent.is_err() {
+                break;
+            }
+        }
+    }
+}
+
+/// With DEADLETTER full, a TRACES message that must be dead-lettered is
+/// nak'd with backoff and counted, and the sink goes on exporting the
+/// others. Before, the sink's task ended with the error while the exporter
+/// looked healthy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_deadletter_stream_never_stops_a_sink() {
+    let s = setup().await;
+    fill_deadletter(&s.bus).await;
+    let receiver = Sink::Http.start_receiver(&[], 0, s.dir.path());
+    let mut settings = settings(&s.nats);
+    Sink::Http.configure(&mut settings, receiver.port);
+    let exporter = Exporter::start(&settings).await;
+    let mut publisher = s.bus.publisher(4);
+    publisher
+        .publish(
+            0,
+            "trace.linker-1".into(),
+            "junk".into(),
+            bytes::Bytes::from_static(b"\xff\xff junk"),
+            None,
+        )
+        .await
+        .unwrap();
+    publisher.flush().await.unwrap();
+    let mut batches: Vec<TraceBatch> = (1..4).map(|b| volume_batch(b, 2, 5)).collect();
+    let want = span_ids(&batches);
+    publish(&s.bus, &mut batches).await;
+    wait_until("the good spans", || {
+        Sink::Http.received_ids(&receiver).len() >= want.len()
+    })
+    .await;
+    assert_eq!(Sink::Http.received_ids(&receiver), want);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let text = exporter.metrics().await;
+    assert!(metric(&text, "espan_exporter_dead_letter_failures_total", "otlp") >= 2.0);
+    assert!(metric(&text, "espan_exporter_messages_retried_total", "otlp") >= 2.0);
+    assert_eq!(
+        metric(&text, "espan_exporter_messages_dead_lettered_total", "otlp"),
+        0.0
+    );
+    let ready = reqwest::get(format!("http://{}/readyz", exporter.running.metrics_addr))
+        .await
+        .unwrap();
+    assert!(ready.status().is_success(), "the sink runs");
+    exporter.stop().await;
+}
+
+/// One sink's consumer that cannot run (its durable exists with another ack
+/// policy) stops the exporter with its error and turns /readyz red, while
+/// the other sink was fine: watched together, not one after the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sink_that_stops_turns_readyz_red_and_stops_the_exporter() {
+    let s = setup().await;
+    let receiver = Sink::Http.start_receiver(&[], 0, s.dir.path());
+    let mut settings = settings(&s.nats);
+    Sink::Http.configure(&mut settings, receiver.port);
+    Sink::Dataway.configure(&mut settings, free_port().unwrap());
+    let stream = s
+        .bus
+        .jetstream()
+        .get_stream(bus::TRACES_STREAM)
+        .await
+        .unwrap();
+    stream
+        .create_consumer(async_nats::jetstream::consumer::pull::Config {
+            durable_name: Some("exporter-dataway".into()),
+            ack_policy: async_nats::jetstream::consumer::AckPolicy::None,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let (_trigger, stop) = shutdown::channel();
+    let running = run::start(&settings, stop).await.unwrap();
+    let addr = running.metrics_addr;
+    let stopped = tokio::time::timeout(Duration::from_secs(20), running.wait())
+        .await
+        .expect("the exporter stops when one sink stopped");
+    let error = stopped.unwrap_err().to_string();
+    assert!(error.contains("exporter-dataway"), "{error}");
+    let ready = reqwest::get(format!("http://{addr}/readyz")).await.unwrap();
+    assert!(!ready.status().is_success());
+    let body = ready.text().await.unwrap();
+    assert!(body.contains("dataway consumer stopped"), "{body}");
 }

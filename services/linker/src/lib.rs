@@ -7,6 +7,7 @@
 //! - [`engine`]: pure linking (no I/O): spans and a clock in, finished traces out.
 //! - [`store`]: SurrealDB at `db_path`: batches as received (the window, rebuilt
 //!   after a crash) and finished traces (queryable, retained, deleted in ranges).
+//! - `parts`: a finished trace capped and cut into parts that fit a message.
 //! - [`service`]: JetStream `ESPANS` → store → engine → JetStream `TRACES`.
 //! - [`cli`] and [`api`]: `espan-linker traces` / `trace <id>`, from the store or,
 //!   while a linker runs, from its `/api/…`.
@@ -18,6 +19,7 @@ pub mod cli;
 pub mod engine;
 pub mod metrics;
 mod output;
+mod parts;
 pub mod raw;
 pub mod service;
 pub mod settings;

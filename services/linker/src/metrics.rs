@@ -35,6 +35,13 @@ pub struct Metrics {
     pub store_full: Gauge,
     pub store_batches_deleted: Counter,
     pub traces_expired: Counter,
+    pub spans_capped: Counter,
+    pub trace_parts: Counter,
+    pub spans_dropped_too_large: Counter,
+    pub output_retries: Counter,
+    pub output_stalled: Gauge,
+    pub consume_retries: Counter,
+    pub dead_letter_failures: Counter,
 }
 
 impl Metrics {
@@ -65,6 +72,13 @@ impl Metrics {
             store_full: Gauge::default(),
             store_batches_deleted: Counter::default(),
             traces_expired: Counter::default(),
+            spans_capped: Counter::default(),
+            trace_parts: Counter::default(),
+            spans_dropped_too_large: Counter::default(),
+            output_retries: Counter::default(),
+            output_stalled: Gauge::default(),
+            consume_retries: Counter::default(),
+            dead_letter_failures: Counter::default(),
         };
         let r = registry.sub_registry_with_prefix("espan_linker");
         r.register(
@@ -184,6 +198,41 @@ impl Metrics {
             "traces_expired",
             "Finished traces deleted after the retention period",
             m.traces_expired.clone(),
+        );
+        r.register(
+            "spans_capped",
+            "Spans left out of traces beyond max_trace_spans",
+            m.spans_capped.clone(),
+        );
+        r.register(
+            "trace_parts",
+            "Extra parts traces were cut into to fit in a TRACES message (0 for a trace that fits)",
+            m.trace_parts.clone(),
+        );
+        r.register(
+            "spans_dropped_too_large",
+            "Spans of TRACES messages the server refused for their size (a span larger than max_payload): dropped",
+            m.spans_dropped_too_large.clone(),
+        );
+        r.register(
+            "output_retries",
+            "Retries of a TRACES publish or a store write of the output task that failed",
+            m.output_retries.clone(),
+        );
+        r.register(
+            "output_stalled",
+            "1 while the output task waits to retry a failed TRACES publish or store write",
+            m.output_stalled.clone(),
+        );
+        r.register(
+            "consume_retries",
+            "ESPANS messages nak'd to come back later (a failed store write, or a dead letter not stored)",
+            m.consume_retries.clone(),
+        );
+        r.register(
+            "dead_letter_failures",
+            "ESPANS messages that DEADLETTER did not take (full or unreachable): nak'd with backoff and tried again",
+            m.dead_letter_failures.clone(),
         );
         m
     }

@@ -10,10 +10,16 @@
 //! stable, but a trace's due time (its last join + window) is. So kept traces
 //! wait in buckets of due time until the clock has passed the bucket's end;
 //! a whole bucket then goes out, in a fixed order, cut into messages of at
-//! most [`MESSAGE_BYTES`], each named after its traces.
+//! most [`MESSAGE_BYTES`] (less if the server takes less), each named after
+//! its traces. A trace larger than that goes out in parts ([`crate::parts`]).
+//!
+//! A message the server refuses for its size can never be published: it is
+//! dropped and its spans counted, and the traces after it go on. Any other
+//! failure is retried (with backoff, counted) until it goes through.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use espan::bus::{self, Bus};
@@ -22,6 +28,7 @@ use tokio::sync::mpsc;
 
 use crate::engine::{Engine, Finished, FinishedTrace, hash};
 use crate::metrics::Metrics;
+use crate::parts;
 use crate::raw::{self, RawSpan, trace_msg_id};
 use crate::store::{Store, trace_id_hex};
 
@@ -34,8 +41,17 @@ pub(crate) const OUTPUT_QUEUE: usize = 256;
 pub(crate) const BUCKET_NS: u64 = 100_000_000;
 
 /// Largest TRACES message body aimed at (NATS's default max payload is 1 MiB);
-/// a single larger trace goes alone.
+/// a larger trace goes in parts.
 pub(crate) const MESSAGE_BYTES: usize = 512 * 1024;
+
+/// Room left in a message for what surrounds the traces: the `TraceBatch`
+/// envelope, each trace's key and length, the `Nats-Msg-Id` header.
+const ENVELOPE_BYTES: usize = 4096;
+
+/// The message size aimed at when the server takes `max_payload` at most.
+pub(crate) fn message_bytes(max_payload: usize) -> usize {
+    MESSAGE_BYTES.min(max_payload.saturating_sub(ENVELOPE_BYTES).max(1024))
+}
 
 /// What the engine task asks of the output task, done in order.
 pub(crate) enum Job {
@@ -134,6 +150,10 @@ pub(crate) struct Output {
     pub(crate) retired: Vec<u64>,
     /// The next `forgotten` row id.
     pub(crate) next_forgotten: u64,
+    /// Size aimed at for one message ([`message_bytes`]).
+    pub(crate) message_bytes: usize,
+    /// Spans a trace sends at most.
+    pub(crate) max_trace_spans: usize,
     pub(crate) shutdown: Shutdown,
 }
 
@@ -181,9 +201,15 @@ impl Output {
                     Job::Emit { traces, clock: at } => {
                         clock = clock.max(at);
                         for kept in traces {
-                            hold(&mut held, kept.due_ns, kept.min_tag, encode(&kept.trace));
+                            let cut =
+                                parts::cut(kept.trace, self.max_trace_spans, self.message_bytes);
+                            self.metrics.spans_capped.inc_by(cut.capped);
+                            self.metrics.trace_parts.inc_by(cut.parts.len() as u64 - 1);
+                            for part in &cut.parts {
+                                hold(&mut held, kept.due_ns, kept.min_tag, encode(part));
+                            }
                         }
-                        take_complete(&mut held, clock, &mut pending);
+                        take_complete(&mut held, clock, self.message_bytes, &mut pending);
                     }
                     Job::Retire {
                         clock: at,
@@ -192,7 +218,7 @@ impl Output {
                         forgotten,
                     } => {
                         clock = clock.max(at);
-                        take_complete(&mut held, clock, &mut pending);
+                        take_complete(&mut held, clock, self.message_bytes, &mut pending);
                         self.round(&mut pending, clock, &mut storing).await?;
                         self.retired.extend(retired);
                         // Held traces are not published yet: their batches stay.
@@ -232,12 +258,21 @@ impl Output {
         self.next_seq += 1;
         // Given up only at shutdown: not published and not retired, the next
         // start replays them.
-        retried(&self.shutdown, "publishing traces", || {
-            self.publish(&messages, seq)
+        let sent: Vec<AtomicBool> = messages.iter().map(|_| AtomicBool::new(false)).collect();
+        let dropped: Vec<AtomicBool> = messages.iter().map(|_| AtomicBool::new(false)).collect();
+        let metrics = self.metrics.clone();
+        retried(&self.shutdown, &metrics, "publishing traces", || {
+            self.publish(&messages, &sent, &dropped, seq)
         })
         .await?;
+        let published: usize = messages
+            .iter()
+            .zip(&dropped)
+            .filter(|(_, dropped)| !dropped.load(Ordering::Relaxed))
+            .map(|(m, _)| m.traces.len())
+            .sum();
+        self.metrics.traces_published.inc_by(published as u64);
         let traces: Vec<Encoded> = messages.into_iter().flat_map(|m| m.traces).collect();
-        self.metrics.traces_published.inc_by(traces.len() as u64);
         // One store write at a time, in order.
         if let Some(previous) = storing.take() {
             previous.await.ok();
@@ -258,16 +293,28 @@ impl Output {
         Ok(())
     }
 
-    async fn publish(&self, messages: &[Message], seq: u64) -> Result<(), bus::BusError> {
+    /// Publishes the messages not `sent` yet and marks them; a message the
+    /// server refuses for its size is dropped, counted, and marked `sent` and
+    /// `dropped`.
+    async fn publish(
+        &self,
+        messages: &[Message],
+        sent: &[AtomicBool],
+        dropped: &[AtomicBool],
+        seq: u64,
+    ) -> Result<(), bus::BusError> {
         let mut publisher = self.bus.publisher(4096);
         for (n, message) in messages.iter().enumerate() {
+            if sent[n].load(Ordering::Relaxed) {
+                continue;
+            }
             let payload = raw::trace_batch(
                 &self.linker,
                 self.boot_id,
                 seq,
                 message.traces.iter().map(|t| t.body.as_slice()),
             );
-            let acked = publisher
+            let published = publisher
                 .publish(
                     n as u64,
                     self.subject.clone(),
@@ -275,12 +322,29 @@ impl Output {
                     payload,
                     None,
                 )
-                .await?;
-            self.count_already_stored(&acked);
+                .await;
+            match published {
+                Ok(acked) => self.mark_sent(&acked, sent),
+                Err(error) if error.is_too_large() => {
+                    let spans: u64 = message.traces.iter().map(|t| t.spans).sum();
+                    self.metrics.spans_dropped_too_large.inc_by(spans);
+                    tracing::error!(%error, spans, msg_id = %message.msg_id, "TRACES message too large for the server: dropped");
+                    sent[n].store(true, Ordering::Relaxed);
+                    dropped[n].store(true, Ordering::Relaxed);
+                }
+                Err(error) => return Err(error),
+            }
         }
         let acked = publisher.flush().await?;
-        self.count_already_stored(&acked);
+        self.mark_sent(&acked, sent);
         Ok(())
+    }
+
+    fn mark_sent(&self, acked: &[bus::Acked], sent: &[AtomicBool]) {
+        for ack in acked {
+            sent[ack.tag as usize].store(true, Ordering::Relaxed);
+        }
+        self.count_already_stored(acked);
     }
 
     fn count_already_stored(&self, acked: &[bus::Acked]) {
@@ -299,9 +363,13 @@ impl Output {
             // the whole traces again, and their messages' ids make JetStream
             // drop them.
             let id = self.next_forgotten;
-            retried(&self.shutdown, "recording forgotten spans", || {
-                self.store.put_forgotten(id, &forgotten)
-            })
+            let metrics = self.metrics.clone();
+            retried(
+                &self.shutdown,
+                &metrics,
+                "recording forgotten spans",
+                || self.store.put_forgotten(id, &forgotten),
+            )
             .await?;
             self.next_forgotten += 1;
         }
@@ -340,25 +408,35 @@ fn encode(trace: &FinishedTrace<RawSpan>) -> Encoded {
 }
 
 /// Runs `op` until it succeeds, waiting longer after each failure (100 ms
-/// doubling to 5 s); gives up only once `shutdown` fired.
-async fn retried<F, Fut, E>(shutdown: &Shutdown, what: &str, mut op: F) -> Result<(), E>
+/// doubling to 5 s); gives up only once `shutdown` fired. Each retry is
+/// counted, and `output_stalled` is 1 while one is waiting.
+async fn retried<F, Fut, E>(
+    shutdown: &Shutdown,
+    metrics: &Metrics,
+    what: &str,
+    mut op: F,
+) -> Result<(), E>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<(), E>>,
     E: std::fmt::Display,
 {
     let mut delay = Duration::from_millis(100);
-    loop {
+    let result = loop {
         match op().await {
-            Ok(()) => return Ok(()),
+            Ok(()) => break Ok(()),
             Err(error) if !shutdown.is_triggered() => {
                 tracing::warn!(%error, "{what} failed; retrying");
+                metrics.output_retries.inc();
+                metrics.output_stalled.set(1);
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(5));
             }
-            Err(error) => return Err(error),
+            Err(error) => break Err(error),
         }
-    }
+    };
+    metrics.output_stalled.set(0);
+    result
 }
 
 /// Holds an encoded kept trace in the bucket of its due time.
@@ -373,8 +451,13 @@ fn hold(held: &mut BTreeMap<u64, Bucket>, due_ns: u64, min_tag: u64, trace: Enco
 
 /// Moves every bucket whose due times are all at or before `clock` (so every
 /// trace due in it is finished) into `out`, as messages: its traces sorted by
-/// msg id, cut at [`MESSAGE_BYTES`]. The same traces make the same messages.
-fn take_complete(held: &mut BTreeMap<u64, Bucket>, clock: u64, out: &mut Vec<Message>) {
+/// msg id, cut at `message_bytes`. The same traces make the same messages.
+fn take_complete(
+    held: &mut BTreeMap<u64, Bucket>,
+    clock: u64,
+    message_bytes: usize,
+    out: &mut Vec<Message>,
+) {
     while let Some(entry) = held.first_entry() {
         let end = (*entry.key() + 1).saturating_mul(BUCKET_NS);
         if end > clock.saturating_add(1) {
@@ -386,7 +469,7 @@ fn take_complete(held: &mut BTreeMap<u64, Bucket>, clock: u64, out: &mut Vec<Mes
         let mut message: Vec<Encoded> = Vec::new();
         let mut bytes = 0;
         for trace in traces {
-            if !message.is_empty() && bytes + trace.body.len() > MESSAGE_BYTES {
+            if !message.is_empty() && bytes + trace.body.len() > message_bytes {
                 out.push(name_message(bucket_id, std::mem::take(&mut message)));
                 bytes = 0;
             }
@@ -440,12 +523,12 @@ mod tests {
         hold(&mut held, 6 * BUCKET_NS - 1, 0, encoded("b", 10));
         hold(&mut held, 6 * BUCKET_NS, 0, encoded("c", 10));
         let mut out = Vec::new();
-        take_complete(&mut held, 6 * BUCKET_NS - 2, &mut out);
+        take_complete(&mut held, 6 * BUCKET_NS - 2, MESSAGE_BYTES, &mut out);
         assert!(
             out.is_empty(),
             "a trace due later in the bucket may still come"
         );
-        take_complete(&mut held, 6 * BUCKET_NS - 1, &mut out);
+        take_complete(&mut held, 6 * BUCKET_NS - 1, MESSAGE_BYTES, &mut out);
         assert_eq!(names(&out).len(), 1);
         assert_eq!(names(&out)[0].1, vec!["a", "b"]);
         assert_eq!(held.len(), 1, "the next bucket waits");
@@ -461,7 +544,7 @@ mod tests {
                 hold(&mut held, 7 * BUCKET_NS, 0, encoded(ids[i], 200 << 10));
             }
             let mut out = Vec::new();
-            take_complete(&mut held, u64::MAX, &mut out);
+            take_complete(&mut held, u64::MAX, MESSAGE_BYTES, &mut out);
             names(&out)
         };
         let first = run(&[0, 1, 2, 3, 4]);
@@ -473,7 +556,7 @@ mod tests {
         hold(&mut held, 7 * BUCKET_NS, 0, encoded("t1", 200 << 10));
         hold(&mut held, 7 * BUCKET_NS, 0, encoded("t2x", 200 << 10));
         let mut out = Vec::new();
-        take_complete(&mut held, u64::MAX, &mut out);
+        take_complete(&mut held, u64::MAX, MESSAGE_BYTES, &mut out);
         assert_ne!(names(&out)[0].0, first[0].0);
     }
 
@@ -483,7 +566,7 @@ mod tests {
         hold(&mut held, 0, 0, encoded("big", MESSAGE_BYTES * 2));
         hold(&mut held, 0, 0, encoded("small", 10));
         let mut out = Vec::new();
-        take_complete(&mut held, BUCKET_NS, &mut out);
+        take_complete(&mut held, BUCKET_NS, MESSAGE_BYTES, &mut out);
         let names = names(&out);
         assert_eq!(names.len(), 2);
         assert_eq!(names[0].1, vec!["big"]);

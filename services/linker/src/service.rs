@@ -157,11 +157,17 @@ impl Handler<Consumed> for StoreHandler {
     }
 }
 
-/// Counts dead letters.
+/// Counts dead letters and retries.
 struct Observer(Metrics);
 impl bus::ConsumeObserver for Observer {
+    fn retried(&self, messages: u64) {
+        self.0.consume_retries.inc_by(messages);
+    }
     fn dead_lettered(&self, _reason: &str) {
         self.0.dead_lettered.inc();
+    }
+    fn dead_letter_failed(&self, _error: &bus::BusError) {
+        self.0.dead_letter_failures.inc();
     }
 }
 
@@ -189,12 +195,16 @@ pub async fn run(
     let limits = StreamLimits {
         max_bytes: settings.stream_max_bytes,
         duplicate_window: settings.duplicate_window,
-        ..StreamLimits::default()
+        replicas: settings.stream_replicas,
+        max_age: settings.stream_max_age,
     };
     bus.ensure_streams(&limits).await?;
 
     let config = engine_config(&settings);
     config.check().context("linker settings")?;
+    for warning in settings.durability_warnings() {
+        tracing::warn!("{warning}");
+    }
     if settings.late_retention <= settings.ack_wait {
         // What a crashed predecessor took but did not store comes back after
         // ack_wait; later than late_retention, it can no longer join its trace.
@@ -222,6 +232,8 @@ pub async fn run(
         deleted_below: 0,
         retired: Vec::new(),
         next_forgotten,
+        message_bytes: crate::output::message_bytes(bus.max_payload()),
+        max_trace_spans: settings.max_trace_spans,
         shutdown: shutdown.clone(),
     };
     let output_task = tokio::spawn(output.run(queued));

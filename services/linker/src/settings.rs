@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use espan::config::{self, ByteSize, ConfigError, GoDuration, Layers, Load, LoadError, Rate};
+use espan::config::{
+    self, ByteSize, ConfigError, GoDuration, Layers, Load, LoadError, Rate, Replicas,
+};
 
 use crate::store::SyncMode;
 
@@ -117,10 +119,25 @@ pub struct Options {
     /// three: ESPANS, TRACES, DEADLETTER). [default: 2GiB]
     #[arg(long, env = "ESPAN_STREAM_MAX_BYTES", value_name = "SIZE")]
     pub stream_max_bytes: Option<String>,
+    /// How long ESPANS and TRACES keep a message the linker or exporter has not
+    /// taken (0 = no limit; dead letters never expire). For streams the linker
+    /// creates. [default: 24h]
+    #[arg(long, env = "ESPAN_STREAM_MAX_AGE", value_name = "DURATION")]
+    pub stream_max_age: Option<String>,
     /// How long JetStream remembers message ids (de-duplication of re-sent traces
     /// after a restart). [default: 10m]
     #[arg(long, env = "ESPAN_DUPLICATE_WINDOW", value_name = "DURATION")]
     pub duplicate_window: Option<String>,
+    /// Copies of each JetStream stream the linker creates (1, 3 or 5; more
+    /// than 1 needs a JetStream cluster). A stream that exists keeps its own.
+    /// [default: 1]
+    #[arg(long, env = "ESPAN_STREAM_REPLICAS", value_name = "N")]
+    pub stream_replicas: Option<String>,
+    /// Spans a trace sends at most: the root and the earliest are kept, the
+    /// rest counted (espan_linker_spans_capped). A trace larger than a TRACES
+    /// message goes out in parts under one trace id. [default: 20000]
+    #[arg(long, env = "ESPAN_MAX_TRACE_SPANS", value_name = "N")]
+    pub max_trace_spans: Option<String>,
 }
 
 /// The resolved configuration.
@@ -143,7 +160,10 @@ pub struct Settings {
     pub consume_batch: usize,
     pub ack_wait: Duration,
     pub stream_max_bytes: u64,
+    pub stream_max_age: Duration,
     pub duplicate_window: Duration,
+    pub max_trace_spans: usize,
+    pub stream_replicas: usize,
 }
 
 impl Load for Settings {
@@ -184,6 +204,22 @@ impl Load for Settings {
         }
         let nats_url: String =
             layers.get("nats_url", "nats_url", "nats://127.0.0.1:4222".to_owned())?;
+        let max_trace_spans: usize = layers.get("max_trace_spans", "max_trace_spans", 20_000)?;
+        let stream_replicas = layers
+            .get(
+                "stream_replicas",
+                "stream_replicas",
+                Replicas::new(1).expect("valid"),
+            )?
+            .get();
+        if max_trace_spans == 0 {
+            return Err(layers.invalid(
+                "max_trace_spans",
+                "max_trace_spans",
+                0,
+                "must be at least 1",
+            ));
+        }
         Ok(Settings {
             db_path: layers.get("db_path", "db_path", PathBuf::from("/var/lib/espan/linker"))?,
             use_app_trace_id: layers.get("use_app_trace_id", "use_app_trace_id", true)?,
@@ -225,6 +261,13 @@ impl Load for Settings {
             stream_max_bytes: layers
                 .get("stream_max_bytes", "stream_max_bytes", ByteSize(2 << 30))?
                 .0,
+            stream_max_age: layers
+                .get::<GoDuration>(
+                    "stream_max_age",
+                    "stream_max_age",
+                    GoDuration(Duration::from_secs(24 * 3600)),
+                )?
+                .0,
             duplicate_window: layers
                 .get::<GoDuration>(
                     "duplicate_window",
@@ -232,11 +275,29 @@ impl Load for Settings {
                     GoDuration(Duration::from_secs(600)),
                 )?
                 .0,
+            max_trace_spans,
+            stream_replicas,
         })
     }
 }
 
 impl Settings {
+    /// What in these settings makes "acked" less than "on disk", said at
+    /// start-up: a store that never syncs loses the window's batches (already
+    /// acked on ESPANS) in a power cut.
+    pub fn durability_warnings(&self) -> Vec<String> {
+        let mut warnings = Vec::new();
+        if self.store_sync.0 == "never" {
+            warnings.push(
+                "store_sync=never: SurrealDB never fsyncs, so batches acked on ESPANS can be lost \
+                 in a power cut or kernel crash (a killed process loses nothing); use \"every\" \
+                 or an interval unless that loss is acceptable"
+                    .to_owned(),
+            );
+        }
+        warnings
+    }
+
     /// Parses `args` (first item = program name) the way `main` does.
     pub fn from_args<I, T>(args: I) -> Result<(Cli, Settings), LoadError>
     where

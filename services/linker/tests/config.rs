@@ -225,3 +225,37 @@ fn help_explains_every_option() {
         );
     }
 }
+
+#[test]
+fn durability_settings_resolve_and_store_sync_never_is_warned_about() {
+    let out = config(
+        &[
+            "--stream-replicas",
+            "3",
+            "--max-trace-spans",
+            "500",
+            "--stream-max-age",
+            "168h",
+        ],
+        &[],
+    );
+    assert!(out.contains("stream_replicas: 3"), "{out}");
+    assert!(out.contains("stream_max_age: 604800s"), "{out}");
+    assert!(out.contains("max_trace_spans: 500"), "{out}");
+    let err = error(&["--stream-replicas", "2"], &[]);
+    assert!(
+        err.contains("flag --stream-replicas") && err.contains("stream replicas must be 1, 3 or 5"),
+        "{err}"
+    );
+    let err = error(&["--max-trace-spans", "0"], &[]);
+    assert!(err.contains("must be at least 1"), "{err}");
+
+    let (_, settings) =
+        espan_linker::settings::Settings::from_args(["espan-linker", "--store-sync", "never"])
+            .unwrap();
+    let warnings = settings.durability_warnings();
+    assert_eq!(warnings.len(), 1);
+    assert!(warnings[0].starts_with("store_sync=never"), "{warnings:?}");
+    let (_, settings) = espan_linker::settings::Settings::from_args(["espan-linker"]).unwrap();
+    assert!(settings.durability_warnings().is_empty());
+}

@@ -109,10 +109,13 @@ pub async fn start(settings: Settings) -> anyhow::Result<RunningProbe> {
         host: settings.host.clone(),
         boot_id,
         batch_spans: settings.batch_spans,
+        batch_bytes: settings.batch_bytes,
+        max_field_bytes: settings.max_field_bytes,
         // The linker owns the streams' limits; these apply only to streams
         // the probe is first to create.
         stream_limits: StreamLimits {
             max_bytes: settings.stream_max_bytes,
+            replicas: settings.stream_replicas,
             ..StreamLimits::default()
         },
         batch_interval: settings.batch_interval,

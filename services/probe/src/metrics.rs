@@ -67,7 +67,15 @@ pub struct Metrics {
     pub spans_dropped_buffer: Counter,
     pub batches_published: Counter,
     pub spans_published: Counter,
+    /// Text fields cut to max_field_size before publishing.
+    pub text_fields_capped: Counter,
+    /// Batches the server refused for their size, published in smaller parts.
+    pub batches_split: Counter,
+    /// Spans too large for the server even alone: dropped.
+    pub spans_dropped_too_large: Counter,
     pub publish_errors: Counter,
+    /// 1 while the sender waits to retry a failed publish.
+    pub publish_stalled: Gauge,
     pub buffer_bytes: Gauge,
     pub buffer_batches: Gauge,
     /// Requests still waiting for their answer when the probe stopped.
@@ -200,6 +208,22 @@ impl Metrics {
         reg!(batches_published, "Batches acknowledged by JetStream");
         reg!(spans_published, "eSpans in acknowledged batches");
         reg!(publish_errors, "Failed publishes (retried)");
+        reg!(
+            publish_stalled,
+            "1 while publishing is stalled: a publish failed and the sender waits to retry"
+        );
+        reg!(
+            text_fields_capped,
+            "Text fields (path, query, error, …) cut to max_field_size before publishing"
+        );
+        reg!(
+            batches_split,
+            "Batches larger than the server's max_payload, published in smaller parts instead"
+        );
+        reg!(
+            spans_dropped_too_large,
+            "eSpans larger than the server's max_payload even alone: dropped"
+        );
         reg!(buffer_bytes, "Bytes of batches waiting for JetStream");
         reg!(buffer_batches, "Batches waiting for JetStream");
         reg!(

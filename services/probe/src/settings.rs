@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::{Args, Parser};
-use espan::config::{self, ByteSize, ConfigError, GoDuration, Layers, Load, LoadError};
+use espan::config::{self, ByteSize, ConfigError, GoDuration, Layers, Load, LoadError, Replicas};
 use espan_common::MAX_CAPTURE;
 
 use crate::procs::Selection;
@@ -66,6 +66,15 @@ pub struct Options {
     /// Most eSpans per published batch. [default: 500]
     #[arg(long, env = "ENV_INPUT_EBPF_BATCH_SPANS", value_name = "N")]
     pub batch_spans: Option<String>,
+    /// Most bytes per published batch (encoded); a batch is sealed at
+    /// batch_spans or at this size, whichever comes first. NATS refuses a
+    /// message above its max_payload (1MiB by default). [default: 512KiB]
+    #[arg(long, env = "ENV_INPUT_EBPF_BATCH_BYTES", value_name = "SIZE")]
+    pub batch_bytes: Option<String>,
+    /// Longest text field (path, query, error, service, …) an eSpan carries;
+    /// longer ones are cut and counted. [default: 4KiB]
+    #[arg(long, env = "ENV_INPUT_EBPF_MAX_FIELD_SIZE", value_name = "SIZE")]
+    pub max_field_size: Option<String>,
     /// Longest wait before a batch is published. [default: 200ms]
     #[arg(long, env = "ENV_INPUT_EBPF_BATCH_INTERVAL", value_name = "DURATION")]
     pub batch_interval: Option<String>,
@@ -80,6 +89,10 @@ pub struct Options {
     /// streams (keep it equal to the linker's). [default: 2GiB]
     #[arg(long, env = "ESPAN_STREAM_MAX_BYTES", value_name = "SIZE")]
     pub stream_max_bytes: Option<String>,
+    /// Copies of each JetStream stream when this probe is the first to create
+    /// it (1, 3 or 5; keep it equal to the linker's). [default: 1]
+    #[arg(long, env = "ESPAN_STREAM_REPLICAS", value_name = "N")]
+    pub stream_replicas: Option<String>,
     /// Connections followed at once; beyond, the least recently active are
     /// forgotten (counted). [default: 65536]
     #[arg(long, env = "ENV_INPUT_EBPF_MAX_CONNECTIONS", value_name = "N")]
@@ -102,11 +115,14 @@ pub struct Settings {
     pub capture_bytes: u32,
     pub ring_bytes: u32,
     pub batch_spans: usize,
+    pub batch_bytes: usize,
+    pub max_field_bytes: usize,
     pub batch_interval: Duration,
     pub buffer_bytes: u64,
     pub metrics_addr: SocketAddr,
     pub host: String,
     pub stream_max_bytes: u64,
+    pub stream_replicas: usize,
     /// What the assembler may hold.
     pub limits: crate::assemble::Limits,
 }
@@ -202,6 +218,28 @@ impl Load for Settings {
         if batch_spans == 0 {
             return Err(layers.invalid("batch_spans", "batch_spans", 0, "must be at least 1"));
         }
+        let batch_bytes = layers
+            .get("batch_bytes", "batch_bytes", ByteSize(512 << 10))?
+            .0;
+        if !(4 << 10..=64 << 20).contains(&batch_bytes) {
+            return Err(layers.invalid(
+                "batch_bytes",
+                "batch_bytes",
+                batch_bytes,
+                "must be 4KiB to 64MiB",
+            ));
+        }
+        let max_field_bytes = layers
+            .get("max_field_size", "max_field_size", ByteSize(4 << 10))?
+            .0;
+        if !(16..=1 << 20).contains(&max_field_bytes) {
+            return Err(layers.invalid(
+                "max_field_size",
+                "max_field_size",
+                max_field_bytes,
+                "must be 16B to 1MiB",
+            ));
+        }
         let batch_interval = layers
             .get::<GoDuration>(
                 "batch_interval",
@@ -238,6 +276,8 @@ impl Load for Settings {
             capture_bytes: capture as u32,
             ring_bytes: ring as u32,
             batch_spans,
+            batch_bytes: batch_bytes as usize,
+            max_field_bytes: max_field_bytes as usize,
             batch_interval,
             buffer_bytes: layers
                 .get("buffer_size", "buffer_size", ByteSize(64 << 20))?
@@ -251,6 +291,13 @@ impl Load for Settings {
             stream_max_bytes: layers
                 .get("stream_max_bytes", "stream_max_bytes", ByteSize(2 << 30))?
                 .0,
+            stream_replicas: layers
+                .get(
+                    "stream_replicas",
+                    "stream_replicas",
+                    Replicas::new(1).expect("valid"),
+                )?
+                .get(),
             limits: crate::assemble::Limits {
                 max_conns,
                 held_budget: parser_memory,
