@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use espan::bus::{self, Bus, ConsumerSpec, StreamLimits};
+use espan::bus::{self, Bus, ConsumerSpec, Redacted, StreamLimits, redact};
 use espan::shutdown::Shutdown;
 use espan::telemetry::{self, Health};
 use prometheus_client::registry::Registry;
@@ -60,9 +60,9 @@ impl Running {
                 })
             });
             if let Err(error) = result {
-                tracing::error!(sink, %error, "consumer stopped");
+                tracing::error!(sink, error = %Redacted(&error), "consumer stopped");
                 self.health
-                    .set_failing(format!("{sink} consumer stopped: {error}"));
+                    .set_failing(redact(&format!("{sink} consumer stopped: {error}")));
                 first_error.get_or_insert(RunError::Bus(error));
             }
         }
@@ -72,12 +72,7 @@ impl Running {
 
 /// Starts `/metrics` and one consumer per configured sink.
 pub async fn start(settings: &Settings, shutdown: Shutdown) -> Result<Running, RunError> {
-    let bus = Bus::connect(
-        &settings.nats_url,
-        "espan-exporter",
-        Duration::from_secs(30),
-    )
-    .await?;
+    let bus = Bus::connect(&settings.nats, "espan-exporter", Duration::from_secs(30)).await?;
     // Existing streams keep their limits: they belong to the linker.
     bus.create_missing_streams(&StreamLimits::default()).await?;
 
@@ -104,7 +99,7 @@ pub async fn start(settings: &Settings, shutdown: Shutdown) -> Result<Running, R
             Protocol::Grpc => (
                 stack::build(
                     "otlp",
-                    otlp::grpc::GrpcSink::new(&otlp.endpoint, &otlp.headers, otlp.gzip)
+                    otlp::grpc::GrpcSink::new(&otlp.endpoint, &otlp.headers, otlp.gzip, &otlp.tls)
                         .map_err(fail)?,
                     &config,
                     sink_metrics.clone(),
@@ -118,7 +113,7 @@ pub async fn start(settings: &Settings, shutdown: Shutdown) -> Result<Running, R
                 (
                     stack::build(
                         "otlp",
-                        otlp::http::sink(url, &otlp.headers, otlp.gzip).map_err(fail)?,
+                        otlp::http::sink(url, &otlp.headers, otlp.gzip, &otlp.tls).map_err(fail)?,
                         &config,
                         sink_metrics.clone(),
                         shutdown.clone(),
@@ -128,7 +123,7 @@ pub async fn start(settings: &Settings, shutdown: Shutdown) -> Result<Running, R
             }
         };
         let spec = sink_spec(settings, "otlp", encoding);
-        tracing::info!(endpoint = %otlp.endpoint, protocol = ?otlp.protocol, durable = %spec.consumer.durable, "OTLP sink");
+        tracing::info!(endpoint = %Redacted(&otlp.endpoint), protocol = ?otlp.protocol, durable = %spec.consumer.durable, "OTLP sink");
         let exporter = Exporter::new(spec, service, bus.clone(), sink_metrics);
         tasks.push(("otlp", tokio::spawn(exporter.run(shutdown.clone()))));
     }
@@ -148,8 +143,7 @@ pub async fn start(settings: &Settings, shutdown: Shutdown) -> Result<Running, R
             shutdown.clone(),
         );
         let spec = sink_spec(settings, "dataway", Encoding::Dataway);
-        // The token is a secret: log the host only.
-        tracing::info!(host = %reqwest::Url::parse(&settings_dataway.url).ok().and_then(|u| u.host_str().map(str::to_owned)).unwrap_or_default(), durable = %spec.consumer.durable, "Dataway sink");
+        tracing::info!(url = %Redacted(&settings_dataway.url), durable = %spec.consumer.durable, "Dataway sink");
         let exporter = Exporter::new(spec, service, bus.clone(), sink_metrics);
         tasks.push(("dataway", tokio::spawn(exporter.run(shutdown.clone()))));
     }
