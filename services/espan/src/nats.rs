@@ -487,6 +487,40 @@ mod tests {
     }
 
     #[test]
+    fn the_file_keys_and_flags_over_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("svc.toml");
+        std::fs::write(
+            &file,
+            "[[inputs.svc]]\nnats_user = \"linker\"\nnats_password = \"pw_file\"\nnats_tls = true\n",
+        )
+        .unwrap();
+        let file = file.to_str().unwrap();
+        let from_file = load(&["--config", file]).unwrap();
+        assert_eq!(
+            from_file.auth,
+            NatsAuth::UserPassword {
+                user: "linker".into(),
+                password: "pw_file".into()
+            }
+        );
+        assert!(from_file.tls.required);
+        let flagged = load(&["--config", file, "--nats-password", "pw_flag"]).unwrap();
+        assert_eq!(
+            flagged.auth,
+            NatsAuth::UserPassword {
+                user: "linker".into(),
+                password: "pw_flag".into()
+            }
+        );
+        let error = load(&["--config", file, "--nats-token", "t"]).unwrap_err();
+        assert!(
+            error.contains("key `nats_user`") && error.contains("flag --nats-token"),
+            "{error}"
+        );
+    }
+
+    #[test]
     fn bad_nats_options_are_errors_that_name_the_option_and_no_secret() {
         let dir = tempfile::tempdir().unwrap();
         let not_a_seed = dir.path().join("bad.nk");
