@@ -504,6 +504,83 @@ accounts {{
     drop(serial);
 }
 
+/// The probe binary with a NATS password in its URL that the server refuses:
+/// it starts anyway (it buffers while NATS is not there), logs the refusal,
+/// and not one line of its log at any level holds the password; nor do
+/// `--print-config` and `--help` with a password in the environment.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root (eBPF); scripts/test.sh runs it as root"]
+async fn no_nats_password_reaches_the_probes_log_or_help() {
+    use tokio::io::AsyncBufReadExt;
+    let serial = SERIAL.lock().await;
+    let nats = TestNats::start_with(
+        "authorization { users: [ { user: probe, password: \"pw_right\" } ] }\n",
+    )
+    .unwrap();
+    let url = format!("nats://probe:pw_PLANTED_wrong@127.0.0.1:{}", nats.port());
+    let probe = |args: &[&str], env: &[(&str, &str)]| {
+        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_espan-probe"));
+        command
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("RUST_LOG", "trace")
+            .env("ENV_INPUT_EBPF_METRICS_ADDR", "127.0.0.1:0")
+            .env("ENV_INPUT_EBPF_TRACE_ENV_LIST", unique_var())
+            .args(args)
+            .envs(env.iter().copied())
+            .kill_on_drop(true);
+        command
+    };
+    let mut child = probe(&[], &[("ENV_INPUT_EBPF_TRACE_SERVER", &url)])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut lines = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        match tokio::time::timeout(Duration::from_secs(1), stderr.next_line()).await {
+            Ok(Ok(Some(line))) => {
+                let refused = line.to_lowercase().contains("authorization");
+                lines.push(line);
+                if refused {
+                    break;
+                }
+            }
+            Ok(_) => break,
+            Err(_) => {}
+        }
+    }
+    child.kill().await.unwrap();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.to_lowercase().contains("authorization")),
+        "the refusal is logged:\n{}",
+        lines.join("\n")
+    );
+    for line in &lines {
+        assert!(!line.contains("pw_PLANTED"), "{line}");
+    }
+    for args in [&["--print-config"][..], &["--help"][..]] {
+        let output = probe(
+            args,
+            &[
+                ("ENV_INPUT_EBPF_TRACE_SERVER", "nats://127.0.0.1:4222"),
+                ("ESPAN_NATS_USER", "probe"),
+                ("ESPAN_NATS_PASSWORD", "pw_PLANTED_env"),
+            ],
+        )
+        .output()
+        .await
+        .unwrap();
+        assert!(output.status.success(), "{args:?}: {output:?}");
+        let out = String::from_utf8_lossy(&output.stdout);
+        assert!(!out.contains("pw_PLANTED"), "{args:?}: {out}");
+    }
+    drop(serial);
+}
+
 /// 50,000 connections each holding a head begun and never finished (a
 /// slowloris) against traced servers (six processes of 8,334 connections:
 /// both ends of each are in one process, and descriptors may be limited to
