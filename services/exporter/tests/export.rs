@@ -1691,6 +1691,76 @@ async fn the_binary_reads_the_otel_certificate_variables() {
     );
 }
 
+/// The binary on a NATS that wants TLS with a client certificate and a
+/// password, configured by the shared variables: it connects, consumes and
+/// delivers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_reads_traces_from_nats_over_mutual_tls_with_a_password() {
+    use espan::nats::{NatsAuth, NatsConnect, NatsTls};
+    let certs = TestCerts::generate();
+    let nats = TestNats::start_with(&format!(
+        "{}authorization {{ users: [ {{ user: exporter, password: \"pw_exporter\" }} ] }}\n",
+        certs.nats_tls_block(true)
+    ))
+    .unwrap();
+    let url = format!("nats://localhost:{}", nats.port());
+    let secured = NatsConnect {
+        url: url.clone(),
+        auth: NatsAuth::UserPassword {
+            user: "exporter".into(),
+            password: "pw_exporter".into(),
+        },
+        tls: NatsTls {
+            required: true,
+            ca: Some(certs.ca.clone()),
+            client: Some((certs.client_cert.clone(), certs.client_key.clone())),
+        },
+    };
+    let bus = Bus::connect(&secured, "test", Duration::from_secs(10))
+        .await
+        .unwrap();
+    bus.ensure_streams(&bus::StreamLimits {
+        max_bytes: 64 << 20,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let dir = tempfile::Builder::new()
+        .prefix("espan-exporter-nats-tls")
+        .tempdir()
+        .unwrap();
+    let receiver = Receiver::start("otlp_receiver.py", &["--protocol", "http"], 0, dir.path());
+    let path = |p: &Path| p.to_str().unwrap().to_owned();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_espan-exporter"))
+        .env_clear()
+        .env("ESPAN_NATS_URL", &url)
+        .env("ESPAN_NATS_USER", "exporter")
+        .env("ESPAN_NATS_PASSWORD", "pw_exporter")
+        .env("ESPAN_NATS_TLS_CA", path(&certs.ca))
+        .env("ESPAN_NATS_TLS_CERT", path(&certs.client_cert))
+        .env("ESPAN_NATS_TLS_KEY", path(&certs.client_key))
+        .env("ESPAN_EXPORTER_METRICS_ADDR", "127.0.0.1:0")
+        .env(
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            format!("http://127.0.0.1:{}", receiver.port),
+        )
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut batches = vec![volume_batch(0, 2, 3)];
+    let want = span_ids(&batches);
+    publish(&bus, &mut batches).await;
+    assert_received_exactly(
+        Sink::Http,
+        &receiver,
+        &bus,
+        &want,
+        "every span, NATS over TLS",
+    )
+    .await;
+    child.kill().await.unwrap();
+}
+
 // ---------------------------------------------------------------- secrets
 
 /// Secrets planted in every place the exporter takes one.
