@@ -1,7 +1,7 @@
 //! Real servers for tests: a `nats-server` with JetStream on a free loopback
 //! port and its own store directory, killed when dropped. Tests of every crate
 //! use it, so each test has a bus of its own and can stop or restart it.
-//! [`TestNats::start_with`] adds server configuration (TLS, accounts and
+//! [`TestNats::start_with_config`] adds server configuration (TLS, accounts and
 //! users); [`TestCerts`] makes the certificates such a server and its clients
 //! use, fresh for each test.
 //!
@@ -27,13 +27,13 @@ impl TestNats {
     /// Starts a server on a free port. Finds the binary in `ESPAN_NATS_SERVER` or on
     /// `PATH` (`.ci/run` installs it).
     pub fn start() -> std::io::Result<Self> {
-        Self::start_with("")
+        Self::start_with_config("")
     }
 
     /// Starts a server whose configuration file also holds `config`: blocks
     /// such as `tls { … }`, `authorization { … }` or `accounts { … }` (an
     /// account that needs JetStream says `jetstream: enabled`).
-    pub fn start_with(config: &str) -> std::io::Result<Self> {
+    pub fn start_with_config(config: &str) -> std::io::Result<Self> {
         let mut nats = Self::reserve()?;
         nats.extra_config = config.to_owned();
         nats.spawn()?;

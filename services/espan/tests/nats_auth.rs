@@ -36,7 +36,7 @@ accounts {{
 }}
 "#
     );
-    TestNats::start_with(&format!("{}{accounts}", certs.nats_tls_block(true))).unwrap()
+    TestNats::start_with_config(&format!("{}{accounts}", certs.nats_tls_block(true))).unwrap()
 }
 
 fn with_tls(url: String, certs: &TestCerts, auth: NatsAuth) -> NatsConnect {
@@ -206,7 +206,7 @@ async fn a_probe_user_publishes_on_its_subject_and_no_other() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_token_is_required_when_the_server_has_one() {
-    let nats = TestNats::start_with("authorization { token: \"tok_PLANTED\" }\n").unwrap();
+    let nats = TestNats::start_with_config("authorization { token: \"tok_PLANTED\" }\n").unwrap();
     let with_token = |token: &str| NatsConnect {
         url: nats.url(),
         auth: NatsAuth::Token(token.into()),
@@ -314,7 +314,7 @@ async fn the_bundled_kubernetes_users_can_do_their_part_and_no_more() {
             &format!("\"pw_{user}\""),
         );
     }
-    let nats = TestNats::start_with(&accounts).unwrap();
+    let nats = TestNats::start_with_config(&accounts).unwrap();
     let login = |user: &str| NatsConnect {
         url: nats.url(),
         auth: NatsAuth::UserPassword {
@@ -477,7 +477,7 @@ async fn a_creds_file_logs_in_to_a_server_in_operator_mode() {
         "espan-linker",
         r#"{"pub":{},"sub":{},"subs":-1,"data":-1,"payload":-1,"type":"user","version":2}"#,
     );
-    let nats = TestNats::start_with(&format!(
+    let nats = TestNats::start_with_config(&format!(
         "operator: {operator_jwt}\nsystem_account: {}\nresolver: MEMORY\n\
          resolver_preload: {{\n  {}: {account_jwt}\n  {}: {system_jwt}\n}}\n",
         system.public_key(),

@@ -1698,7 +1698,7 @@ async fn the_binary_reads_the_otel_certificate_variables() {
 async fn the_binary_reads_traces_from_nats_over_mutual_tls_with_a_password() {
     use espan::nats::{NatsAuth, NatsConnect, NatsTls};
     let certs = TestCerts::generate();
-    let nats = TestNats::start_with(&format!(
+    let nats = TestNats::start_with_config(&format!(
         "{}authorization {{ users: [ {{ user: exporter, password: \"pw_exporter\" }} ] }}\n",
         certs.nats_tls_block(true)
     ))
@@ -1835,7 +1835,7 @@ fn assert_no_secret(what: &str, texts: &[String]) {
 /// a secret; nor do the lines of a start with a wrong NATS password.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_secret_reaches_a_log_line_a_dead_letter_or_the_help() {
-    let nats = TestNats::start_with(
+    let nats = TestNats::start_with_config(
         "authorization { users: [ { user: exporter, password: \"pw_PLANTED_nats\" } ] }\n",
     )
     .unwrap();

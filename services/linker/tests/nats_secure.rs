@@ -21,7 +21,7 @@ const LINKER_PASSWORD: &str = "pw_PLANTED_linker";
 const PROBE_PASSWORD: &str = "pw_PLANTED_probe";
 
 fn secured_nats(certs: &TestCerts) -> TestNats {
-    TestNats::start_with(&format!(
+    TestNats::start_with_config(&format!(
         r#"{}
 accounts {{
   ESPAN {{

@@ -410,7 +410,7 @@ async fn a_probe_publishes_over_tls_as_a_user_that_may_only_publish_espans() {
     use espan::nats::{NatsAuth, NatsConnect, NatsTls};
     let serial = SERIAL.lock().await;
     let certs = espan::testkit::TestCerts::generate();
-    let nats = TestNats::start_with(&format!(
+    let nats = TestNats::start_with_config(&format!(
         r#"{}
 accounts {{
   ESPAN {{
@@ -513,7 +513,7 @@ accounts {{
 async fn no_nats_password_reaches_the_probes_log_or_help() {
     use tokio::io::AsyncBufReadExt;
     let serial = SERIAL.lock().await;
-    let nats = TestNats::start_with(
+    let nats = TestNats::start_with_config(
         "authorization { users: [ { user: probe, password: \"pw_right\" } ] }\n",
     )
     .unwrap();
