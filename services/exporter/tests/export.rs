@@ -1553,7 +1553,7 @@ async fn otlp_over_mutual_tls(sink: Sink) {
         settings
     };
 
-    for (settings, what) in [
+    for (i, (mut settings, what)) in [
         (configure(&certs.ca, None), "no client certificate"),
         (
             configure(&strangers.ca, Some((&certs.client_cert, &certs.client_key))),
@@ -1566,7 +1566,13 @@ async fn otlp_over_mutual_tls(sink: Sink) {
             ),
             "a client certificate of another CA",
         ),
-    ] {
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        // A consumer of its own: what the last one held unacked would come
+        // back to the next only after its ack wait.
+        settings.durable_prefix = format!("refused-{i}");
         let exporter = Exporter::start(&settings).await;
         publish(&s.bus, &mut [volume_batch(0, 1, 2)]).await;
         for _ in 0..400 {
