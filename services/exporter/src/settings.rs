@@ -68,7 +68,7 @@ pub struct OtlpSettings {
 /// TLS towards the OTLP backend: the OTel `…_CERTIFICATE` variables.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct OtlpTls {
-    /// The CA(s) that verify the backend, in place of the system's roots.
+    /// The CA(s) that verify the backend, in place of the built-in (Mozilla) roots.
     pub ca: Option<PemFile>,
     /// A client certificate and its key, for mutual TLS.
     pub client: Option<(PemFile, PemFile)>,
@@ -170,7 +170,7 @@ pub struct Options {
     )]
     pub otlp_compression: Option<String>,
     /// PEM file of the CA(s) that verify an https:// OTLP endpoint, in place of the
-    /// system's roots. Also OTEL_EXPORTER_OTLP_CERTIFICATE (file key otlp_certificate).
+    /// built-in (Mozilla) roots. Also OTEL_EXPORTER_OTLP_CERTIFICATE (file key otlp_certificate).
     #[arg(
         long,
         env = "OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE",

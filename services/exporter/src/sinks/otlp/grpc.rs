@@ -112,7 +112,7 @@ impl GrpcSink {
     }
 }
 
-/// The TLS of a gRPC channel: the given CA in place of the system's roots
+/// The TLS of a gRPC channel: the given CA in place of the built-in (Mozilla) roots
 /// (webpki's when none is given), and the client certificate for mutual TLS.
 fn client_tls(tls: &OtlpTls) -> Result<ClientTlsConfig, String> {
     let mut config = ClientTlsConfig::new();
