@@ -16,6 +16,7 @@ use async_nats::jetstream::{self, consumer, stream};
 use bytes::Bytes;
 use futures::{FutureExt, StreamExt};
 
+use crate::nats::NatsConnect;
 use crate::shutdown::Shutdown;
 
 /// Stream of eSpan batches from every probe.
@@ -230,25 +231,24 @@ pub struct Bus {
 }
 
 impl Bus {
-    /// Connects to `url`, retrying for up to `retry_for` (the server may still be
-    /// starting), then fails with an error naming the URL.
+    /// Connects to `nats` (a URL, or a URL with credentials and TLS settings),
+    /// retrying for up to `retry_for` (the server may still be starting), then
+    /// fails with an error naming the URL, its credentials taken out.
     pub async fn connect(
-        url: &str,
+        nats: impl Into<NatsConnect>,
         client_name: &str,
         retry_for: Duration,
     ) -> Result<Self, BusError> {
+        let nats = nats.into();
         let started = tokio::time::Instant::now();
         let mut delay = Duration::from_millis(100);
+        let last_event = LastEvent::default();
         loop {
-            let options = async_nats::ConnectOptions::new()
-                .name(client_name)
-                .connection_timeout(Duration::from_secs(2))
-                .retry_on_initial_connect()
-                .max_reconnects(None);
+            let options = connect_options(&nats, client_name, &last_event)?;
             // retry_on_initial_connect makes connect() return at once and keep
             // trying in the background; we wait for the first real connection
             // ourselves so that a wrong URL is reported instead of hanging.
-            let attempt = async_nats::connect_with_options(url, options).await;
+            let attempt = async_nats::connect_with_options(nats.server_urls(), options).await;
             let reason = match attempt {
                 Ok(client) => {
                     let left = retry_for.saturating_sub(started.elapsed());
@@ -258,19 +258,19 @@ impl Bus {
                             return Ok(Self {
                                 client,
                                 jetstream,
-                                url: url.to_owned(),
+                                url: nats.shown_url(),
                             });
                         }
-                        Err(reason) => reason,
+                        Err(reason) => last_event.take().unwrap_or(reason),
                     }
                 }
                 Err(error) => error.to_string(),
             };
             if started.elapsed() >= retry_for {
                 return Err(BusError::Connect {
-                    url: url.to_owned(),
+                    url: nats.shown_url(),
                     waited: started.elapsed(),
-                    reason,
+                    reason: redact(&reason),
                 });
             }
             tokio::time::sleep(delay).await;
@@ -282,28 +282,29 @@ impl Bus {
     /// once, even with the server away, and its publishes fail until the
     /// server is there. For a service that must start and buffer while NATS is
     /// down (the probe). A URL that cannot be parsed is still an error.
-    pub async fn connect_in_background(url: &str, client_name: &str) -> Result<Self, BusError> {
-        let options = async_nats::ConnectOptions::new()
-            .name(client_name)
-            .connection_timeout(Duration::from_secs(2))
-            .retry_on_initial_connect()
-            .max_reconnects(None);
-        let client = async_nats::connect_with_options(url, options)
+    pub async fn connect_in_background(
+        nats: impl Into<NatsConnect>,
+        client_name: &str,
+    ) -> Result<Self, BusError> {
+        let nats = nats.into();
+        let options = connect_options(&nats, client_name, &LastEvent::default())?;
+        let client = async_nats::connect_with_options(nats.server_urls(), options)
             .await
             .map_err(|error| BusError::Connect {
-                url: url.to_owned(),
+                url: nats.shown_url(),
                 waited: Duration::ZERO,
-                reason: error.to_string(),
+                reason: redact(&error.to_string()),
             })?;
         let jetstream = jetstream::new(client.clone());
         Ok(Self {
             client,
             jetstream,
-            url: url.to_owned(),
+            url: nats.shown_url(),
         })
     }
 
-    /// The URL this bus was connected with.
+    /// The URL this bus was connected with, its credentials taken out (for
+    /// messages).
     pub fn url(&self) -> &str {
         &self.url
     }
@@ -483,6 +484,57 @@ fn created_meanwhile(e: &jetstream::context::CreateStreamError) -> bool {
         jetstream::context::CreateStreamErrorKind::JetStream(js)
             if js.error_code() == jetstream::ErrorCode::STREAM_NAME_EXIST
     )
+}
+
+/// The async-nats options for one connection: `nats`'s credentials and TLS,
+/// reconnecting for ever, and its events logged ([`redact`]ed: a server's
+/// error may quote what it was sent).
+fn connect_options(
+    nats: &NatsConnect,
+    client_name: &str,
+    last_event: &LastEvent,
+) -> Result<async_nats::ConnectOptions, BusError> {
+    let options = nats.options().map_err(|reason| BusError::Connect {
+        url: nats.shown_url(),
+        waited: Duration::ZERO,
+        reason,
+    })?;
+    let last_event = last_event.clone();
+    Ok(options
+        .name(client_name)
+        .connection_timeout(Duration::from_secs(2))
+        .retry_on_initial_connect()
+        .max_reconnects(None)
+        .event_callback(move |event| {
+            let last_event = last_event.clone();
+            async move {
+                let text = Redacted(&event).to_string();
+                match event {
+                    async_nats::Event::Connected => tracing::info!("NATS: {text}"),
+                    async_nats::Event::Disconnected | async_nats::Event::LameDuckMode => {
+                        tracing::warn!("NATS: {text}")
+                    }
+                    _ => {
+                        tracing::warn!("NATS: {text}");
+                        last_event.set(text);
+                    }
+                }
+            }
+        }))
+}
+
+/// The last error NATS reported while connecting (an authorization
+/// violation, a TLS failure), to say why a connection never came up.
+#[derive(Clone, Default)]
+struct LastEvent(std::sync::Arc<std::sync::Mutex<Option<String>>>);
+
+impl LastEvent {
+    fn set(&self, text: String) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(text);
+    }
+    fn take(&self) -> Option<String> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
 }
 
 async fn wait_connected(client: &async_nats::Client, within: Duration) -> Result<(), String> {
@@ -1173,6 +1225,17 @@ fn reason_header(reason: &str) -> String {
 }
 
 const REDACTED: &str = "<redacted>";
+
+/// Displays what it holds with [`redact`] applied: the one way to log or
+/// store text that may quote a URL (an error, a URL from the config), e.g.
+/// `tracing::warn!(error = %Redacted(&error), …)`.
+pub struct Redacted<T>(pub T);
+
+impl<T: std::fmt::Display> std::fmt::Display for Redacted<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&redact(&self.0.to_string()))
+    }
+}
 
 /// `text` with the secrets URLs carry taken out, for anything stored or logged
 /// that may quote a URL (a backend's error names the URL it posted to, and a

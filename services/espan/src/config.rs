@@ -59,8 +59,9 @@ impl fmt::Display for Origin {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ConfigError {
-    /// A value that does not parse or is out of range.
-    #[error("{origin}: invalid value {value:?}: {reason}")]
+    /// A value that does not parse or is out of range. The value is shown
+    /// [`redact`](crate::bus::redact)ed: a URL may hold a password or a token.
+    #[error("{origin}: invalid value {shown:?}: {reason}", shown = crate::bus::redact(.value))]
     Invalid {
         /// Where the value came from.
         origin: Origin,
@@ -710,6 +711,56 @@ impl Setting for ByteSize {
             toml::Value::String(text) => Self::from_text(text),
             other => Err(format!("expected a size such as \"512MiB\", found {other}")),
         }
+    }
+}
+
+/// `text` with its `%XX` escapes decoded (URL user info, OTLP header values).
+/// Errors do not quote the text: it may be a secret.
+pub fn percent_decode(text: &str) -> Result<String, String> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = text
+                .get(i + 1..i + 3)
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+                .ok_or("a bad percent escape (% and two hex digits)")?;
+            out.push(hex);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).map_err(|_| "not UTF-8 once percent-decoded".to_owned())
+}
+
+/// A PEM file (a certificate, a CA bundle, a private key), read when the
+/// settings are resolved so that a missing or wrong file is a configuration
+/// error at start. `Debug` shows the path only: a key is a secret.
+#[derive(Clone, PartialEq, Eq)]
+pub struct PemFile {
+    /// Where it was read from.
+    pub path: PathBuf,
+    /// Its text.
+    pub pem: String,
+}
+
+impl fmt::Debug for PemFile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", self.path)
+    }
+}
+
+impl Setting for PemFile {
+    fn from_text(text: &str) -> Result<Self, String> {
+        let path = PathBuf::from_text(text)?;
+        let pem = std::fs::read_to_string(&path).map_err(|e| format!("cannot read it: {e}"))?;
+        if !pem.contains("-----BEGIN ") {
+            return Err("not a PEM file".into());
+        }
+        Ok(Self { path, pem })
     }
 }
 

@@ -7,6 +7,8 @@
 //!   for the paths where prost's whole-message decode and encode cost too much.
 //! - [`bus`]: NATS JetStream: streams, pipelined publishing with message ids, a
 //!   pull-consumer loop that acks only what its handler made safe, dead letters.
+//! - [`nats`]: how a service reaches NATS (URL, credentials, TLS), the same
+//!   options for every service.
 //! - [`config`]: flags > environment > DataKit-style TOML, read by one loader
 //!   for every service, with errors that name the key and the value.
 //! - [`telemetry`]: `/metrics` and `/healthz`, logging.
@@ -16,6 +18,7 @@
 
 pub mod bus;
 pub mod config;
+pub mod nats;
 pub mod protowire;
 pub mod shutdown;
 pub mod telemetry;

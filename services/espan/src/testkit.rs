@@ -1,7 +1,10 @@
 //! Real servers for tests: a `nats-server` with JetStream on a free loopback
 //! port and its own store directory, killed when dropped. Tests of every crate
-//! use it, so each test has a bus of its own and can stop or restart it. And a
-//! disk whose power can be cut ([`PowerCutDisk`]), for durability tests.
+//! use it, so each test has a bus of its own and can stop or restart it.
+//! [`TestNats::start_with_config`] adds server configuration (TLS, accounts and
+//! users); [`TestCerts`] makes the certificates such a server and its clients
+//! use, fresh for each test. And a disk whose power can be cut
+//! ([`PowerCutDisk`]), for durability tests.
 //!
 //! Behind the `testkit` feature: tests and benches ask for it, release builds
 //! of the services leave it out.
@@ -32,6 +35,8 @@ pub struct NatsOptions {
     /// Where JetStream keeps its files; `None`: in the server's own temporary
     /// directory.
     pub store_dir: Option<PathBuf>,
+    /// More of the server's configuration file (`tls {…}`, `accounts {…}`).
+    pub extra_config: String,
 }
 
 impl Default for NatsOptions {
@@ -40,6 +45,7 @@ impl Default for NatsOptions {
             max_payload: None,
             sync_interval: "always".into(),
             store_dir: None,
+            extra_config: String::new(),
         }
     }
 }
@@ -49,6 +55,16 @@ impl TestNats {
     /// `PATH` (`.ci/run` installs it).
     pub fn start() -> std::io::Result<Self> {
         Self::start_with(NatsOptions::default())
+    }
+
+    /// Starts a server whose configuration file also holds `config`: blocks
+    /// such as `tls { … }`, `authorization { … }` or `accounts { … }` (an
+    /// account that needs JetStream says `jetstream: enabled`).
+    pub fn start_with_config(config: &str) -> std::io::Result<Self> {
+        Self::start_with(NatsOptions {
+            extra_config: config.to_owned(),
+            ..NatsOptions::default()
+        })
     }
 
     /// Starts a server configured with `options`.
@@ -125,8 +141,8 @@ impl TestNats {
         std::fs::write(
             &config,
             format!(
-                "{max_payload}jetstream {{\n  store_dir: {store_dir:?}\n  max_file_store: 1T\n  max_memory_store: 256MB\n  sync_interval: {}\n}}\n",
-                self.options.sync_interval
+                "{max_payload}jetstream {{\n  store_dir: {store_dir:?}\n  max_file_store: 1T\n  max_memory_store: 256MB\n  sync_interval: {}\n}}\n{}\n",
+                self.options.sync_interval, self.options.extra_config
             ),
         )?;
         let child = Command::new(&self.binary)
@@ -159,6 +175,83 @@ impl TestNats {
 impl Drop for TestNats {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// Certificates for one test, as PEM files in a directory of their own: a CA,
+/// a server certificate for `localhost` and `127.0.0.1` and a client
+/// certificate, both signed by the CA.
+pub struct TestCerts {
+    _dir: tempfile::TempDir,
+    /// The CA's certificate.
+    pub ca: PathBuf,
+    /// The server's certificate.
+    pub server_cert: PathBuf,
+    /// Its key.
+    pub server_key: PathBuf,
+    /// The client's certificate.
+    pub client_cert: PathBuf,
+    /// Its key.
+    pub client_key: PathBuf,
+}
+
+impl TestCerts {
+    /// A new CA and the two certificates it signs.
+    pub fn generate() -> Self {
+        use rcgen::{
+            BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
+            KeyUsagePurpose,
+        };
+        let dir = tempfile::Builder::new()
+            .prefix("espan-certs")
+            .tempdir()
+            .expect("a temporary directory");
+        let write = |name: &str, pem: String| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, pem).expect("write a PEM file");
+            path
+        };
+        let ca_key = KeyPair::generate().expect("a CA key");
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(DnType::CommonName, "espan test CA");
+        ca_params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        let ca = ca_params.self_signed(&ca_key).expect("the CA certificate");
+        let leaf = |cn: &str, usage: ExtendedKeyUsagePurpose| {
+            let key = KeyPair::generate().expect("a key");
+            let mut params =
+                CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
+                    .expect("params");
+            params.distinguished_name.push(DnType::CommonName, cn);
+            params.extended_key_usages = vec![usage];
+            let cert = params.signed_by(&key, &ca, &ca_key).expect("a certificate");
+            (cert.pem(), key.serialize_pem())
+        };
+        let (server_cert, server_key) = leaf("localhost", ExtendedKeyUsagePurpose::ServerAuth);
+        let (client_cert, client_key) = leaf("espan-client", ExtendedKeyUsagePurpose::ClientAuth);
+        Self {
+            ca: write("ca.pem", ca.pem()),
+            server_cert: write("server.pem", server_cert),
+            server_key: write("server-key.pem", server_key),
+            client_cert: write("client.pem", client_cert),
+            client_key: write("client-key.pem", client_key),
+            _dir: dir,
+        }
+    }
+
+    /// A nats-server `tls { … }` block with these certificates; `verify`
+    /// makes it demand a client certificate signed by the CA.
+    pub fn nats_tls_block(&self, verify: bool) -> String {
+        format!(
+            "tls {{\n  cert_file: {:?}\n  key_file: {:?}\n  ca_file: {:?}\n  verify: {verify}\n}}\n",
+            self.server_cert, self.server_key, self.ca
+        )
     }
 }
 

@@ -220,7 +220,7 @@ fn env_or(var: &str, default: usize) -> usize {
 /// `ESPAN_BENCH_CONCURRENCY` change them, to explore).
 fn settings(nats: &TestNats) -> Settings {
     Settings {
-        nats_url: nats.url(),
+        nats: nats.url().into(),
         metrics_addr: "127.0.0.1:0".parse().unwrap(),
         otlp: None,
         dataway: None,
@@ -422,6 +422,7 @@ async fn main() {
                 headers: Vec::new(),
                 timeout: Duration::from_secs(10),
                 gzip: false,
+                tls: Default::default(),
             })
         })
         .await;
@@ -434,6 +435,7 @@ async fn main() {
                 headers: Vec::new(),
                 timeout: Duration::from_secs(10),
                 gzip: false,
+                tls: Default::default(),
             })
         })
         .await;

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use espan::bus::{self, Bus, ConsumerSpec, StreamLimits};
+use espan::bus::{self, Bus, ConsumerSpec, Redacted, StreamLimits, redact};
 use espan::shutdown::{self, Shutdown, ShutdownTrigger};
 use espan::telemetry::{self, Health};
 use prometheus_client::registry::Registry;
@@ -76,9 +76,9 @@ impl Running {
                 other => other,
             };
             if let Err(error) = result {
-                tracing::error!(sink, %error, "consumer stopped; stopping the exporter");
+                tracing::error!(sink, error = %Redacted(&error), "consumer stopped; stopping the exporter");
                 self.health
-                    .set_failing(format!("{sink} consumer stopped: {error}"));
+                    .set_failing(redact(&format!("{sink} consumer stopped: {error}")));
                 self.stop_sinks.trigger();
                 first_error.get_or_insert(RunError::Bus(error));
             }
@@ -98,12 +98,7 @@ pub async fn start(settings: &Settings, shutdown: Shutdown) -> Result<Running, R
         service_stopping.wait().await;
         forward.trigger();
     });
-    let bus = Bus::connect(
-        &settings.nats_url,
-        "espan-exporter",
-        Duration::from_secs(30),
-    )
-    .await?;
+    let bus = Bus::connect(&settings.nats, "espan-exporter", Duration::from_secs(30)).await?;
     // Streams that exist keep their settings; one this exporter is the first
     // to need gets the defaults and the configured replicas.
     bus.ensure_streams(&StreamLimits {
@@ -135,7 +130,7 @@ pub async fn start(settings: &Settings, shutdown: Shutdown) -> Result<Running, R
             Protocol::Grpc => (
                 stack::build(
                     "otlp",
-                    otlp::grpc::GrpcSink::new(&otlp.endpoint, &otlp.headers, otlp.gzip)
+                    otlp::grpc::GrpcSink::new(&otlp.endpoint, &otlp.headers, otlp.gzip, &otlp.tls)
                         .map_err(fail)?,
                     &config,
                     sink_metrics.clone(),
@@ -149,7 +144,7 @@ pub async fn start(settings: &Settings, shutdown: Shutdown) -> Result<Running, R
                 (
                     stack::build(
                         "otlp",
-                        otlp::http::sink(url, &otlp.headers, otlp.gzip).map_err(fail)?,
+                        otlp::http::sink(url, &otlp.headers, otlp.gzip, &otlp.tls).map_err(fail)?,
                         &config,
                         sink_metrics.clone(),
                         sinks_stopping.clone(),
@@ -159,7 +154,7 @@ pub async fn start(settings: &Settings, shutdown: Shutdown) -> Result<Running, R
             }
         };
         let spec = sink_spec(settings, "otlp", encoding);
-        tracing::info!(endpoint = %otlp.endpoint, protocol = ?otlp.protocol, durable = %spec.consumer.durable, "OTLP sink");
+        tracing::info!(endpoint = %Redacted(&otlp.endpoint), protocol = ?otlp.protocol, durable = %spec.consumer.durable, "OTLP sink");
         let exporter = Exporter::new(spec, service, bus.clone(), sink_metrics);
         let stop = sinks_stopping.clone();
         tasks.spawn(async move { ("otlp", exporter.run(stop).await) });
@@ -180,8 +175,7 @@ pub async fn start(settings: &Settings, shutdown: Shutdown) -> Result<Running, R
             sinks_stopping.clone(),
         );
         let spec = sink_spec(settings, "dataway", Encoding::Dataway);
-        // The token is a secret: log the host only.
-        tracing::info!(host = %reqwest::Url::parse(&settings_dataway.url).ok().and_then(|u| u.host_str().map(str::to_owned)).unwrap_or_default(), durable = %spec.consumer.durable, "Dataway sink");
+        tracing::info!(url = %Redacted(&settings_dataway.url), durable = %spec.consumer.durable, "Dataway sink");
         let exporter = Exporter::new(spec, service, bus.clone(), sink_metrics);
         let stop = sinks_stopping.clone();
         tasks.spawn(async move { ("dataway", exporter.run(stop).await) });

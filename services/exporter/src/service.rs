@@ -450,8 +450,7 @@ impl Driver {
                 false
             }
             Outcome::Failed(error) => {
-                let error = bus::redact(&error);
-                tracing::warn!(sink = self.spec.name, %error, "export unfinished; its messages come back after a backoff");
+                tracing::warn!(sink = self.spec.name, error = %bus::Redacted(&error), "export unfinished; its messages come back after a backoff");
                 true
             }
         };

@@ -8,9 +8,11 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+use espan::bus::redact;
 use espan::config::{
-    self, ConfigError, GoDuration, Layers, Load, LoadError, Origin, Replicas, Setting,
+    self, ConfigError, GoDuration, Layers, Load, LoadError, Origin, PemFile, Replicas, Setting,
 };
+use espan::nats::{NatsArgs, NatsConnect};
 
 use crate::sinks::otlp::{Protocol, parse_headers};
 
@@ -20,8 +22,8 @@ pub const FILE_TABLE: &str = "espan_exporter";
 /// Everything the exporter runs with.
 #[derive(Debug, Clone)]
 pub struct Settings {
-    /// NATS server.
-    pub nats_url: String,
+    /// NATS: URL, credentials, TLS.
+    pub nats: NatsConnect,
     /// Where `/metrics` and `/healthz` listen.
     pub metrics_addr: SocketAddr,
     /// The OTLP sink, when an endpoint is configured.
@@ -61,6 +63,17 @@ pub struct OtlpSettings {
     pub timeout: Duration,
     /// Gzip the requests.
     pub gzip: bool,
+    /// TLS towards an `https://` endpoint.
+    pub tls: OtlpTls,
+}
+
+/// TLS towards the OTLP backend: the OTel `…_CERTIFICATE` variables.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OtlpTls {
+    /// The CA(s) that verify the backend, in place of the built-in (Mozilla) roots.
+    pub ca: Option<PemFile>,
+    /// A client certificate and its key, for mutual TLS.
+    pub client: Option<(PemFile, PemFile)>,
 }
 
 /// The Dataway sink's options.
@@ -102,15 +115,28 @@ pub struct Options {
     #[arg(long, env = "ESPAN_EXPORTER_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// NATS server with JetStream [default: nats://127.0.0.1:4222] (file key nats_url).
-    #[arg(long, env = "ESPAN_NATS_URL", value_name = "URL")]
+    #[arg(
+        long,
+        env = "ESPAN_NATS_URL",
+        value_name = "URL",
+        hide_env_values = true
+    )]
     pub nats_url: Option<String>,
+    /// NATS credentials and TLS.
+    #[command(flatten)]
+    pub nats: NatsArgs,
     /// Address for /metrics and /healthz [default: 0.0.0.0:9533] (file key metrics_addr).
     #[arg(long, env = "ESPAN_EXPORTER_METRICS_ADDR", value_name = "ADDR")]
     pub metrics_addr: Option<String>,
     /// OTLP endpoint; enables the OTLP sink. gRPC: http://host:4317. HTTP: a base URL
     /// (http://host:4318, `/v1/traces` is appended) or, from the TRACES variable, the full URL.
     /// Also read from OTEL_EXPORTER_OTLP_ENDPOINT (file key otlp_endpoint).
-    #[arg(long, env = "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", value_name = "URL")]
+    #[arg(
+        long,
+        env = "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+        value_name = "URL",
+        hide_env_values = true
+    )]
     pub otlp_endpoint: Option<String>,
     /// grpc or http/protobuf [default: http/protobuf]. Also OTEL_EXPORTER_OTLP_PROTOCOL
     /// (file key otlp_protocol).
@@ -122,7 +148,12 @@ pub struct Options {
     pub otlp_protocol: Option<String>,
     /// Headers sent with every OTLP request: key=value,key2=value2 (values percent-decoded).
     /// Also OTEL_EXPORTER_OTLP_HEADERS (file key otlp_headers).
-    #[arg(long, env = "OTEL_EXPORTER_OTLP_TRACES_HEADERS", value_name = "LIST")]
+    #[arg(
+        long,
+        env = "OTEL_EXPORTER_OTLP_TRACES_HEADERS",
+        value_name = "LIST",
+        hide_env_values = true
+    )]
     pub otlp_headers: Option<String>,
     /// Limit on one OTLP try: milliseconds (as the OTel variables) or a duration such as 10s
     /// [default: 10000]. Also OTEL_EXPORTER_OTLP_TIMEOUT (file key otlp_timeout).
@@ -140,9 +171,34 @@ pub struct Options {
         value_name = "NAME"
     )]
     pub otlp_compression: Option<String>,
+    /// PEM file of the CA(s) that verify an https:// OTLP endpoint, in place of the
+    /// built-in (Mozilla) roots. Also OTEL_EXPORTER_OTLP_CERTIFICATE (file key otlp_certificate).
+    #[arg(
+        long,
+        env = "OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE",
+        value_name = "FILE"
+    )]
+    pub otlp_certificate: Option<String>,
+    /// PEM client certificate for mutual TLS with the OTLP endpoint, with
+    /// --otlp-client-key. Also OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE (file key
+    /// otlp_client_certificate).
+    #[arg(
+        long,
+        env = "OTEL_EXPORTER_OTLP_TRACES_CLIENT_CERTIFICATE",
+        value_name = "FILE"
+    )]
+    pub otlp_client_certificate: Option<String>,
+    /// PEM private key of --otlp-client-certificate. Also
+    /// OTEL_EXPORTER_OTLP_CLIENT_KEY (file key otlp_client_key).
+    #[arg(
+        long,
+        env = "OTEL_EXPORTER_OTLP_TRACES_CLIENT_KEY",
+        value_name = "FILE"
+    )]
+    pub otlp_client_key: Option<String>,
     /// Guance Dataway, http://host:port?token=tkn_xxx; enables the Dataway sink, which posts
     /// gzip line protocol to <host:port>/v1/write/tracing?token=… (file key dataway).
-    #[arg(long, env = "ENV_DATAWAY", value_name = "URL")]
+    #[arg(long, env = "ENV_DATAWAY", value_name = "URL", hide_env_values = true)]
     pub dataway: Option<String>,
     /// Limit on one Dataway try [default: 30s] (file key dataway_timeout).
     #[arg(long, env = "ESPAN_EXPORTER_DATAWAY_TIMEOUT", value_name = "DURATION")]
@@ -189,11 +245,13 @@ pub struct Options {
 
 impl Settings {
     /// The resolved settings, one `file_key = value` line each, for
-    /// `espan-exporter config`. Secrets stay hidden: header values and the
-    /// Dataway token.
+    /// `espan-exporter config`. Secrets stay hidden: header values, and every
+    /// URL's user info and query (the Dataway token) are redacted.
     pub fn report(&self) -> String {
         let mut lines = vec![
-            format!("nats_url = {:?}", self.nats_url),
+            format!("nats_url = {:?}", self.nats.shown_url()),
+            format!("nats_auth = \"{:?}\"", self.nats.auth),
+            format!("nats_tls = \"{:?}\"", self.nats.tls),
             format!("metrics_addr = \"{}\"", self.metrics_addr),
         ];
         match &self.otlp {
@@ -205,7 +263,7 @@ impl Settings {
                     .map(|(key, _)| format!("{key}=<hidden>"))
                     .collect();
                 lines.extend([
-                    format!("otlp_endpoint = {:?}", otlp.endpoint),
+                    format!("otlp_endpoint = {:?}", redact(&otlp.endpoint)),
                     format!(
                         "otlp_protocol = \"{}\"",
                         match otlp.protocol {
@@ -220,24 +278,26 @@ impl Settings {
                         if otlp.gzip { "gzip" } else { "none" }
                     ),
                 ]);
+                let files = [
+                    ("otlp_certificate", otlp.tls.ca.as_ref()),
+                    (
+                        "otlp_client_certificate",
+                        otlp.tls.client.as_ref().map(|c| &c.0),
+                    ),
+                    ("otlp_client_key", otlp.tls.client.as_ref().map(|c| &c.1)),
+                ];
+                for (key, file) in files {
+                    if let Some(file) = file {
+                        lines.push(format!("{key} = {:?}", file.path));
+                    }
+                }
             }
         }
         match &self.dataway {
             None => lines.push("dataway = (not set: no Dataway sink)".into()),
             Some(dataway) => {
-                let (base, query) = dataway.url.split_once('?').unwrap_or((&dataway.url, ""));
-                let query: Vec<&str> = query
-                    .split('&')
-                    .map(|pair| {
-                        if pair.starts_with("token=") {
-                            "token=<hidden>"
-                        } else {
-                            pair
-                        }
-                    })
-                    .collect();
                 lines.extend([
-                    format!("dataway = \"{base}?{}\"", query.join("&")),
+                    format!("dataway = {:?}", redact(&dataway.url)),
                     format!("dataway_timeout = \"{:?}\"", dataway.timeout),
                 ]);
             }
@@ -329,12 +389,14 @@ impl Load for Settings {
                     },
                     None => false,
                 };
+                let tls = otlp_tls(&otel)?;
                 Some(OtlpSettings {
                     endpoint,
                     protocol,
                     headers,
                     timeout,
                     gzip,
+                    tls,
                 })
             }
         };
@@ -371,7 +433,10 @@ impl Load for Settings {
             Ok(value)
         };
         let settings = Settings {
-            nats_url: layers.get("nats_url", "nats_url", "nats://127.0.0.1:4222".to_owned())?,
+            nats: NatsArgs::resolve(
+                layers,
+                layers.get("nats_url", "nats_url", "nats://127.0.0.1:4222".to_owned())?,
+            )?,
             metrics_addr: layers.get(
                 "metrics_addr",
                 "metrics_addr",
@@ -448,6 +513,48 @@ impl Otel<'_> {
         let origin = self.layers.origin_of(id, file_key);
         Ok(self.layers.get_opt::<T>(id, file_key)?.map(|v| (v, origin)))
     }
+}
+
+/// The OTLP TLS files, each from its flag or `…_TRACES_…` variable, the
+/// generic variable or the file; a client certificate needs its key.
+fn otlp_tls(otel: &Otel<'_>) -> Result<OtlpTls, ConfigError> {
+    let ca = otel.get::<PemFile>(
+        "otlp_certificate",
+        "OTEL_EXPORTER_OTLP_CERTIFICATE",
+        "otlp_certificate",
+    )?;
+    let cert = otel.get::<PemFile>(
+        "otlp_client_certificate",
+        "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE",
+        "otlp_client_certificate",
+    )?;
+    let key = otel.get::<PemFile>(
+        "otlp_client_key",
+        "OTEL_EXPORTER_OTLP_CLIENT_KEY",
+        "otlp_client_key",
+    )?;
+    let client = match (cert, key) {
+        (Some((cert, _)), Some((key, _))) => Some((cert, key)),
+        (None, None) => None,
+        (Some((cert, origin)), None) => {
+            return Err(invalid(
+                origin,
+                &cert.path.display().to_string(),
+                "a client certificate needs its key (OTEL_EXPORTER_OTLP_CLIENT_KEY)".into(),
+            ));
+        }
+        (None, Some((key, origin))) => {
+            return Err(invalid(
+                origin,
+                &key.path.display().to_string(),
+                "a client key needs its certificate (OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE)".into(),
+            ));
+        }
+    };
+    Ok(OtlpTls {
+        ca: ca.map(|(ca, _)| ca),
+        client,
+    })
 }
 
 /// OTLP timeouts: plain integers are milliseconds (the OTel variables' unit);

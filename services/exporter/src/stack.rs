@@ -8,6 +8,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
 
+use espan::bus::Redacted;
 use espan::shutdown::Shutdown;
 use rand::Rng;
 use tower::retry::Policy;
@@ -137,7 +138,7 @@ impl Policy<Payload, Sent, BoxError> for Backoff {
         // One line per request at the first failure and every tenth after, so a
         // long outage does not flood the log.
         if self.attempt == 1 || self.attempt.is_multiple_of(10) {
-            tracing::warn!(sink = self.sink, attempt = self.attempt, ?delay, %error, "export failed; retrying");
+            tracing::warn!(sink = self.sink, attempt = self.attempt, ?delay, error = %Redacted(error), "export failed; retrying");
         }
         let stop = self.shutdown.clone();
         Some(Box::pin(async move {

@@ -13,13 +13,13 @@ use std::time::Duration;
 
 use espan::bus::{self, Bus};
 use espan::shutdown;
-use espan::testkit::{TestNats, free_port};
+use espan::testkit::{TestCerts, TestNats, free_port};
 use espan::wire::{
     self, AppTrace, ESpan, Endpoint, Http, LinkedSpan, Protocol, SamplingDecision, SpanKind, Trace,
     TraceBatch, TraceFormat,
 };
 use espan_exporter::run;
-use espan_exporter::settings::{DatawaySettings, OtlpSettings, Settings};
+use espan_exporter::settings::{DatawaySettings, OtlpSettings, OtlpTls, Settings};
 use espan_exporter::sinks::otlp::Protocol as OtlpProtocol;
 use serde_json::{Value, json};
 use tempfile::TempDir;
@@ -335,7 +335,7 @@ async fn setup() -> Setup {
 
 fn settings(nats: &TestNats) -> Settings {
     Settings {
-        nats_url: nats.url(),
+        nats: nats.url().into(),
         metrics_addr: "127.0.0.1:0".parse().unwrap(),
         otlp: None,
         dataway: None,
@@ -361,6 +361,7 @@ fn otlp(protocol: OtlpProtocol, port: u16, gzip: bool) -> Option<OtlpSettings> {
         headers: vec![("x-test".into(), "yes".into())],
         timeout: Duration::from_secs(5),
         gzip,
+        tls: Default::default(),
     })
 }
 
@@ -1435,7 +1436,7 @@ async fn the_traces_variables_win_over_the_generic_ones() {
         "otlp_headers = \"x-scope-orgid=<hidden>\"",
         "otlp_timeout = \"2.5s\"",
         "otlp_compression = \"gzip\"",
-        "dataway = \"http://dataway:9528/v1/write/tracing?token=<hidden>\"",
+        "dataway = \"http://dataway:9528/v1/write/tracing?<redacted>\"",
     ] {
         assert!(out.lines().any(|l| l == line), "{line} in\n{out}");
     }
@@ -1511,6 +1512,477 @@ async fn bad_values_are_named_with_where_they_came_from() {
         err.contains("concurrency") && err.contains("lots") && err.contains("exporter.toml"),
         "{err}"
     );
+}
+
+// ---------------------------------------------------------------- TLS
+
+fn pem(path: &Path) -> espan::config::PemFile {
+    use espan::config::Setting;
+    espan::config::PemFile::from_text(path.to_str().unwrap()).unwrap()
+}
+
+/// An OTLP receiver that speaks TLS with `certs`' server certificate and
+/// demands a client certificate signed by their CA.
+fn tls_receiver(sink: Sink, certs: &TestCerts, dir: &Path) -> Receiver {
+    let args = [
+        "--tls-cert",
+        certs.server_cert.to_str().unwrap(),
+        "--tls-key",
+        certs.server_key.to_str().unwrap(),
+        "--client-ca",
+        certs.ca.to_str().unwrap(),
+    ];
+    sink.start_receiver(&args, 0, dir)
+}
+
+/// OTLP over TLS to a receiver with a CA of the test's own and mutual TLS:
+/// with the CA and the client certificate every span arrives; without the
+/// client certificate, or trusting another CA, none does (the exporter keeps
+/// retrying, and the receiver records nothing).
+async fn otlp_over_mutual_tls(sink: Sink) {
+    let certs = TestCerts::generate();
+    let strangers = TestCerts::generate();
+    let s = setup().await;
+    let receiver = tls_receiver(sink, &certs, s.dir.path());
+    let configure = |ca: &Path, client: Option<(&Path, &Path)>| {
+        let mut settings = settings(&s.nats);
+        sink.configure(&mut settings, receiver.port);
+        let otlp = settings.otlp.as_mut().unwrap();
+        otlp.endpoint = otlp.endpoint.replace("http://", "https://");
+        otlp.tls = OtlpTls {
+            ca: Some(pem(ca)),
+            client: client.map(|(cert, key)| (pem(cert), pem(key))),
+        };
+        settings
+    };
+
+    for (i, (mut settings, what)) in [
+        (configure(&certs.ca, None), "no client certificate"),
+        (
+            configure(&strangers.ca, Some((&certs.client_cert, &certs.client_key))),
+            "another CA",
+        ),
+        (
+            configure(
+                &certs.ca,
+                Some((&strangers.client_cert, &strangers.client_key)),
+            ),
+            "a client certificate of another CA",
+        ),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        // A consumer of its own: what the last one held unacked would come
+        // back to the next only after its ack wait.
+        settings.durable_prefix = format!("refused-{i}");
+        let exporter = Exporter::start(&settings).await;
+        publish(&s.bus, &mut [volume_batch(0, 1, 2)]).await;
+        for _ in 0..400 {
+            let text = exporter.metrics().await;
+            if metric(&text, "espan_exporter_retries_total", "otlp") >= 2.0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let text = exporter.metrics().await;
+        assert!(
+            metric(&text, "espan_exporter_retries_total", "otlp") >= 2.0,
+            "{what}: the exporter keeps trying\n{text}"
+        );
+        assert!(receiver.records().is_empty(), "{what}: nothing arrives");
+        exporter.stop().await;
+    }
+
+    let settings = configure(&certs.ca, Some((&certs.client_cert, &certs.client_key)));
+    let exporter = Exporter::start(&settings).await;
+    let mut batches = vec![volume_batch(1, 2, 3)];
+    let mut want = span_ids(&batches);
+    want.extend(span_ids(&[volume_batch(0, 1, 2)]));
+    want.sort();
+    publish(&s.bus, &mut batches).await;
+    assert_received_exactly(sink, &receiver, &s.bus, &want, "every span over mutual TLS").await;
+    exporter.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn otlp_grpc_over_mutual_tls_with_a_ca_of_its_own() {
+    otlp_over_mutual_tls(Sink::Grpc).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn otlp_http_over_mutual_tls_with_a_ca_of_its_own() {
+    otlp_over_mutual_tls(Sink::Http).await;
+}
+
+/// The binary takes the OTel TLS variables in both forms (the `…_TRACES_…`
+/// one wins) and delivers over gRPC with TLS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_reads_the_otel_certificate_variables() {
+    let certs = TestCerts::generate();
+    let strangers = TestCerts::generate();
+    let s = setup().await;
+    let receiver = tls_receiver(Sink::Grpc, &certs, s.dir.path());
+    let path = |p: &Path| p.to_str().unwrap().to_owned();
+    let env = [
+        ("ESPAN_NATS_URL", s.nats.url()),
+        ("ESPAN_EXPORTER_METRICS_ADDR", "127.0.0.1:0".into()),
+        (
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+            format!("https://127.0.0.1:{}", receiver.port),
+        ),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc".into()),
+        // The generic CA is a stranger's; the TRACES one wins.
+        ("OTEL_EXPORTER_OTLP_CERTIFICATE", path(&strangers.ca)),
+        ("OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE", path(&certs.ca)),
+        (
+            "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE",
+            path(&certs.client_cert),
+        ),
+        (
+            "OTEL_EXPORTER_OTLP_TRACES_CLIENT_KEY",
+            path(&certs.client_key),
+        ),
+    ];
+    let (ok, out, err) = config_with(
+        &env.iter()
+            .map(|(k, v)| (*k, v.as_str()))
+            .collect::<Vec<_>>(),
+    )
+    .await;
+    assert!(ok, "{err}");
+    for line in [
+        format!("otlp_certificate = {:?}", certs.ca),
+        format!("otlp_client_certificate = {:?}", certs.client_cert),
+        format!("otlp_client_key = {:?}", certs.client_key),
+    ] {
+        assert!(out.lines().any(|l| l == line), "{line} in\n{out}");
+    }
+
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_espan-exporter"))
+        .env_clear()
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut batches = vec![volume_batch(0, 2, 3)];
+    let want = span_ids(&batches);
+    publish(&s.bus, &mut batches).await;
+    assert_received_exactly(Sink::Grpc, &receiver, &s.bus, &want, "every span via TLS").await;
+    child.kill().await.unwrap();
+
+    // A client certificate without its key is a configuration error.
+    let (ok, _, err) = config_with(&[
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", "https://127.0.0.1:4318"),
+        (
+            "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE",
+            &path(&certs.client_cert),
+        ),
+    ])
+    .await;
+    assert!(!ok);
+    assert!(
+        err.contains("OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE") && err.contains("needs its key"),
+        "{err}"
+    );
+    let (ok, _, err) = config_with(&[
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", "https://127.0.0.1:4318"),
+        (
+            "OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE",
+            "/nonexistent/ca.pem",
+        ),
+    ])
+    .await;
+    assert!(!ok);
+    assert!(
+        err.contains("OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE") && err.contains("cannot read it"),
+        "{err}"
+    );
+}
+
+/// The binary on a NATS that wants TLS with a client certificate and a
+/// password, configured by the shared variables: it connects, consumes and
+/// delivers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_reads_traces_from_nats_over_mutual_tls_with_a_password() {
+    use espan::nats::{NatsAuth, NatsConnect, NatsTls};
+    let certs = TestCerts::generate();
+    let nats = TestNats::start_with_config(&format!(
+        "{}authorization {{ users: [ {{ user: exporter, password: \"pw_exporter\" }} ] }}\n",
+        certs.nats_tls_block(true)
+    ))
+    .unwrap();
+    let url = format!("nats://localhost:{}", nats.port());
+    let secured = NatsConnect {
+        url: url.clone(),
+        auth: NatsAuth::UserPassword {
+            user: "exporter".into(),
+            password: "pw_exporter".into(),
+        },
+        tls: NatsTls {
+            required: true,
+            ca: Some(certs.ca.clone()),
+            client: Some((certs.client_cert.clone(), certs.client_key.clone())),
+        },
+    };
+    let bus = Bus::connect(&secured, "test", Duration::from_secs(10))
+        .await
+        .unwrap();
+    bus.ensure_streams(&bus::StreamLimits {
+        max_bytes: 64 << 20,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let dir = tempfile::Builder::new()
+        .prefix("espan-exporter-nats-tls")
+        .tempdir()
+        .unwrap();
+    let receiver = Receiver::start("otlp_receiver.py", &["--protocol", "http"], 0, dir.path());
+    let path = |p: &Path| p.to_str().unwrap().to_owned();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_espan-exporter"))
+        .env_clear()
+        .env("ESPAN_NATS_URL", &url)
+        .env("ESPAN_NATS_USER", "exporter")
+        .env("ESPAN_NATS_PASSWORD", "pw_exporter")
+        .env("ESPAN_NATS_TLS_CA", path(&certs.ca))
+        .env("ESPAN_NATS_TLS_CERT", path(&certs.client_cert))
+        .env("ESPAN_NATS_TLS_KEY", path(&certs.client_key))
+        .env("ESPAN_EXPORTER_METRICS_ADDR", "127.0.0.1:0")
+        .env(
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            format!("http://127.0.0.1:{}", receiver.port),
+        )
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut batches = vec![volume_batch(0, 2, 3)];
+    let want = span_ids(&batches);
+    publish(&bus, &mut batches).await;
+    assert_received_exactly(
+        Sink::Http,
+        &receiver,
+        &bus,
+        &want,
+        "every span, NATS over TLS",
+    )
+    .await;
+    child.kill().await.unwrap();
+}
+
+// ---------------------------------------------------------------- secrets
+
+/// Secrets planted in every place the exporter takes one.
+const PLANTED: [&str; 6] = [
+    "pw_PLANTED_nats",
+    "tkn_PLANTED_dataway",
+    "otlp_PLANTED_password",
+    "q_PLANTED_query",
+    "hdr_PLANTED_value",
+    "pw_PLANTED_wrong",
+];
+
+/// Runs `espan-exporter` with `env` until `until` holds for the lines it
+/// logged so far (or 60 s pass), then stops it (SIGTERM, or SIGKILL when
+/// `kill_hard`), and returns every line it wrote to stderr.
+async fn exporter_log(
+    env: &[(&str, String)],
+    until: impl Fn(&[String]) -> bool,
+    kill_hard: bool,
+) -> Vec<String> {
+    use tokio::io::AsyncBufReadExt;
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_espan-exporter"));
+    command
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("ESPAN_EXPORTER_METRICS_ADDR", "127.0.0.1:0")
+        // Every level, the libraries' too: a secret must not show at any.
+        .env("RUST_LOG", "trace")
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    let mut child = command.spawn().unwrap();
+    let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let reader = {
+        let lines = lines.clone();
+        let stderr = child.stderr.take().unwrap();
+        tokio::spawn(async move {
+            let mut stderr = tokio::io::BufReader::new(stderr).lines();
+            while let Ok(Some(line)) = stderr.next_line().await {
+                lines.lock().unwrap().push(line);
+            }
+        })
+    };
+    for _ in 0..1200 {
+        if until(&lines.lock().unwrap()) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let pid = child.id().unwrap() as i32;
+    // SAFETY: kill(2) on the child this test started and has not reaped.
+    unsafe { kill(pid, if kill_hard { 9 } else { 15 }) };
+    let _ = child.wait().await;
+    reader.await.unwrap();
+    lines.lock().unwrap().clone()
+}
+
+fn assert_no_secret(what: &str, texts: &[String]) {
+    for text in texts {
+        for secret in PLANTED {
+            assert!(!text.contains(secret), "{secret} leaked in {what}: {text}");
+        }
+    }
+}
+
+/// The exporter with a secret in every setting that takes one, against a
+/// NATS that wants a password, a Dataway that refuses every request quoting
+/// it (token and all) and an OTLP endpoint that is not there: not one log
+/// line at any level, dead-letter header, `config` line or `--help` line holds
+/// a secret; nor do the lines of a start with a wrong NATS password.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_secret_reaches_a_log_line_a_dead_letter_or_the_help() {
+    let nats = TestNats::start_with_config(
+        "authorization { users: [ { user: exporter, password: \"pw_PLANTED_nats\" } ] }\n",
+    )
+    .unwrap();
+    let nats_url = format!("nats://exporter:pw_PLANTED_nats@127.0.0.1:{}", nats.port());
+    let bus = Bus::connect(&nats_url, "test", Duration::from_secs(10))
+        .await
+        .unwrap();
+    bus.ensure_streams(&bus::StreamLimits {
+        max_bytes: 64 << 20,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let dir = tempfile::Builder::new()
+        .prefix("espan-exporter-secrets")
+        .tempdir()
+        .unwrap();
+    let dataway = Receiver::start(
+        "dataway_receiver.py",
+        &["--fail", "400:-1", "--echo"],
+        0,
+        dir.path(),
+    );
+    let env = [
+        ("ESPAN_NATS_URL", nats_url.clone()),
+        (
+            "ENV_DATAWAY",
+            format!(
+                "http://127.0.0.1:{}?token=tkn_PLANTED_dataway",
+                dataway.port
+            ),
+        ),
+        (
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+            format!(
+                "http://otlp:otlp_PLANTED_password@127.0.0.1:{}/v1/traces?key=q_PLANTED_query",
+                free_port().unwrap()
+            ),
+        ),
+        (
+            "OTEL_EXPORTER_OTLP_HEADERS",
+            "api-key=hdr_PLANTED_value".to_owned(),
+        ),
+    ];
+    publish(&bus, &mut [volume_batch(0, 2, 3)]).await;
+    let lines = exporter_log(
+        &env,
+        |lines| {
+            lines.iter().any(|l| l.contains("dead-lettered"))
+                && lines.iter().any(|l| l.contains("export failed; retrying"))
+        },
+        false,
+    )
+    .await;
+    assert!(
+        lines.iter().any(|l| l.contains("dead-lettered")),
+        "the Dataway refusal was dead-lettered:\n{}",
+        lines.join("\n")
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("export failed; retrying") && l.contains("<redacted>")),
+        "the OTLP failures are logged, their URL redacted:\n{}",
+        lines.join("\n")
+    );
+    assert_no_secret("the exporter's log", &lines);
+
+    let mut dead_stream = bus
+        .jetstream()
+        .get_stream(bus::DEADLETTER_STREAM)
+        .await
+        .unwrap();
+    let last = dead_stream.info().await.unwrap().state.last_sequence;
+    assert!(last > 0, "a dead letter was stored");
+    for seq in 1..=last {
+        let Ok(letter) = dead_stream.get_raw_message(seq).await else {
+            continue;
+        };
+        let headers: Vec<String> = letter
+            .headers
+            .iter()
+            .flat_map(|(name, values)| values.iter().map(move |v| format!("{name}: {v}")))
+            .collect();
+        assert!(
+            headers
+                .iter()
+                .any(|h| h.contains(bus::DEAD_REASON_HEADER) && h.contains("400")),
+            "{headers:?}"
+        );
+        assert_no_secret("a dead letter's headers", &headers);
+    }
+
+    // A wrong password: NATS refuses, and the log says so without it.
+    let mut wrong = env.clone();
+    wrong[0].1 = format!("nats://exporter:pw_PLANTED_wrong@127.0.0.1:{}", nats.port());
+    let lines = exporter_log(
+        &wrong,
+        |lines| {
+            lines
+                .iter()
+                .any(|l| l.to_lowercase().contains("authorization"))
+        },
+        true,
+    )
+    .await;
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.to_lowercase().contains("authorization")),
+        "the refusal is logged:\n{}",
+        lines.join("\n")
+    );
+    assert_no_secret("the log of a refused start", &lines);
+
+    // `config` and `--help` with the secrets in the environment.
+    let mut secrets = env.to_vec();
+    secrets[0].1 = format!("nats://127.0.0.1:{}", nats.port());
+    secrets.extend([
+        ("ESPAN_NATS_USER", "exporter".to_owned()),
+        ("ESPAN_NATS_PASSWORD", "pw_PLANTED_nats".to_owned()),
+    ]);
+    for args in [&["config"][..], &["--help"][..]] {
+        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_espan-exporter"));
+        command.env_clear().args(args);
+        for (key, value) in &secrets {
+            command.env(key, value);
+        }
+        let output = command.output().await.unwrap();
+        assert!(output.status.success(), "{args:?}: {output:?}");
+        let text = String::from_utf8_lossy(&output.stdout).into_owned();
+        let lines: Vec<String> = text.lines().map(str::to_owned).collect();
+        assert_no_secret(&format!("espan-exporter {args:?}"), &lines);
+        assert_no_secret(
+            &format!("espan-exporter {args:?} stderr"),
+            &[String::from_utf8_lossy(&output.stderr).into_owned()],
+        );
+    }
 }
 
 unsafe extern "C" {

@@ -115,24 +115,34 @@ async fn run(traces: usize) {
     // Fill ESPANS first (the probes' side, not timed as linker work).
     let started = Instant::now();
     let mut publisher = bus.publisher(256);
-    for (seq, chunk) in spans.chunks(SPANS_PER_BATCH).enumerate() {
-        let batch = ESpanBatch {
-            version: 0,
-            host: "bench".into(),
-            boot_id: 1,
-            seq: seq as u64,
-            spans: chunk.to_vec(),
-        };
-        publisher
-            .publish(
-                seq as u64,
-                "espan.bench".into(),
-                format!("bench/1/{seq}"),
-                wire::encode_espan_batch(&batch),
-                None,
-            )
-            .await
-            .unwrap();
+    let mut seq = 0u64;
+    for chunk in spans.chunks(SPANS_PER_BATCH) {
+        // A batch per host, as probes send them (the linker refuses a batch
+        // holding another host's spans).
+        let mut by_host: std::collections::BTreeMap<&str, Vec<ESpan>> = Default::default();
+        for span in chunk {
+            by_host.entry(&span.host).or_default().push(span.clone());
+        }
+        for (host, spans) in by_host {
+            seq += 1;
+            let batch = ESpanBatch {
+                version: 0,
+                host: host.into(),
+                boot_id: 1,
+                seq,
+                spans,
+            };
+            publisher
+                .publish(
+                    seq,
+                    espan::bus::espan_subject(host),
+                    format!("{host}/1/{seq}"),
+                    wire::encode_espan_batch(&batch),
+                    None,
+                )
+                .await
+                .unwrap();
+        }
     }
     publisher.flush().await.unwrap();
     let publish = started.elapsed();

@@ -124,7 +124,7 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
     )
     .await?;
     let api_addr = api::serve(settings.api_addr, store.clone(), stop.clone()).await?;
-    tracing::info!(%addr, %api_addr, db_path = %settings.db_path.display(), nats = %settings.nats_url, window = ?settings.window,
+    tracing::info!(%addr, %api_addr, db_path = %settings.db_path.display(), nats = %settings.nats.shown_url(), window = ?settings.window,
         sampling_rate = settings.sampling_rate, "espan-linker starting");
     let mut service = tokio::spawn(service::run(settings, store, metrics, health, stop));
     tokio::select! {

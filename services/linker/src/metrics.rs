@@ -14,6 +14,8 @@ pub struct Metrics {
     pub batches_in: Counter,
     pub spans_in: Counter,
     pub spans_rejected: Counter,
+    /// Batches whose host did not match their subject, dead-lettered.
+    pub batches_host_mismatch: Counter,
     pub spans_duplicate: Gauge,
     pub spans_linked_cross_process: Gauge,
     pub spans_linked_local: Gauge,
@@ -51,6 +53,7 @@ impl Metrics {
             batches_in: Counter::default(),
             spans_in: Counter::default(),
             spans_rejected: Counter::default(),
+            batches_host_mismatch: Counter::default(),
             spans_duplicate: Gauge::default(),
             spans_linked_cross_process: Gauge::default(),
             spans_linked_local: Gauge::default(),
@@ -91,6 +94,11 @@ impl Metrics {
             "spans_rejected",
             "Spans dropped by validation (malformed)",
             m.spans_rejected.clone(),
+        );
+        r.register(
+            "batches_host_mismatch",
+            "ESPANS messages naming another host than their subject espan.<host> (or holding another host's spans), dead-lettered unlinked",
+            m.batches_host_mismatch.clone(),
         );
         r.register(
             "spans_duplicate",

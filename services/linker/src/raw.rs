@@ -42,6 +42,8 @@ pub struct ReadSpan {
 /// A read ESPANS message.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct SpansMessage {
+    /// The batch's `host`: the probe that sent it.
+    pub host: String,
     /// The valid spans, in order.
     pub spans: Vec<ReadSpan>,
     /// The `host` values the spans name (usually one).
@@ -73,7 +75,10 @@ pub fn read_spans_message(data: &Bytes) -> Result<SpansMessage, WireError> {
     if head.host.is_empty() {
         return Err(WireError::InvalidBatch("host is empty"));
     }
-    let mut batch = SpansMessage::default();
+    let mut batch = SpansMessage {
+        host: head.host,
+        ..SpansMessage::default()
+    };
     let mut reader = Reader::new(data);
     while let Some((field, wire_type)) = reader.key()? {
         // The batch's own fields must have their own wire types (as prost checks).

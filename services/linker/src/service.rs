@@ -23,7 +23,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
 use bytes::Bytes;
-use espan::bus::{self, Bus, ConsumerSpec, Delivery, Handler, HandlerError, StreamLimits};
+use espan::bus::{
+    self, Bus, ConsumerSpec, DeadLetter, DeadLetters, Delivery, Handler, HandlerError, StreamLimits,
+};
 use espan::shutdown::Shutdown;
 use espan::telemetry::Health;
 use tokio::sync::mpsc;
@@ -91,6 +93,8 @@ fn ingest(engine: &mut Engine<RawSpan>, batch: SpansMessage, tag: u64, now_ns: u
 /// Stores consumed messages before they are acked.
 struct StoreHandler {
     store: Arc<Store>,
+    /// Where a batch that names another host than its subject goes.
+    dead_letters: DeadLetters,
     to_engine: mpsc::Sender<Vec<Ingest>>,
     metrics: Metrics,
     store_full: Arc<AtomicBool>,
@@ -103,8 +107,66 @@ struct StoreHandler {
     stamped: Arc<AtomicU64>,
 }
 
+/// Why a batch cannot be from the probe that published it, if it cannot: a
+/// probe may publish only on `espan.<its host>` (NATS permissions see to
+/// that), so a batch or a span naming another host there is forged or
+/// broken, and linking it would let one host speak for another.
+pub fn host_mismatch(subject: &str, batch: &SpansMessage) -> Option<String> {
+    if bus::espan_subject(&batch.host) != subject {
+        return Some(format!(
+            "batch host {:?} does not match its subject {subject}",
+            batch.host
+        ));
+    }
+    batch
+        .hosts
+        .iter()
+        .find(|host| **host != batch.host)
+        .map(|host| {
+            format!(
+                "a span of host {host:?} in a batch of host {:?} ({subject})",
+                batch.host
+            )
+        })
+}
+
+impl StoreHandler {
+    /// Dead-letters the deliveries whose host does not match their subject
+    /// and returns the others.
+    async fn refuse_foreign_hosts(
+        &self,
+        deliveries: Vec<Delivery<Consumed>>,
+    ) -> Result<Vec<Delivery<Consumed>>, HandlerError> {
+        let mut kept = Vec::with_capacity(deliveries.len());
+        for delivery in deliveries {
+            let Some(reason) = host_mismatch(&delivery.subject, &delivery.value.batch) else {
+                kept.push(delivery);
+                continue;
+            };
+            // Stored before the group is acked; if it fails, the group comes back.
+            self.dead_letters
+                .store(DeadLetter {
+                    source_subject: &delivery.subject,
+                    stream_seq: delivery.stream_seq,
+                    piece: None,
+                    payload: delivery.value.raw.clone(),
+                    reason: &reason,
+                })
+                .await
+                .map_err(|e| HandlerError(e.to_string()))?;
+            self.metrics.batches_host_mismatch.inc();
+            self.metrics.dead_lettered.inc();
+        }
+        Ok(kept)
+    }
+}
+
 impl Handler<Consumed> for StoreHandler {
     async fn handle(&mut self, deliveries: Vec<Delivery<Consumed>>) -> Result<(), HandlerError> {
+        let deliveries = self.refuse_foreign_hosts(deliveries).await?;
+        if deliveries.is_empty() {
+            return Ok(());
+        }
         // A full store: hold these messages unacked (JetStream keeps the rest)
         // until retention and retirement make room.
         while self.store_full.load(Ordering::Relaxed) {
@@ -191,7 +253,7 @@ pub async fn run(
     health: Health,
     shutdown: Shutdown,
 ) -> anyhow::Result<()> {
-    let bus = Bus::connect(&settings.nats_url, &settings.name, Duration::from_secs(30)).await?;
+    let bus = Bus::connect(&settings.nats, &settings.name, Duration::from_secs(30)).await?;
     let limits = StreamLimits {
         max_bytes: settings.stream_max_bytes,
         duplicate_window: settings.duplicate_window,
@@ -297,6 +359,7 @@ pub async fn run(
         let bus = bus.clone();
         let mut handler = StoreHandler {
             store: store.clone(),
+            dead_letters: DeadLetters::new(&bus, bus::ESPANS_STREAM, &settings.name),
             to_engine,
             metrics: metrics.clone(),
             store_full: store_full.clone(),

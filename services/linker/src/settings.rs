@@ -10,6 +10,7 @@ use clap::{Args, Parser, Subcommand};
 use espan::config::{
     self, ByteSize, ConfigError, GoDuration, Layers, Load, LoadError, Rate, Replicas,
 };
+use espan::nats::{NatsArgs, NatsConnect};
 
 use crate::store::SyncMode;
 
@@ -77,8 +78,16 @@ pub struct Options {
     #[arg(long, env = "ENV_INPUT_EBPFTRACE_SAMPLING_RATE", value_name = "RATE")]
     pub sampling_rate: Option<String>,
     /// NATS server with JetStream. [default: nats://127.0.0.1:4222]
-    #[arg(long, env = "ESPAN_NATS_URL", value_name = "URL")]
+    #[arg(
+        long,
+        env = "ESPAN_NATS_URL",
+        value_name = "URL",
+        hide_env_values = true
+    )]
     pub nats_url: Option<String>,
+    /// NATS credentials and TLS.
+    #[command(flatten)]
+    pub nats: NatsArgs,
     /// This linker's name: subject trace.<name> and the durable consumer. [default: espan-linker]
     #[arg(long, env = "ESPAN_LINKER_NAME", value_name = "NAME")]
     pub name: Option<String>,
@@ -147,7 +156,8 @@ pub struct Settings {
     pub use_app_trace_id: bool,
     pub window: Duration,
     pub sampling_rate: f64,
-    pub nats_url: String,
+    /// NATS: URL, credentials, TLS.
+    pub nats: NatsConnect,
     pub name: String,
     pub metrics_addr: SocketAddr,
     /// Where the trace query API listens.
@@ -231,7 +241,7 @@ impl Load for Settings {
                     Rate::new(0.1).expect("valid"),
                 )?
                 .get(),
-            nats_url: espan::bus::nats_url(&nats_url),
+            nats: NatsArgs::resolve(layers, espan::bus::nats_url(&nats_url))?,
             name: layers.get("name", "name", "espan-linker".to_owned())?,
             metrics_addr,
             api_addr,

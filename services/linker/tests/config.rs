@@ -58,7 +58,7 @@ fn defaults_are_datakits() {
     assert!(out.contains("window: 20s"), "{out}");
     assert!(out.contains("sampling_rate: 0.1,"), "{out}");
     assert!(out.contains("use_app_trace_id: true"), "{out}");
-    assert!(out.contains("nats_url: \"nats://127.0.0.1:4222\""), "{out}");
+    assert!(out.contains("url: \"nats://127.0.0.1:4222\""), "{out}");
     // The trace query API is not open to the network unless asked.
     assert!(out.contains("api_addr: 127.0.0.1:9532"), "{out}");
     assert!(out.contains("metrics_addr: 0.0.0.0:9530"), "{out}");

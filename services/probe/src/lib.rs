@@ -89,9 +89,9 @@ pub async fn start(settings: Settings) -> anyhow::Result<RunningProbe> {
 
     // NATS may be away when the probe starts (or restarts): it connects in the
     // background and buffers meanwhile; `/readyz` says so, `/livez` does not.
-    let bus = Bus::connect_in_background(&settings.nats_url, "espan-probe")
+    let bus = Bus::connect_in_background(&settings.nats, "espan-probe")
         .await
-        .with_context(|| format!("NATS at {} (trace_server)", settings.nats_url))?;
+        .with_context(|| format!("NATS at {} (trace_server)", settings.nats.shown_url()))?;
     if !bus.is_connected() {
         health.set_failing(espan::bus::redact(&format!(
             "NATS at {}: not connected yet",

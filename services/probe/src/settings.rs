@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser};
 use espan::config::{self, ByteSize, ConfigError, GoDuration, Layers, Load, LoadError, Replicas};
+use espan::nats::{NatsArgs, NatsConnect};
 use espan_common::MAX_CAPTURE;
 
 use crate::procs::Selection;
@@ -39,8 +40,16 @@ pub struct Options {
     #[arg(long, env = "ENV_INPUT_EBPF_L7NET_ENABLED", value_name = "LIST")]
     pub l7net_enabled: Option<String>,
     /// NATS server with JetStream: `host:port` or `nats://…`. [default: 127.0.0.1:4222]
-    #[arg(long, env = "ENV_INPUT_EBPF_TRACE_SERVER", value_name = "URL")]
+    #[arg(
+        long,
+        env = "ENV_INPUT_EBPF_TRACE_SERVER",
+        value_name = "URL",
+        hide_env_values = true
+    )]
     pub trace_server: Option<String>,
+    /// NATS credentials and TLS.
+    #[command(flatten)]
+    pub nats: NatsArgs,
     /// Trace every process (except blacklisted ones). [default: false]
     #[arg(long, env = "ENV_INPUT_EBPF_TRACE_ALL_PROCESS", value_name = "BOOL")]
     pub trace_all_process: Option<String>,
@@ -110,7 +119,8 @@ pub struct Options {
 /// The resolved configuration.
 #[derive(Debug, Clone)]
 pub struct Settings {
-    pub nats_url: String,
+    /// NATS: URL, credentials, TLS.
+    pub nats: NatsConnect,
     pub selection: Selection,
     pub capture_bytes: u32,
     pub ring_bytes: u32,
@@ -271,7 +281,7 @@ impl Load for Settings {
             )?,
         };
         Ok(Settings {
-            nats_url: espan::bus::nats_url(&trace_server),
+            nats: NatsArgs::resolve(layers, espan::bus::nats_url(&trace_server))?,
             selection,
             capture_bytes: capture as u32,
             ring_bytes: ring as u32,
@@ -324,7 +334,7 @@ mod tests {
     #[test]
     fn defaults_and_flags() {
         let (_, s) = Settings::from_args(["espan-probe"]).unwrap();
-        assert_eq!(s.nats_url, "nats://127.0.0.1:4222");
+        assert_eq!(s.nats.url, "nats://127.0.0.1:4222");
         assert_eq!(s.selection.env_list, DEFAULT_ENV_LIST);
         assert!(!s.selection.trace_all);
         let (_, s) = Settings::from_args([
@@ -337,7 +347,7 @@ mod tests {
             "2KiB",
         ])
         .unwrap();
-        assert_eq!(s.nats_url, "nats://10.0.0.1:4222");
+        assert_eq!(s.nats.url, "nats://10.0.0.1:4222");
         assert_eq!(s.selection.name_list, ["curl", "python3"]);
         assert_eq!(s.capture_bytes, 2048);
     }
@@ -363,7 +373,7 @@ mod tests {
         let loaded =
             config::load_from::<Settings, _, _>(["espan-probe", "--config", file]).unwrap();
         let s = loaded.settings;
-        assert_eq!(s.nats_url, "nats://127.0.0.1:4333");
+        assert_eq!(s.nats.url, "nats://127.0.0.1:4333");
         assert_eq!(s.selection.env_list, ["MY_SVC"]);
         assert!(s.selection.trace_all);
         // The message every service warns with.
@@ -385,7 +395,7 @@ mod tests {
             let (_, s) = Settings::from_args(args.split('\n')).unwrap();
             println!(
                 "resolved: batch_spans={} nats_url={}",
-                s.batch_spans, s.nats_url
+                s.batch_spans, s.nats.url
             );
             return;
         }
@@ -444,6 +454,29 @@ mod tests {
         assert_eq!(
             resolve(&["--config", file, "--batch-spans", "300"], &[env]),
             "batch_spans=300 nats_url=nats://10.0.0.1:4222"
+        );
+    }
+
+    #[test]
+    fn nats_credentials_in_the_url_are_used_and_never_printed() {
+        let (_, s) = Settings::from_args([
+            "espan-probe",
+            "--trace-server",
+            "nats://probe:pw_PLANTED@10.0.0.1:4222",
+        ])
+        .unwrap();
+        assert_eq!(
+            s.nats.credentials().unwrap(),
+            espan::nats::NatsAuth::UserPassword {
+                user: "probe".into(),
+                password: "pw_PLANTED".into()
+            }
+        );
+        let printed = format!("{s:#?}");
+        assert!(!printed.contains("pw_PLANTED"), "{printed}");
+        assert!(
+            printed.contains("nats://<redacted>@10.0.0.1:4222"),
+            "{printed}"
         );
     }
 }

@@ -110,7 +110,7 @@ impl Harness {
         let serial = SERIAL.lock().await;
         let nats = TestNats::start().expect("nats-server");
         let (_, mut settings) = Settings::from_args(["espan-probe"]).unwrap();
-        settings.nats_url = nats.url();
+        settings.nats = nats.url().into();
         settings.metrics_addr = "127.0.0.1:0".parse().unwrap();
         settings.host = format!("test-{var}");
         settings.batch_interval = Duration::from_millis(50);
@@ -189,8 +189,8 @@ struct Reader {
 }
 
 impl Reader {
-    async fn new(url: &str) -> Self {
-        let bus = Bus::connect(url, "e2e-reader", Duration::from_secs(10))
+    async fn new(nats: impl Into<espan::nats::NatsConnect>) -> Self {
+        let bus = Bus::connect(nats, "e2e-reader", Duration::from_secs(10))
             .await
             .unwrap();
         let stream = bus.jetstream().get_stream(ESPANS_STREAM).await.unwrap();
@@ -346,7 +346,7 @@ async fn a_probe_started_while_nats_is_down_buffers_and_is_alive_not_ready() {
     let mut nats = TestNats::reserve().unwrap();
     let var = unique_var();
     let (_, mut settings) = Settings::from_args(["espan-probe"]).unwrap();
-    settings.nats_url = nats.url();
+    settings.nats = nats.url().into();
     settings.metrics_addr = "127.0.0.1:0".parse().unwrap();
     settings.host = format!("test-{var}");
     settings.batch_interval = Duration::from_millis(50);
@@ -397,6 +397,187 @@ async fn a_probe_started_while_nats_is_down_buffers_and_is_alive_not_ready() {
     assert_eq!(of(&spans, "down-server", SpanKind::Server).len(), 3);
     assert_eq!(probe.metrics.spans_dropped_buffer.get(), 0);
     probe.stop().await;
+    drop(serial);
+}
+
+/// A probe on an authenticated, encrypted NATS, configured by its flags: TLS
+/// with a CA and a client certificate made for the test, and a user that may
+/// publish eSpans and nothing else. Its spans arrive, and its settings print
+/// no password.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root (eBPF); scripts/test.sh runs it as root"]
+async fn a_probe_publishes_over_tls_as_a_user_that_may_only_publish_espans() {
+    use espan::nats::{NatsAuth, NatsConnect, NatsTls};
+    let serial = SERIAL.lock().await;
+    let certs = espan::testkit::TestCerts::generate();
+    let nats = TestNats::start_with_config(&format!(
+        r#"{}
+accounts {{
+  ESPAN {{
+    jetstream: enabled
+    users: [
+      {{ user: probe, password: "pw_PLANTED_probe",
+         permissions: {{
+           publish: ["espan.>", "$JS.API.INFO", "$JS.API.STREAM.CREATE.*", "$JS.API.STREAM.INFO.*"]
+           subscribe: ["_INBOX.>"]
+         }} }}
+      {{ user: reader, password: "pw_reader" }}
+    ]
+  }}
+}}
+"#,
+        certs.nats_tls_block(true)
+    ))
+    .unwrap();
+    let url = format!("nats://localhost:{}", nats.port());
+    let reader_nats = NatsConnect {
+        url: url.clone(),
+        auth: NatsAuth::UserPassword {
+            user: "reader".into(),
+            password: "pw_reader".into(),
+        },
+        tls: NatsTls {
+            required: true,
+            ca: Some(certs.ca.clone()),
+            client: Some((certs.client_cert.clone(), certs.client_key.clone())),
+        },
+    };
+    Bus::connect(&reader_nats, "setup", Duration::from_secs(10))
+        .await
+        .unwrap()
+        .ensure_streams(&espan::bus::StreamLimits {
+            max_bytes: 64 << 20,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+
+    let var = unique_var();
+    let (_, mut settings) = Settings::from_args([
+        "espan-probe",
+        "--trace-server",
+        &url,
+        "--nats-tls-ca",
+        certs.ca.to_str().unwrap(),
+        "--nats-tls-cert",
+        certs.client_cert.to_str().unwrap(),
+        "--nats-tls-key",
+        certs.client_key.to_str().unwrap(),
+        "--nats-user",
+        "probe",
+        "--nats-password",
+        "pw_PLANTED_probe",
+    ])
+    .unwrap();
+    assert!(!format!("{settings:?}").contains("pw_PLANTED"));
+    settings.metrics_addr = "127.0.0.1:0".parse().unwrap();
+    settings.host = format!("test-{var}");
+    settings.batch_interval = Duration::from_millis(50);
+    settings.selection = Selection {
+        env_list: vec![var.clone()],
+        ..Default::default()
+    };
+    let probe = espan_probe::start(settings).await.expect("probe starts");
+    let traced = vec![(var.clone(), "tls-server".to_owned())];
+    let port = free_port().unwrap();
+    let _srv = python_http_server(port, &traced);
+    let client = vec![(var.clone(), "tls-client".to_owned())];
+    curl(
+        &format!("http://127.0.0.1:{port}/over-tls"),
+        &env_refs(&client),
+    );
+    let mut reader = Reader::new(reader_nats).await;
+    let spans = reader
+        .until("the server span, published over TLS", |s| {
+            !of(s, "tls-server", SpanKind::Server).is_empty()
+        })
+        .await;
+    assert_eq!(
+        of(&spans, "tls-server", SpanKind::Server)[0]
+            .http
+            .as_ref()
+            .unwrap()
+            .path,
+        "/over-tls"
+    );
+    probe.stop().await;
+    drop(serial);
+}
+
+/// The probe binary with a NATS password in its URL that the server refuses:
+/// it starts anyway (it buffers while NATS is not there), logs the refusal,
+/// and not one line of its log at any level holds the password; nor do
+/// `--print-config` and `--help` with a password in the environment.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root (eBPF); scripts/test.sh runs it as root"]
+async fn no_nats_password_reaches_the_probes_log_or_help() {
+    use tokio::io::AsyncBufReadExt;
+    let serial = SERIAL.lock().await;
+    let nats = TestNats::start_with_config(
+        "authorization { users: [ { user: probe, password: \"pw_right\" } ] }\n",
+    )
+    .unwrap();
+    let url = format!("nats://probe:pw_PLANTED_wrong@127.0.0.1:{}", nats.port());
+    let probe = |args: &[&str], env: &[(&str, &str)]| {
+        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_espan-probe"));
+        command
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("RUST_LOG", "trace")
+            .env("ENV_INPUT_EBPF_METRICS_ADDR", "127.0.0.1:0")
+            .env("ENV_INPUT_EBPF_TRACE_ENV_LIST", unique_var())
+            .args(args)
+            .envs(env.iter().copied())
+            .kill_on_drop(true);
+        command
+    };
+    let mut child = probe(&[], &[("ENV_INPUT_EBPF_TRACE_SERVER", &url)])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut lines = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        match tokio::time::timeout(Duration::from_secs(1), stderr.next_line()).await {
+            Ok(Ok(Some(line))) => {
+                let refused = line.to_lowercase().contains("authorization");
+                lines.push(line);
+                if refused {
+                    break;
+                }
+            }
+            Ok(_) => break,
+            Err(_) => {}
+        }
+    }
+    child.kill().await.unwrap();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.to_lowercase().contains("authorization")),
+        "the refusal is logged:\n{}",
+        lines.join("\n")
+    );
+    for line in &lines {
+        assert!(!line.contains("pw_PLANTED"), "{line}");
+    }
+    for args in [&["--print-config"][..], &["--help"][..]] {
+        let output = probe(
+            args,
+            &[
+                ("ENV_INPUT_EBPF_TRACE_SERVER", "nats://127.0.0.1:4222"),
+                ("ESPAN_NATS_USER", "probe"),
+                ("ESPAN_NATS_PASSWORD", "pw_PLANTED_env"),
+            ],
+        )
+        .output()
+        .await
+        .unwrap();
+        assert!(output.status.success(), "{args:?}: {output:?}");
+        let out = String::from_utf8_lossy(&output.stdout);
+        assert!(!out.contains("pw_PLANTED"), "{args:?}: {out}");
+    }
     drop(serial);
 }
 

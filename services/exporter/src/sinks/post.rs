@@ -5,17 +5,21 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use espan::bus::redact;
 use futures::future::BoxFuture;
 use prost::Message;
 use reqwest::header::{HeaderMap, HeaderValue};
 
 use super::{Payload, Sent, SinkError};
+use crate::settings::OtlpTls;
 
 /// Posts bodies to one URL with fixed headers.
 #[derive(Clone)]
 pub struct Post {
     client: reqwest::Client,
     url: Arc<reqwest::Url>,
+    /// `url` as messages name it: a Dataway URL holds its token in the query.
+    shown_url: Arc<str>,
     headers: Arc<HeaderMap>,
     /// Parse an OTLP `ExportTraceServiceResponse` for partial success.
     otlp_response: bool,
@@ -29,14 +33,36 @@ impl Post {
         headers: HeaderMap,
         otlp_response: bool,
         points_header: bool,
+        tls: &OtlpTls,
     ) -> Result<Self, String> {
-        let client = reqwest::Client::builder()
+        let mut client = reqwest::Client::builder()
             .user_agent(concat!("espan-exporter/", env!("CARGO_PKG_VERSION")))
-            .connect_timeout(Duration::from_secs(5))
+            .connect_timeout(Duration::from_secs(5));
+        if let Some(ca) = &tls.ca {
+            // The given CA replaces the built-in roots, as OTel's variable says.
+            let ca = reqwest::Certificate::from_pem(ca.pem.as_bytes())
+                .map_err(|e| format!("{}: not a CA certificate: {e}", ca.path.display()))?;
+            client = client
+                .tls_built_in_root_certs(false)
+                .add_root_certificate(ca);
+        }
+        if let Some((cert, key)) = &tls.client {
+            let pem = format!("{}\n{}", cert.pem, key.pem);
+            let identity = reqwest::Identity::from_pem(pem.as_bytes()).map_err(|e| {
+                format!(
+                    "{} and {}: not a client certificate and its key: {e}",
+                    cert.path.display(),
+                    key.path.display()
+                )
+            })?;
+            client = client.identity(identity);
+        }
+        let client = client
             .build()
             .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
         Ok(Self {
             client,
+            shown_url: redact(url.as_str()).into(),
             url: Arc::new(url),
             headers: Arc::new(headers),
             otlp_response,
@@ -58,7 +84,13 @@ impl Post {
                 .send()
                 .await
                 .map_err(|e| SinkError::Retryable {
-                    reason: format!("POST {}: {}", self.url, error_chain(&e)),
+                    // reqwest names the URL in its errors: without it, the
+                    // token stays out of every message.
+                    reason: redact(&format!(
+                        "POST {}: {}",
+                        self.shown_url,
+                        error_chain(&e.without_url())
+                    )),
                     retry_after: None,
                 })?;
         let status = response.status();
@@ -71,7 +103,12 @@ impl Post {
             return Ok(self.sent(&body));
         }
         let text = String::from_utf8_lossy(&body[..body.len().min(500)]).into_owned();
-        let reason = format!("POST {} answered {status}: {}", self.url, text.trim());
+        // The answer may quote the request, token and all.
+        let reason = redact(&format!(
+            "POST {} answered {status}: {}",
+            self.shown_url,
+            text.trim()
+        ));
         if is_permanent(status.as_u16()) {
             Err(SinkError::Rejected { reason })
         } else {

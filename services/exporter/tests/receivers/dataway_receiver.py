@@ -6,7 +6,8 @@ header, "points": [...]}, each point {"measurement", "tags", "fields", "time"}.
 
 A line the parser rejects is recorded as {"unparsable": line, "error": ...},
 so the test fails on it. --fail CODE:N answers the first N requests with CODE;
-N = -1 refuses every request. Prints "PORT <n>" once listening.
+N = -1 refuses every request; with --echo a refusal quotes the request line,
+token and all, as some servers do. Prints "PORT <n>" once listening.
 """
 
 import argparse
@@ -24,6 +25,7 @@ def main():
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--out", required=True)
     parser.add_argument("--fail", default="")
+    parser.add_argument("--echo", action="store_true")
     args = parser.parse_args()
     state = {"code": None, "left": 0}
     if args.fail:
@@ -62,9 +64,11 @@ def main():
                 }
                 out.write(json.dumps(record) + "\n")
                 out.flush()
+            answer = f"refused: POST {self.path}".encode() if refuse and args.echo else b""
             self.send_response(state["code"] if refuse else 200)
-            self.send_header("Content-Length", "0")
+            self.send_header("Content-Length", str(len(answer)))
             self.end_headers()
+            self.wfile.write(answer)
 
         def log_message(self, *args):
             pass

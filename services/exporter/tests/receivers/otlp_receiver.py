@@ -9,6 +9,8 @@ with trace/span ids turned from base64 into hex so the test can compare them.
 
 --fail CODE:N answers the first N requests with CODE (HTTP status, or the
 matching gRPC code) before accepting; N = -1 refuses every request.
+--tls-cert/--tls-key serve over TLS; with --client-ca too, a client must
+present a certificate that CA signed (mutual TLS).
 Prints "PORT <n>" once listening.
 """
 
@@ -16,6 +18,7 @@ import argparse
 import base64
 import gzip
 import json
+import ssl
 import sys
 import threading
 import time
@@ -85,16 +88,29 @@ class TraceService(trace_service_pb2_grpc.TraceServiceServicer):
         return trace_service_pb2.ExportTraceServiceResponse()
 
 
-def serve_grpc(port, recorder):
+def read(path):
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def serve_grpc(port, recorder, tls):
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
     trace_service_pb2_grpc.add_TraceServiceServicer_to_server(TraceService(recorder), server)
-    bound = server.add_insecure_port(f"127.0.0.1:{port}")
+    if tls.tls_cert:
+        credentials = grpc.ssl_server_credentials(
+            [(read(tls.tls_key), read(tls.tls_cert))],
+            root_certificates=read(tls.client_ca) if tls.client_ca else None,
+            require_client_auth=bool(tls.client_ca),
+        )
+        bound = server.add_secure_port(f"127.0.0.1:{port}", credentials)
+    else:
+        bound = server.add_insecure_port(f"127.0.0.1:{port}")
     server.start()
     print(f"PORT {bound}", flush=True)
     server.wait_for_termination()
 
 
-def serve_http(port, recorder):
+def serve_http(port, recorder, tls):
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self):
             if self.path != "/v1/traces":
@@ -127,6 +143,13 @@ def serve_http(port, recorder):
 
     ThreadingHTTPServer.allow_reuse_address = True
     server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+    if tls.tls_cert:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(tls.tls_cert, tls.tls_key)
+        if tls.client_ca:
+            context.load_verify_locations(tls.client_ca)
+            context.verify_mode = ssl.CERT_REQUIRED
+        server.socket = context.wrap_socket(server.socket, server_side=True)
     print(f"PORT {server.server_address[1]}", flush=True)
     server.serve_forever()
 
@@ -137,6 +160,9 @@ def main():
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--out", required=True)
     parser.add_argument("--fail", default="")
+    parser.add_argument("--tls-cert")
+    parser.add_argument("--tls-key")
+    parser.add_argument("--client-ca")
     args = parser.parse_args()
     code, count = None, 0
     if args.fail:
@@ -144,9 +170,9 @@ def main():
         code, count = int(code_text), int(count_text)
     recorder = Recorder(args.out, code, count)
     if args.protocol == "grpc":
-        serve_grpc(args.port, recorder)
+        serve_grpc(args.port, recorder, args)
     else:
-        serve_http(args.port, recorder)
+        serve_http(args.port, recorder, args)
 
 
 if __name__ == "__main__":

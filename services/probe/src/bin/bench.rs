@@ -155,7 +155,7 @@ async fn orchestrate(secs: u64, rate: u64, calls: u64, passes: u64) -> anyhow::R
         none[1].push(sample("sys-read", false)?);
     }
     let (_, mut settings) = Settings::from_args(["espan-probe"])?;
-    settings.nats_url = nats.url();
+    settings.nats = nats.url().into();
     settings.metrics_addr = "127.0.0.1:0".parse()?;
     settings.stream_max_bytes = 1 << 30;
     settings.selection = Selection {

@@ -10,6 +10,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Buf, BufMut, Bytes};
+use espan::bus::redact;
 use futures::future::BoxFuture;
 use http::uri::PathAndQuery;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
@@ -18,9 +19,10 @@ use tonic::codec::{
     BufferSettings, Codec, CompressionEncoding, DecodeBuf, Decoder, EncodeBuf, Encoder,
 };
 use tonic::metadata::{MetadataKey, MetadataMap, MetadataValue};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tonic::{Code, Status};
 
+use crate::settings::OtlpTls;
 use crate::sinks::{Payload, Sent, SinkError};
 
 /// The gRPC method path.
@@ -33,25 +35,38 @@ pub const EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceServ
 pub struct GrpcSink {
     grpc: tonic::client::Grpc<Channel>,
     metadata: Arc<MetadataMap>,
+    /// The endpoint as messages name it (user info and query redacted).
     endpoint: Arc<str>,
 }
 
 impl GrpcSink {
-    /// A sink for `endpoint` (`http://host:4317`). Connects lazily: a backend
-    /// that is down at start-up is retried like one that goes down later.
-    pub fn new(endpoint: &str, headers: &[(String, String)], gzip: bool) -> Result<Self, String> {
+    /// A sink for `endpoint` (`http://host:4317`, or `https://` with `tls`).
+    /// Connects lazily: a backend that is down at start-up is retried like
+    /// one that goes down later.
+    pub fn new(
+        endpoint: &str,
+        headers: &[(String, String)],
+        gzip: bool,
+        tls: &OtlpTls,
+    ) -> Result<Self, String> {
         let uri = http::Uri::from_str(endpoint).map_err(|e| format!("not a URI: {e}"))?;
-        match uri.scheme_str() {
-            Some("http") => {}
-            Some("https") => {
-                return Err("TLS for OTLP/gRPC is not built in; use http:// (or OTLP/HTTP, which supports https)".into());
-            }
-            _ => return Err("expected http://host:port".into()),
+        let https = match uri.scheme_str() {
+            Some("http") => false,
+            Some("https") => true,
+            _ => return Err("expected http://host:port or https://host:port".into()),
+        };
+        if !https && (tls.ca.is_some() || tls.client.is_some()) {
+            return Err("TLS files are given but the endpoint is http://; use https://".into());
         }
-        let channel = Endpoint::from(uri)
+        let mut channel = Endpoint::from(uri)
             .connect_timeout(Duration::from_secs(5))
-            .tcp_nodelay(true)
-            .connect_lazy();
+            .tcp_nodelay(true);
+        if https {
+            channel = channel
+                .tls_config(client_tls(tls)?)
+                .map_err(|e| format!("TLS settings: {e}"))?;
+        }
+        let channel = channel.connect_lazy();
         let mut grpc = tonic::client::Grpc::new(channel);
         if gzip {
             grpc = grpc
@@ -69,13 +84,13 @@ impl GrpcSink {
         Ok(Self {
             grpc,
             metadata: Arc::new(metadata),
-            endpoint: endpoint.into(),
+            endpoint: redact(endpoint).into(),
         })
     }
 
     async fn send(mut self, payload: Payload) -> Result<Sent, SinkError> {
         self.grpc.ready().await.map_err(|e| SinkError::Retryable {
-            reason: format!("gRPC {}: {e}", self.endpoint),
+            reason: redact(&format!("gRPC {}: {e}", self.endpoint)),
             retry_after: None,
         })?;
         let body_len = payload.body.len();
@@ -97,16 +112,31 @@ impl GrpcSink {
     }
 }
 
+/// The TLS of a gRPC channel: the given CA in place of the built-in (Mozilla) roots
+/// (webpki's when none is given), and the client certificate for mutual TLS.
+fn client_tls(tls: &OtlpTls) -> Result<ClientTlsConfig, String> {
+    let mut config = ClientTlsConfig::new();
+    config = match &tls.ca {
+        Some(ca) => config.ca_certificate(Certificate::from_pem(&ca.pem)),
+        None => config.with_webpki_roots(),
+    };
+    if let Some((cert, key)) = &tls.client {
+        config = config.identity(Identity::from_pem(&cert.pem, &key.pem));
+    }
+    Ok(config)
+}
+
 /// OTLP's retryable codes (plus UNKNOWN and INTERNAL, which proxies and broken
 /// connections produce); only INVALID_ARGUMENT says the data itself is bad.
 /// A `google.rpc.RetryInfo` in the status details sets the least delay before
 /// the next try, as the OTLP spec asks.
 fn classify(endpoint: &str, status: &Status) -> SinkError {
-    let reason = format!(
+    // The backend's message may quote what it was sent.
+    let reason = redact(&format!(
         "gRPC {endpoint} answered {:?}: {}",
         status.code(),
         status.message()
-    );
+    ));
     match status.code() {
         Code::InvalidArgument => SinkError::Rejected { reason },
         _ => SinkError::Retryable {

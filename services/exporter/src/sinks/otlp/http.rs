@@ -2,6 +2,7 @@
 
 use reqwest::header::{CONTENT_ENCODING, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
 
+use crate::settings::OtlpTls;
 use crate::sinks::post::Post;
 
 /// The signal path appended to a base endpoint.
@@ -23,8 +24,14 @@ pub fn traces_url(endpoint: &str, signal_specific: bool) -> Result<reqwest::Url,
     Ok(url)
 }
 
-/// A sink posting to `url` with `headers`; `gzip` says the bodies are gzipped.
-pub fn sink(url: reqwest::Url, headers: &[(String, String)], gzip: bool) -> Result<Post, String> {
+/// A sink posting to `url` with `headers`; `gzip` says the bodies are gzipped;
+/// `tls` applies to an `https://` URL.
+pub fn sink(
+    url: reqwest::Url,
+    headers: &[(String, String)],
+    gzip: bool,
+    tls: &OtlpTls,
+) -> Result<Post, String> {
     let mut map = HeaderMap::new();
     for (key, value) in headers {
         let name = HeaderName::from_bytes(key.as_bytes())
@@ -40,7 +47,7 @@ pub fn sink(url: reqwest::Url, headers: &[(String, String)], gzip: bool) -> Resu
     if gzip {
         map.insert(CONTENT_ENCODING, HeaderValue::from_static("gzip"));
     }
-    Post::new(url, map, true, false)
+    Post::new(url, map, true, false, tls)
 }
 
 #[cfg(test)]

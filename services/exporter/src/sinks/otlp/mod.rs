@@ -1,6 +1,8 @@
 //! OTLP sinks: gRPC (`TraceService/Export`) and HTTP/protobuf (`POST /v1/traces`).
 //! Both send the same encoded `ExportTraceServiceRequest`.
 
+use espan::config::percent_decode;
+
 pub mod grpc;
 pub mod http;
 
@@ -42,29 +44,11 @@ pub fn parse_headers(text: &str) -> Result<Vec<(String, String)>, String> {
         if key.is_empty() {
             return Err(format!("{pair:?} has an empty key"));
         }
-        headers.push((key.to_ascii_lowercase(), percent_decode(value.trim())?));
+        // The value may be a secret: the error names the header only.
+        let value = percent_decode(value.trim()).map_err(|e| format!("header {key:?}: {e}"))?;
+        headers.push((key.to_ascii_lowercase(), value));
     }
     Ok(headers)
-}
-
-fn percent_decode(text: &str) -> Result<String, String> {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = text
-                .get(i + 1..i + 3)
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-                .ok_or_else(|| format!("bad percent escape in {text:?}"))?;
-            out.push(hex);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).map_err(|_| format!("{text:?} is not UTF-8 once decoded"))
 }
 
 #[cfg(test)]
