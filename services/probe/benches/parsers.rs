@@ -4,8 +4,10 @@
 //! ring record. Messages per second and MB per second per core, for HTTP/1.x
 //! (the baseline), Redis (one command per write, and pipelines of 10) and
 //! PostgreSQL (a parameterized query, extended protocol: Parse, Bind,
-//! Describe, Execute, Sync, answered by a one-row result) and MySQL (a
-//! `COM_QUERY` answered by a one-row result set).
+//! Describe, Execute, Sync, answered by a one-row result), MySQL (a
+//! `COM_QUERY` answered by a one-row result set) and gRPC (a unary call on
+//! HTTP/2: HEADERS and DATA, answered by HEADERS, DATA and trailers, header
+//! fields from the compression table as on a connection in use).
 //!
 //! `cargo bench -p espan-probe --bench parsers [-- --exchanges 200000 --passes 5]`
 
@@ -24,6 +26,9 @@ struct Workload {
     response: Vec<u8>,
     /// Messages in one request transfer (and as many in the response).
     per_transfer: u64,
+    /// What each side sends once, first (HTTP/2's preface and settings, and a
+    /// first call that fills the compression tables); not measured.
+    preamble: Option<(Vec<u8>, Vec<u8>)>,
 }
 
 fn workloads() -> Vec<Workload> {
@@ -37,6 +42,7 @@ fn workloads() -> Vec<Workload> {
         )
         .into_bytes(),
         per_transfer: 1,
+        preamble: None,
     };
     let get = b"*2\r\n$3\r\nGET\r\n$10\r\nuser:12345\r\n".to_vec();
     let value = format!("${}\r\n{body}\r\n", body.len()).into_bytes();
@@ -45,12 +51,14 @@ fn workloads() -> Vec<Workload> {
         request: get.clone(),
         response: value.clone(),
         per_transfer: 1,
+        preamble: None,
     };
     let pipeline = Workload {
         name: "Redis, pipelines of 10",
         request: get.repeat(10),
         response: value.repeat(10),
         per_transfer: 10,
+        preamble: None,
     };
     let postgres = Workload {
         name: "PostgreSQL",
@@ -75,6 +83,7 @@ fn workloads() -> Vec<Workload> {
         ]
         .concat(),
         per_transfer: 1,
+        preamble: None,
     };
     let mysql = Workload {
         name: "MySQL",
@@ -91,8 +100,67 @@ fn workloads() -> Vec<Workload> {
         ]
         .concat(),
         per_transfer: 1,
+        preamble: None,
     };
-    vec![http, redis, pipeline, postgres, mysql]
+    vec![http, redis, pipeline, postgres, mysql, grpc()]
+}
+
+/// A unary gRPC call on stream 1, again and again (the parser forgets a stream
+/// once it ends), with header blocks as an encoder in use writes them.
+fn grpc() -> Workload {
+    use loona_hpack::Encoder;
+    let request_fields: &[(&[u8], &[u8])] = &[
+        (b":method", b"POST"),
+        (b":scheme", b"http"),
+        (b":path", b"/shop.Orders/Get"),
+        (b":authority", b"orders:50051"),
+        (b"content-type", b"application/grpc"),
+        (b"te", b"trailers"),
+        (
+            b"user-agent",
+            b"grpc-python/1.85.1 grpc-c/52.0.0 (linux; chttp2)",
+        ),
+    ];
+    let response_fields: &[(&[u8], &[u8])] =
+        &[(b":status", b"200"), (b"content-type", b"application/grpc")];
+    let trailer_fields: &[(&[u8], &[u8])] = &[(b"grpc-status", b"0"), (b"grpc-message", b"")];
+    let (mut client, mut server) = (Encoder::new(), Encoder::new());
+    let call = |client: &mut Encoder, server: &mut Encoder| {
+        let mut request = h2_frame(1, 0x4, &client.encode(request_fields.iter().copied()));
+        request.extend(h2_frame(0, 0x1, b"\0\0\0\0\x07\x08\x01\x12\x0312345"));
+        let mut response = h2_frame(1, 0x4, &server.encode(response_fields.iter().copied()));
+        response.extend(h2_frame(0, 0, b"\0\0\0\0\x06\x08\x01\x10\x01\x18\x02"));
+        response.extend(h2_frame(
+            1,
+            0x5,
+            &server.encode(trailer_fields.iter().copied()),
+        ));
+        (request, response)
+    };
+    let (first_request, first_response) = call(&mut client, &mut server);
+    let (request, response) = call(&mut client, &mut server);
+    let mut preamble_client = espan_probe::h2::PREFACE.to_vec();
+    preamble_client.extend(h2_frame(4, 0, b""));
+    preamble_client.extend(first_request);
+    let mut preamble_server = h2_frame(4, 0, b"");
+    preamble_server.extend(first_response);
+    Workload {
+        name: "gRPC (HTTP/2)",
+        request,
+        response,
+        per_transfer: 1,
+        preamble: Some((preamble_client, preamble_server)),
+    }
+}
+
+/// An HTTP/2 frame of `kind` on stream 1 (0 for SETTINGS).
+fn h2_frame(kind: u8, flags: u8, payload: &[u8]) -> Vec<u8> {
+    let mut v = (payload.len() as u32).to_be_bytes()[1..].to_vec();
+    v.push(kind);
+    v.push(flags);
+    v.extend_from_slice(&u32::from(kind != 4).to_be_bytes());
+    v.extend_from_slice(payload);
+    v
 }
 
 /// A MySQL packet.
@@ -119,6 +187,24 @@ fn run(w: &Workload, exchanges: u64) -> (u64, u64, f64) {
     let mut out = Vec::with_capacity(32);
     let (mut seq_in, mut seq_out) = (1_000u32, 9_000u32);
     let mut messages = 0u64;
+    if let Some((request, response)) = &w.preamble {
+        for (dir, bytes, seq) in [
+            (Direction::Ingress, request, &mut seq_in),
+            (Direction::Egress, response, &mut seq_out),
+        ] {
+            let t = Transfer {
+                seq: *seq,
+                len: bytes.len() as u32,
+                data: bytes,
+                ts_ns: 0,
+                tid: 7,
+            };
+            conn.feed(dir, t, &mut out);
+            *seq = seq.wrapping_add(bytes.len() as u32);
+        }
+        assert_eq!(out.len(), 2, "{}: the first call", w.name);
+        out.clear();
+    }
     let start = Instant::now();
     for i in 0..exchanges {
         // The server's view: it reads the request and writes the answer.
