@@ -28,11 +28,11 @@ pub const MAX_CAPTURE: usize = 4096;
 /// many, in one record: frames are batched many to a read or write, and a frame
 /// header beyond the capture would lose the framing and, with it, the
 /// connection's header compression state (see the probe's `h2` module).
-pub const H2_CAPTURE: usize = 64 * MAX_CAPTURE;
+pub const H2_CAPTURE: usize = 256 * MAX_CAPTURE;
 
 /// The same for a transfer through several iovecs, gathered first in a room
 /// of twice this size per possible CPU (512 KiB each).
-pub const H2_GATHER: usize = H2_CAPTURE;
+pub const H2_GATHER: usize = 64 * MAX_CAPTURE;
 
 /// Payload room of the sizes a data record is reserved in (the ring buffer
 /// needs a constant size per reservation): the smallest that holds the bytes to

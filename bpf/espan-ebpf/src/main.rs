@@ -502,6 +502,8 @@ fn emit_h2(head: &DataEvent, bytes: UserBytes) {
         emit::<{ 4 * MAX_CAPTURE }>(head, source);
     } else if n <= 16 * MAX_CAPTURE as u64 {
         emit::<{ 16 * MAX_CAPTURE }>(head, source);
+    } else if n <= 64 * MAX_CAPTURE as u64 {
+        emit::<{ 64 * MAX_CAPTURE }>(head, source);
     } else {
         emit::<H2_CAPTURE>(head, source);
     }

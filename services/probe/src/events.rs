@@ -27,8 +27,9 @@ use crate::reorder::{self, Reorder};
 use crate::runtime;
 
 /// How long a transfer whose record came before an earlier one's waits for it
-/// (the crossing is a matter of microseconds; the reader polls every few ms).
-const REORDER_WAIT: Duration = Duration::from_millis(50);
+/// (usually microseconds; a thread preempted between its bytes and its record
+/// on a loaded machine, milliseconds).
+const REORDER_WAIT: Duration = Duration::from_millis(200);
 
 /// A decoded ring record.
 #[derive(Debug)]
@@ -398,9 +399,16 @@ impl Reader {
                 if (payload.len() as u32) < head.len {
                     self.metrics.truncated_captures.inc();
                 }
-                if self.crossed(&head) && self.reorder.has_room(head.sk) {
-                    self.reorder
-                        .hold(head.sk, Instant::now(), (head, payload.to_vec()));
+                if self.crossed(&head) && self.reorder.has_room(head.sk, payload.len()) {
+                    self.reorder.hold(
+                        head.sk,
+                        Instant::now(),
+                        payload.len(),
+                        (head, payload.to_vec()),
+                    );
+                    // It may be the other half of a read and a write that each
+                    // wait for the other.
+                    self.feed_now_in_order(head.sk, spans);
                     return;
                 }
                 self.feed(head, payload, true, spans);

@@ -18,8 +18,13 @@ use std::time::{Duration, Instant};
 /// A transfer more than this ahead of its stream is not a crossed record (a
 /// reused socket, or bytes really missed): fed at once.
 const MAX_AHEAD: u32 = 4 << 20;
-/// Transfers held per socket at most.
-const MAX_HELD: usize = 16;
+/// Transfers held per socket at most: under load a thread can be preempted
+/// between its bytes moving and its record, while the socket's other threads
+/// go on (seen: records 100 KB and dozens of transfers out of order on a busy
+/// gRPC connection).
+const MAX_HELD: usize = 256;
+/// Bytes held for all sockets at most (records are copied to be held).
+const MAX_HELD_BYTES: usize = 32 << 20;
 
 /// Whether a stream that expects `next` has yet to see bytes before `pos`:
 /// `slack` bytes ahead still count as reached (a FIN takes a sequence number
@@ -35,7 +40,8 @@ pub fn ahead(pos: u32, next: Option<u32>, slack: u32) -> bool {
 /// they arrived.
 #[derive(Debug)]
 pub struct Reorder<T> {
-    held: HashMap<u64, Vec<(Instant, T)>>,
+    held: HashMap<u64, Vec<(Instant, usize, T)>>,
+    held_bytes: usize,
     wait: Duration,
 }
 
@@ -44,18 +50,21 @@ impl<T> Reorder<T> {
     pub fn new(wait: Duration) -> Self {
         Self {
             held: HashMap::new(),
+            held_bytes: 0,
             wait,
         }
     }
 
-    /// Whether another transfer of socket `sk` can be held.
-    pub fn has_room(&self, sk: u64) -> bool {
-        self.held.get(&sk).is_none_or(|h| h.len() < MAX_HELD)
+    /// Whether another transfer of socket `sk`, of `bytes`, can be held.
+    pub fn has_room(&self, sk: u64, bytes: usize) -> bool {
+        self.held_bytes + bytes <= MAX_HELD_BYTES
+            && self.held.get(&sk).is_none_or(|h| h.len() < MAX_HELD)
     }
 
-    /// Holds `item`, a transfer on socket `sk` received `now`.
-    pub fn hold(&mut self, sk: u64, now: Instant, item: T) {
-        self.held.entry(sk).or_default().push((now, item));
+    /// Holds `item`, a transfer of `bytes` on socket `sk` received `now`.
+    pub fn hold(&mut self, sk: u64, now: Instant, bytes: usize, item: T) {
+        self.held_bytes += bytes;
+        self.held.entry(sk).or_default().push((now, bytes, item));
     }
 
     /// Whether any transfer of `sk` is held (the common case is none at all).
@@ -69,18 +78,19 @@ impl<T> Reorder<T> {
             .get(&sk)
             .into_iter()
             .flatten()
-            .map(|(_, item)| item)
+            .map(|(_, _, item)| item)
     }
 
     /// The first held transfer of `sk` (in arrival order) that `ready` says
     /// can be fed now.
     pub fn take_ready(&mut self, sk: u64, ready: impl Fn(&T) -> bool) -> Option<T> {
         let held = self.held.get_mut(&sk)?;
-        let i = held.iter().position(|(_, item)| ready(item))?;
-        let (_, item) = held.remove(i);
+        let i = held.iter().position(|(_, _, item)| ready(item))?;
+        let (_, bytes, item) = held.remove(i);
         if held.is_empty() {
             self.held.remove(&sk);
         }
+        self.held_bytes -= bytes;
         Some(item)
     }
 
@@ -94,14 +104,17 @@ impl<T> Reorder<T> {
             .iter()
             .filter(|(_, h)| {
                 h.first()
-                    .is_some_and(|(since, _)| now.saturating_duration_since(*since) >= wait)
+                    .is_some_and(|(since, _, _)| now.saturating_duration_since(*since) >= wait)
             })
             .map(|(sk, _)| *sk)
             .collect();
         let mut out = Vec::new();
         for sk in stale {
             if let Some(held) = self.held.remove(&sk) {
-                out.extend(held.into_iter().map(|(_, item)| item));
+                for (_, bytes, item) in held {
+                    self.held_bytes -= bytes;
+                    out.push(item);
+                }
             }
         }
         out
@@ -109,9 +122,10 @@ impl<T> Reorder<T> {
 
     /// Every held transfer, for a stop (each socket's in arrival order).
     pub fn drain(&mut self) -> Vec<T> {
+        self.held_bytes = 0;
         self.held
             .drain()
-            .flat_map(|(_, held)| held.into_iter().map(|(_, item)| item))
+            .flat_map(|(_, held)| held.into_iter().map(|(_, _, item)| item))
             .collect()
     }
 }
@@ -142,8 +156,8 @@ mod tests {
     fn a_held_transfer_is_taken_once_it_is_ready_in_arrival_order() {
         let mut r = Reorder::new(Duration::from_millis(20));
         let now = Instant::now();
-        r.hold(7, now, 150);
-        r.hold(7, now, 200);
+        r.hold(7, now, 10, 150);
+        r.hold(7, now, 10, 200);
         assert!(r.holds(7) && !r.holds(8));
         assert_eq!(r.take_ready(7, |&seq| seq == 120), None);
         assert_eq!(r.take_ready(7, |&seq| seq >= 150), Some(150));
@@ -155,9 +169,9 @@ mod tests {
     fn what_waits_too_long_comes_out_in_arrival_order() {
         let mut r = Reorder::new(Duration::from_millis(20));
         let t0 = Instant::now();
-        r.hold(7, t0, 3);
-        r.hold(7, t0 + Duration::from_millis(15), 1);
-        r.hold(8, t0 + Duration::from_millis(15), 9);
+        r.hold(7, t0, 1, 3);
+        r.hold(7, t0 + Duration::from_millis(15), 1, 1);
+        r.hold(8, t0 + Duration::from_millis(15), 1, 9);
         assert!(r.expired(t0 + Duration::from_millis(10)).is_empty());
         assert_eq!(r.expired(t0 + Duration::from_millis(25)), vec![3, 1]);
         assert_eq!(r.drain(), vec![9]);
@@ -168,10 +182,13 @@ mod tests {
         let mut r = Reorder::new(Duration::from_millis(20));
         let now = Instant::now();
         for i in 0..MAX_HELD {
-            assert!(r.has_room(7));
-            r.hold(7, now, i);
+            assert!(r.has_room(7, 1));
+            r.hold(7, now, 1, i);
         }
-        assert!(!r.has_room(7));
-        assert!(r.has_room(8));
+        assert!(!r.has_room(7, 1));
+        assert!(r.has_room(8, 1));
+        assert!(!r.has_room(8, MAX_HELD_BYTES), "the bytes of all sockets");
+        r.drain();
+        assert!(r.has_room(8, MAX_HELD_BYTES));
     }
 }

@@ -1496,6 +1496,13 @@ async fn grpc_spans_pair(
     server_service: &str,
 ) {
     let total: usize = made.values().sum();
+    // Shown when the test fails: what the probe counted.
+    let body = http_get(h.probe.as_ref().unwrap().metrics_addr, "/metrics");
+    for l in body.lines() {
+        if l.starts_with("espan_probe") && !l.ends_with(" 0") {
+            eprintln!("{l}");
+        }
+    }
     let grpc = |s: &[ESpan], service: &str, kind: SpanKind| {
         of(s, service, kind)
             .into_iter()
