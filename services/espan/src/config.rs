@@ -60,8 +60,8 @@ impl fmt::Display for Origin {
 #[non_exhaustive]
 pub enum ConfigError {
     /// A value that does not parse or is out of range. The value is shown
-    /// [`redact`](crate::bus::redact)ed: a URL may hold a password or a token.
-    #[error("{origin}: invalid value {shown:?}: {reason}", shown = crate::bus::redact(.value))]
+    /// [`redact`](crate::redact::redact)ed: a URL may hold a password or a token.
+    #[error("{origin}: invalid value {shown:?}: {reason}", shown = crate::redact::redact(.value))]
     Invalid {
         /// Where the value came from.
         origin: Origin,

@@ -9,6 +9,7 @@
 //!   pull-consumer loop that acks only what its handler made safe, dead letters.
 //! - [`nats`]: how a service reaches NATS (URL, credentials, TLS), the same
 //!   options for every service.
+//! - [`redact`]: secrets taken out of URLs in anything logged or stored.
 //! - [`config`]: flags > environment > DataKit-style TOML, read by one loader
 //!   for every service, with errors that name the key and the value.
 //! - [`telemetry`]: `/metrics` and `/healthz`, logging.
@@ -20,6 +21,7 @@ pub mod bus;
 pub mod config;
 pub mod nats;
 pub mod protowire;
+pub mod redact;
 pub mod shutdown;
 pub mod telemetry;
 #[cfg(feature = "testkit")]

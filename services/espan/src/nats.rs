@@ -15,8 +15,8 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use crate::bus::redact;
 use crate::config::{ConfigError, Layers, PemFile, percent_decode};
+use crate::redact::redact;
 
 /// The NATS options every service shares. Each has a variable and a file key
 /// of the same name (`ESPAN_NATS_USER`, `nats_user`, …).

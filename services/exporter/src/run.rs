@@ -5,7 +5,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use espan::bus::{self, Bus, ConsumerSpec, Redacted, StreamLimits, redact};
+use espan::bus::{self, Bus, ConsumerSpec, StreamLimits};
+use espan::redact::{Redacted, redact};
 use espan::shutdown::{self, Shutdown, ShutdownTrigger};
 use espan::telemetry::{self, Health};
 use prometheus_client::registry::Registry;

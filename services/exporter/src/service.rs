@@ -450,7 +450,7 @@ impl Driver {
                 false
             }
             Outcome::Failed(error) => {
-                tracing::warn!(sink = self.spec.name, error = %bus::Redacted(&error), "export unfinished; its messages come back after a backoff");
+                tracing::warn!(sink = self.spec.name, error = %espan::redact::Redacted(&error), "export unfinished; its messages come back after a backoff");
                 true
             }
         };

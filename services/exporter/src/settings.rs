@@ -8,11 +8,13 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use espan::bus::redact;
 use espan::config::{
     self, ConfigError, GoDuration, Layers, Load, LoadError, Origin, PemFile, Replicas, Setting,
 };
 use espan::nats::{NatsArgs, NatsConnect};
+use espan::redact::redact;
+
+use crate::sinks::tls::OtlpTls;
 
 use crate::sinks::otlp::{Protocol, parse_headers};
 
@@ -65,15 +67,6 @@ pub struct OtlpSettings {
     pub gzip: bool,
     /// TLS towards an `https://` endpoint.
     pub tls: OtlpTls,
-}
-
-/// TLS towards the OTLP backend: the OTel `…_CERTIFICATE` variables.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct OtlpTls {
-    /// The CA(s) that verify the backend, in place of the built-in (Mozilla) roots.
-    pub ca: Option<PemFile>,
-    /// A client certificate and its key, for mutual TLS.
-    pub client: Option<(PemFile, PemFile)>,
 }
 
 /// The Dataway sink's options.

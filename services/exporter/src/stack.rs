@@ -8,7 +8,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
 
-use espan::bus::Redacted;
+use espan::redact::Redacted;
 use espan::shutdown::Shutdown;
 use rand::Rng;
 use tower::retry::Policy;

@@ -19,8 +19,9 @@ use espan::wire::{
     TraceBatch, TraceFormat,
 };
 use espan_exporter::run;
-use espan_exporter::settings::{DatawaySettings, OtlpSettings, OtlpTls, Settings};
+use espan_exporter::settings::{DatawaySettings, OtlpSettings, Settings};
 use espan_exporter::sinks::otlp::Protocol as OtlpProtocol;
+use espan_exporter::sinks::tls::OtlpTls;
 use serde_json::{Value, json};
 use tempfile::TempDir;
 

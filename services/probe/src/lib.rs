@@ -93,7 +93,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<RunningProbe> {
         .await
         .with_context(|| format!("NATS at {} (trace_server)", settings.nats.shown_url()))?;
     if !bus.is_connected() {
-        health.set_failing(espan::bus::redact(&format!(
+        health.set_failing(espan::redact::redact(&format!(
             "NATS at {}: not connected yet",
             bus.url()
         )));

@@ -19,7 +19,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use espan::bus::{Bus, espan_subject, redact};
+use espan::bus::{Bus, espan_subject};
+use espan::redact::redact;
 use espan::shutdown::Shutdown;
 use espan::telemetry::Health;
 use espan::wire::{ESpan, ESpanBatch, WIRE_VERSION, encode_espan_batch};

@@ -6,6 +6,7 @@
 pub mod dataway;
 pub mod otlp;
 mod post;
+pub mod tls;
 
 use std::cell::RefCell;
 use std::io::Write;

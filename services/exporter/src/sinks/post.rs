@@ -5,13 +5,13 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use espan::bus::redact;
+use espan::redact::redact;
 use futures::future::BoxFuture;
 use prost::Message;
 use reqwest::header::{HeaderMap, HeaderValue};
 
 use super::{Payload, Sent, SinkError};
-use crate::settings::OtlpTls;
+use crate::sinks::tls::OtlpTls;
 
 /// Posts bodies to one URL with fixed headers.
 #[derive(Clone)]

@@ -10,7 +10,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Buf, BufMut, Bytes};
-use espan::bus::redact;
+use espan::redact::redact;
 use futures::future::BoxFuture;
 use http::uri::PathAndQuery;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
@@ -22,7 +22,7 @@ use tonic::metadata::{MetadataKey, MetadataMap, MetadataValue};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tonic::{Code, Status};
 
-use crate::settings::OtlpTls;
+use crate::sinks::tls::OtlpTls;
 use crate::sinks::{Payload, Sent, SinkError};
 
 /// The gRPC method path.

@@ -2,8 +2,8 @@
 
 use reqwest::header::{CONTENT_ENCODING, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
 
-use crate::settings::OtlpTls;
 use crate::sinks::post::Post;
+use crate::sinks::tls::OtlpTls;
 
 /// The signal path appended to a base endpoint.
 pub const TRACES_PATH: &str = "/v1/traces";
