@@ -112,12 +112,17 @@ metrics_lines() { curl -s "http://127.0.0.1:$1/metrics" | grep -vc '^#' || true;
 
 # 2. NATS and the linker on a network of their own.
 docker network create "$run_id" >/dev/null
+# k8s/'s NATS has a user per service; their passwords, fresh for this run.
+password() { "$py" -c 'import secrets; print(secrets.token_hex(16))'; }
+probe_pw=$(password) linker_pw=$(password) exporter_pw=$(password)
 docker volume create "$run_id-linker" >/dev/null
 containers+=("$run_id-nats")
 # With k8s/'s NATS config and its pod's restrictions (uid 10001, read-only root).
 if ! docker run -d --name "$run_id-nats" --network "$run_id" --network-alias nats \
   -p 127.0.0.1::4222 -p 127.0.0.1::8222 --user 10001:10001 --read-only --cap-drop ALL \
   --security-opt no-new-privileges --tmpfs /data:rw,uid=10001,gid=10001 -e POD_NAME=espan-nats-0 \
+  -e ESPAN_NATS_PROBE_PASSWORD="$probe_pw" -e ESPAN_NATS_LINKER_PASSWORD="$linker_pw" \
+  -e ESPAN_NATS_EXPORTER_PASSWORD="$exporter_pw" \
   -v "$PWD/k8s/components/nats/config/nats.conf:/etc/nats/nats.conf:ro" \
   "espan-nats:$TAG" --config /etc/nats/nats.conf >/dev/null; then
   fail "the NATS container did not start"
@@ -135,7 +140,7 @@ until curl -sf "http://127.0.0.1:$nats_mon/healthz?js-enabled-only=true" >/dev/n
   fi
   sleep 0.3
 done
-ok "NATS container healthy with k8s/'s nats.conf (JetStream on, uid 10001, read-only root)"
+ok "NATS container healthy with k8s/'s nats.conf (JetStream on, a user per service, uid 10001, read-only root)"
 nats_port=$(host_port "$run_id-nats" 4222)
 nats_url="nats://127.0.0.1:$nats_port"
 
@@ -144,6 +149,7 @@ docker run -d --name "$run_id-linker" --network "$run_id" -p 127.0.0.1::9530 \
   --user 65532:65532 --read-only --cap-drop ALL --security-opt no-new-privileges \
   -v "$run_id-linker:/var/lib/espan" \
   -e ESPAN_NATS_URL=nats://nats:4222 -e ESPAN_METRICS_ADDR=0.0.0.0:9530 \
+  -e ESPAN_NATS_USER=linker -e ESPAN_NATS_PASSWORD="$linker_pw" \
   -e ESPAN_LINKER_NAME=check -e ENV_INPUT_EBPFTRACE_WINDOW=1s \
   -e ENV_INPUT_EBPFTRACE_SAMPLING_RATE=1 -e ESPAN_FLUSH_INTERVAL=100ms \
   "espan-linker:$TAG" >/dev/null || fail "the linker container did not start"
@@ -167,6 +173,7 @@ containers+=("$run_id-exporter")
 docker run -d --name "$run_id-exporter" --network host \
   --user 65532:65532 --read-only --cap-drop ALL --security-opt no-new-privileges \
   -e ESPAN_NATS_URL="$nats_url" -e ESPAN_EXPORTER_METRICS_ADDR="127.0.0.1:$exporter_port" \
+  -e ESPAN_NATS_USER=exporter -e ESPAN_NATS_PASSWORD="$exporter_pw" \
   -e OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:$otlp_port" \
   -e OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf -e OTEL_EXPORTER_OTLP_COMPRESSION=none \
   -e ESPAN_EXPORTER_DURABLE_PREFIX=check \
@@ -183,7 +190,8 @@ fi
 nonce="n$$x$RANDOM"
 trace_ok=0
 if ((linker_ok)); then
-  if "$py" packaging/e2e.py linker-roundtrip "$nats_url" "$nonce"; then
+  if CHECK_PROBE_PASSWORD="$probe_pw" CHECK_LINKER_PASSWORD="$linker_pw" \
+    "$py" packaging/e2e.py linker-roundtrip "$nats_url" "$nonce"; then
     ok "linker container linked a published eSpan batch into a trace on TRACES"
     trace_ok=1
   else
@@ -239,7 +247,7 @@ probe_mounts=(-v /sys/kernel/tracing:/sys/kernel/tracing -v /sys/fs/bpf:/sys/fs/
 probe_var="ESPAN_CHECK_$$"
 probe_env=(-e ENV_INPUT_EBPF_TRACE_SERVER=nats:4222 -e ENV_INPUT_EBPF_METRICS_ADDR=0.0.0.0:9531
   -e ENV_INPUT_EBPF_HOST=check-probe -e "ENV_INPUT_EBPF_TRACE_ENV_LIST=$probe_var"
-  -e ENV_INPUT_EBPF_BATCH_INTERVAL=50ms)
+  -e ENV_INPUT_EBPF_BATCH_INTERVAL=50ms -e ESPAN_NATS_USER=probe -e "ESPAN_NATS_PASSWORD=$probe_pw")
 bounding=$(awk '/^CapBnd/ {print $2}' /proc/self/status)
 has_sys_resource=$(((0x$bounding >> 24) & 1))
 probe_mem=

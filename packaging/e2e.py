@@ -1,9 +1,11 @@
 """The protocol side of packaging/check-images.sh (run with the packaging venv).
 
   e2e.py linker-roundtrip NATS_URL NONCE
-      publishes one ESpanBatch (a CLIENT and a SERVER span of the same call) to
-      espan.<host> and waits for the linker's trace on TRACES: one trace holding
-      both spans, the server's parent being the client.
+      publishes a CLIENT and a SERVER span of the same call, each in a batch of
+      its host's on espan.<host> (as k8s/'s probe user when CHECK_PROBE_PASSWORD
+      is set), and waits for the linker's trace on TRACES (read as its linker
+      user, CHECK_LINKER_PASSWORD): one trace holding both spans, the server's
+      parent being the client.
   e2e.py otlp-receiver PORT_FILE OUT_DIR
       an OTLP/HTTP receiver on 127.0.0.1 (free port written to PORT_FILE) that
       stores each POST /v1/traces body in OUT_DIR and answers 200.
@@ -70,9 +72,14 @@ def make_batch(pb, nonce):
         end_ns=now + 2_500_000, pid=200, tid=200, comm="backend", service="check-backend",
         http=http, bytes_in=80, bytes_out=120, host="check-host-b",
     )
-    batch = pb.ESpanBatch(version=1, host="check-host", boot_id=random.getrandbits(63),
-                          seq=1, spans=[client, server])
-    return batch, client_id, server_id
+    # One batch per host, each on its host's subject: the linker refuses a
+    # batch that carries another host's spans.
+    batches = [
+        pb.ESpanBatch(version=1, host=span.host, boot_id=random.getrandbits(63), seq=1,
+                      spans=[span])
+        for span in (client, server)
+    ]
+    return batches, client_id, server_id
 
 
 async def linker_roundtrip(url, nonce):
@@ -80,7 +87,13 @@ async def linker_roundtrip(url, nonce):
     from nats.js.errors import NotFoundError
 
     pb = load_proto()
-    nc = await nats.connect(url, connect_timeout=5, max_reconnect_attempts=3)
+    # As k8s/'s NATS users when the server has them (CHECK_*_PASSWORD): the
+    # probe's to publish eSpans, the linker's to read TRACES.
+    def login(user):
+        password = os.environ.get(f"CHECK_{user.upper()}_PASSWORD")
+        return {"user": user, "password": password} if password else {}
+    nc = await nats.connect(url, connect_timeout=5, max_reconnect_attempts=3, **login("linker"))
+    probe = await nats.connect(url, connect_timeout=5, max_reconnect_attempts=3, **login("probe"))
     js = nc.jetstream()
     # The linker creates the streams when it starts.
     deadline = time.monotonic() + STREAM_WAIT_S
@@ -94,10 +107,14 @@ async def linker_roundtrip(url, nonce):
                 die(f"streams ESPANS/TRACES not created within {STREAM_WAIT_S}s")
             await asyncio.sleep(0.5)
     sub = await js.subscribe("trace.>", stream="TRACES", ordered_consumer=True)
-    batch, client_id, server_id = make_batch(pb, nonce)
-    ack = await js.publish("espan.check-host", batch.SerializeToString(),
-                           headers={"Nats-Msg-Id": f"check-host/{batch.boot_id}/1"})
-    print(f"[e2e] published 2 eSpans to ESPANS (seq {ack.seq})", file=sys.stderr)
+    batches, client_id, server_id = make_batch(pb, nonce)
+    for batch in batches:
+        ack = await probe.jetstream().publish(
+            f"espan.{batch.host}", batch.SerializeToString(),
+            headers={"Nats-Msg-Id": f"{batch.host}/{batch.boot_id}/1"})
+        print(f"[e2e] published 1 eSpan of {batch.host} to ESPANS (seq {ack.seq})",
+              file=sys.stderr)
+    await probe.close()
     deadline = time.monotonic() + TRACE_WAIT_S
     while time.monotonic() < deadline:
         try:
