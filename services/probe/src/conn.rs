@@ -249,11 +249,7 @@ impl Conn {
     /// Whether a transfer starting at `seq` continues this connection's stream in
     /// `dir` (true when that stream has seen nothing yet).
     pub fn continues(&self, dir: Direction, seq: u32) -> bool {
-        let cursor = match dir {
-            Direction::Egress => &self.egress,
-            Direction::Ingress => &self.ingress,
-        };
-        cursor.next_seq().is_none_or(|next| next == seq)
+        self.next_seq(dir).is_none_or(|next| next == seq)
     }
 
     /// Ends messages left open without framing when the connection has been

@@ -31,6 +31,15 @@ use crate::runtime;
 /// on a loaded machine, milliseconds).
 const REORDER_WAIT: Duration = Duration::from_millis(200);
 
+/// Whether a transfer's record came before the record of an earlier transfer
+/// on its socket: it starts ahead of its stream, or says the other direction
+/// stands ahead of where that stream has got to (one past is a FIN).
+fn crossed(assembler: &Assembler, head: &DataHead) -> bool {
+    let next = |dir| assembler.next_seq(head.sk, dir);
+    reorder::ahead(head.seq, next(head.dir), 0)
+        || reorder::ahead(head.other_seq, next(head.dir.opposite()), 1)
+}
+
 /// A decoded ring record.
 #[derive(Debug)]
 pub enum Record<'a> {
@@ -399,7 +408,8 @@ impl Reader {
                 if (payload.len() as u32) < head.len {
                     self.metrics.truncated_captures.inc();
                 }
-                if self.crossed(&head) && self.reorder.has_room(head.sk, payload.len()) {
+                if crossed(&self.assembler, &head) && self.reorder.has_room(head.sk, payload.len())
+                {
                     self.reorder.hold(
                         head.sk,
                         Instant::now(),
@@ -451,16 +461,6 @@ impl Reader {
         }
     }
 
-    /// Whether a transfer's record came before the record of an earlier
-    /// transfer on its socket (see [`crate::reorder`]): it starts ahead of its
-    /// stream, or says the other direction stands ahead of where that stream
-    /// has got to.
-    fn crossed(&self, head: &DataHead) -> bool {
-        let next = |dir| self.assembler.next_seq(head.sk, dir);
-        reorder::ahead(head.seq, next(head.dir), 0)
-            || reorder::ahead(head.other_seq, next(head.dir.opposite()), 1)
-    }
-
     /// Feeds the transfers held for `sk` that are in order now.
     ///
     /// A read and a write in flight at once can each say the other came
@@ -472,10 +472,7 @@ impl Reader {
         while self.reorder.holds(sk) {
             let assembler = &self.assembler;
             let next = |dir| assembler.next_seq(sk, dir);
-            let in_order = |(head, _): &(DataHead, Vec<u8>)| {
-                !reorder::ahead(head.seq, next(head.dir), 0)
-                    && !reorder::ahead(head.other_seq, next(head.dir.opposite()), 1)
-            };
+            let in_order = |(head, _): &(DataHead, Vec<u8>)| !crossed(assembler, head);
             if let Some((head, bytes)) = self.reorder.take_ready(sk, in_order) {
                 self.metrics.records_reordered.inc();
                 self.feed(head, &bytes, true, spans);

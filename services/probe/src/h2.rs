@@ -539,6 +539,36 @@ impl Fields {
             }
         }
     }
+
+    fn into_head(self, request: bool) -> H2Head {
+        H2Head {
+            head: HttpHead {
+                method: if request && self.method.is_empty() {
+                    // A request whose method was not read is still a request.
+                    "_OTHER".into()
+                } else if request {
+                    self.method
+                } else {
+                    String::new()
+                },
+                path: self.path,
+                version: "HTTP/2".into(),
+                status: self.status,
+                host: self.authority,
+                app_trace: if request {
+                    self.trace.app_trace()
+                } else {
+                    None
+                },
+            },
+            grpc: self.grpc,
+            grpc_status: self.grpc_status,
+            grpc_message: self.grpc_message,
+            reset: false,
+            unknown: self.unknown,
+            request_bytes: 0,
+        }
+    }
 }
 
 /// A stream's exchange so far.
@@ -745,38 +775,6 @@ impl StreamState {
             head.request_bytes = self.request_bytes;
         }
         answer
-    }
-}
-
-impl Fields {
-    fn into_head(self, request: bool) -> H2Head {
-        H2Head {
-            head: HttpHead {
-                method: if request && self.method.is_empty() {
-                    // A request whose method was not read is still a request.
-                    "_OTHER".into()
-                } else if request {
-                    self.method
-                } else {
-                    String::new()
-                },
-                path: self.path,
-                version: "HTTP/2".into(),
-                status: self.status,
-                host: self.authority,
-                app_trace: if request {
-                    self.trace.app_trace()
-                } else {
-                    None
-                },
-            },
-            grpc: self.grpc,
-            grpc_status: self.grpc_status,
-            grpc_message: self.grpc_message,
-            reset: false,
-            unknown: self.unknown,
-            request_bytes: 0,
-        }
     }
 }
 
